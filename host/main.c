@@ -1,0 +1,217 @@
+/* main.c: goliat-host SCRIPT [ARG...]
+ *
+ * Creates the loop and the Lua state, registers the `host` module, runs
+ * SCRIPT as the first task and turns the loop until nothing is left to do or
+ * a script calls os.exit().
+ */
+#include "host.h"
+#include "log.h"
+#include "platform.h"
+#include "task.h"
+
+#include <curl/curl.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: goliat-host SCRIPT [ARG...]\n"
+    "       goliat-host --version | --help\n"
+    "\n"
+    "Runs the Lua 5.4 SCRIPT with the `host` module (tasks, HTTP client and\n"
+    "server, processes, timers, files, system) and `cjson`. The script's\n"
+    "folder and its lib/ subfolder are on the module path. ARGs are in the\n"
+    "global `arg` and in `...`.\n"
+    "\n"
+    "Environment:\n"
+    "  GOLIAT_LOG_LEVEL   debug, info (default), warn or error\n"
+    "  GOLIAT_TASK_LIMIT  seconds a task may run without yielding before it\n"
+    "                     is stopped (default 5; 0 turns the watchdog off)\n";
+
+static int luaopen_host(lua_State *L) {
+  lua_newtable(L);
+  lua_pushstring(L, HOST_VERSION);
+  lua_setfield(L, -2, "version");
+  host_open_task(L);
+  host_open_time(L);
+  host_open_log(L);
+  host_open_fs(L);
+  host_open_sys(L);
+  host_open_proc(L);
+  host_open_http_client(L);
+  host_open_http_server(L);
+  return 1;
+}
+
+/* Lua warnings ("@on"/"@off" control them) go to the log. */
+static void on_warning(void *ud, const char *msg, int tocont) {
+  static char buf[1024];
+  static size_t len;
+  int *on = ud;
+  if (!tocont && len == 0 && msg[0] == '@') {
+    if (strcmp(msg, "@on") == 0)
+      *on = 1;
+    else if (strcmp(msg, "@off") == 0)
+      *on = 0;
+    return;
+  }
+  size_t n = strlen(msg);
+  if (n > sizeof buf - 1 - len)
+    n = sizeof buf - 1 - len;
+  memcpy(buf + len, msg, n);
+  len += n;
+  buf[len] = '\0';
+  if (tocont)
+    return;
+  if (*on)
+    host_log(LOG_WARN, "lua warning: %s", buf);
+  len = 0;
+}
+
+/* Put SCRIPT's folder and its lib/ in front of package.path. */
+static void set_module_path(lua_State *L, const char *script) {
+  const char *slash = strrchr(script, '/');
+  const char *bslash = strrchr(script, '\\');
+  if (bslash && (!slash || bslash > slash))
+    slash = bslash;
+  lua_getglobal(L, "package");
+  if (slash)
+    lua_pushlstring(L, script, (size_t)(slash - script));
+  else
+    lua_pushliteral(L, ".");
+  const char *dir = lua_tostring(L, -1);
+  lua_getfield(L, -2, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/lib/?.lua;%s", dir, dir, dir,
+                  lua_tostring(L, -1));
+  lua_setfield(L, -4, "path");
+  lua_pop(L, 3);
+}
+
+/* The global `arg` as the lua interpreter sets it; pushes the script's
+ * arguments and returns how many. */
+static int set_args(lua_State *L, int argc, char **argv) {
+  lua_createtable(L, argc - 2, 2);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_setglobal(L, "arg");
+  luaL_checkstack(L, argc, "too many arguments");
+  for (int i = 2; i < argc; i++)
+    lua_pushstring(L, argv[i]);
+  return argc - 2;
+}
+
+static void configure_from_env(host_ctx *ctx) {
+  const char *level = getenv("GOLIAT_LOG_LEVEL");
+  if (level && *level) {
+    int lv = host_log_parse_level(level);
+    if (lv < 0)
+      host_log(LOG_WARN, "GOLIAT_LOG_LEVEL=%s is not debug, info, warn or "
+                         "error; using info", level);
+    else
+      host_log_set_level(lv);
+  }
+  ctx->task_limit_s = 5.0;
+  const char *limit = getenv("GOLIAT_TASK_LIMIT");
+  if (limit && *limit) {
+    char *end;
+    double v = strtod(limit, &end);
+    if (*end || v < 0)
+      host_log(LOG_WARN, "GOLIAT_TASK_LIMIT=%s is not a number of seconds "
+                         ">= 0; using 5", limit);
+    else
+      ctx->task_limit_s = v;
+  }
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void shut_down(host_ctx *ctx) {
+  ctx->closing = 1;
+  for (host_close_hook *h = ctx->close_hooks, *next; h; h = next) {
+    next = h->next;
+    h->fn(h->data);
+    free(h);
+  }
+  ctx->close_hooks = NULL;
+  lua_close(ctx->L);
+  uv_walk(&ctx->loop, close_walk, NULL);
+  uv_run(&ctx->loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&ctx->loop) != 0)
+    host_log(LOG_WARN, "some libuv handles were still open at exit");
+}
+
+static int run(int argc, char **argv) {
+  static host_ctx ctx;
+  static int warnings_on;
+  int rc = uv_loop_init(&ctx.loop);
+  if (rc != 0) {
+    fprintf(stderr, "goliat-host: %s\n", uv_strerror(rc));
+    return EXIT_FAILURE;
+  }
+  configure_from_env(&ctx);
+  ctx.L = luaL_newstate();
+  if (!ctx.L) {
+    fprintf(stderr, "goliat-host: cannot create the Lua state\n");
+    return EXIT_FAILURE;
+  }
+  *(host_ctx **)lua_getextraspace(ctx.L) = &ctx;
+  lua_setwarnf(ctx.L, on_warning, &warnings_on);
+  lua_warning(ctx.L, "@on", 0);
+  luaL_openlibs(ctx.L);
+  luaL_requiref(ctx.L, "host", luaopen_host, 0);
+  lua_pop(ctx.L, 1);
+  set_module_path(ctx.L, argv[1]);
+  task_install_watchdog(ctx.L);
+
+  if (luaL_loadfile(ctx.L, argv[1]) != LUA_OK) {
+    fprintf(stderr, "goliat-host: %s\n", lua_tostring(ctx.L, -1));
+    lua_pop(ctx.L, 1);
+    ctx.exit_code = EXIT_FAILURE;
+  } else {
+    int nargs = set_args(ctx.L, argc, argv);
+    task_start_main(&ctx, ctx.L, nargs);
+    uv_run(&ctx.loop, UV_RUN_DEFAULT);
+    if (!ctx.exiting && task_count_alive(&ctx) > 0)
+      host_log(LOG_DEBUG, "%d task(s) still waiting with nothing left to "
+                          "wake them", task_count_alive(&ctx));
+  }
+  shut_down(&ctx);
+  return ctx.exit_code;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  if (strcmp(argv[1], "--version") == 0) {
+    printf("goliat-host %s (%s, libuv %s, %s)\n", HOST_VERSION, LUA_RELEASE,
+           uv_version_string(), curl_version());
+    return 0;
+  }
+  if (argv[1][0] == '-' && argv[1][1] != '\0') {
+    fprintf(stderr, "goliat-host: unknown option %s\n\n%s", argv[1], usage);
+    return 2;
+  }
+  plat_init();
+  argv = uv_setup_args(argc, argv);
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    fprintf(stderr, "goliat-host: libcurl failed to initialise\n");
+    return EXIT_FAILURE;
+  }
+  int rc = run(argc, argv);
+  curl_global_cleanup();
+  uv_library_shutdown();
+  return rc;
+}

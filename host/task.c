@@ -1,0 +1,468 @@
+/* task.c: Lua coroutines scheduled on the libuv loop.
+ *
+ * Every piece of Lua runs in a task: the main chunk, each spawned function,
+ * each HTTP handler and signal handler. A task is resumed only from the
+ * loop's idle callback, never from inside another task, so a binding that
+ * wakes a task merely puts it on the ready list.
+ */
+#include "task.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TASK_MT "host.task"
+#define JOIN_MT "host.task.join"
+#define TASKS_KEY "host.tasks" /* registry: thread -> task userdata */
+#define WATCHDOG_COUNT 10000   /* instructions between watchdog checks */
+
+typedef enum {
+  T_READY,
+  T_RUNNING,
+  T_WAITING,
+  T_DONE,
+  T_FAILED
+} task_state;
+
+static const char *const state_names[] = {"ready", "running", "waiting",
+                                          "done", "failed"};
+
+typedef struct task {
+  lua_State *co;
+  task_state state;
+  unsigned wait_id;
+  int pending_nargs; /* values on co's stack for its next resume */
+  int is_main;
+  int stopped; /* the watchdog yielded it for good */
+  struct task *next_ready;
+  char name[64];
+} task;
+
+typedef struct join_req {
+  task_waiter waiter;
+} join_req;
+
+/* uservalue slots of a task userdata */
+enum { UV_THREAD = 1, UV_RESULT = 2, UV_JOINERS = 3, UV_COUNT = 3 };
+
+static task *check_task(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TASK_MT);
+}
+
+/* Push the task userdata of thread co, or nil. */
+static void push_task_of(lua_State *L, lua_State *co) {
+  lua_getfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
+  lua_pushthread(co); /* the main thread is never a key: gives nil */
+  lua_xmove(co, L, 1);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+}
+
+static task *task_of(lua_State *L) {
+  push_task_of(L, L);
+  task *t = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return t;
+}
+
+/* ---- the ready list ---- */
+
+static void on_ready(uv_idle_t *idle);
+
+static void enqueue(host_ctx *ctx, task *t) {
+  t->state = T_READY;
+  t->next_ready = NULL;
+  if (ctx->ready_tail)
+    ctx->ready_tail->next_ready = t;
+  else
+    ctx->ready_head = t;
+  ctx->ready_tail = t;
+  if (!uv_is_active((uv_handle_t *)&ctx->ready_idle))
+    uv_idle_start(&ctx->ready_idle, on_ready);
+}
+
+/* ---- finishing ---- */
+
+static void wake_joiners(lua_State *L, int task_idx) {
+  lua_getiuservalue(L, task_idx, UV_JOINERS);
+  lua_getiuservalue(L, task_idx, UV_RESULT);
+  int res = lua_gettop(L);
+  lua_Integer n = luaL_len(L, res - 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, res - 1, i);
+    join_req *j = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    lua_State *co = task_waiter_thread(&j->waiter);
+    if (!co) {
+      task_waiter_cancel(&j->waiter);
+      continue;
+    }
+    lua_Integer nres = (lua_rawgeti(L, res, 0), lua_tointeger(L, -1));
+    lua_pop(L, 1);
+    for (lua_Integer k = 1; k <= nres; k++)
+      lua_rawgeti(L, res, k);
+    lua_xmove(L, co, (int)nres);
+    task_waiter_wake(&j->waiter, (int)nres);
+  }
+  lua_pop(L, 2);
+  lua_newtable(L);
+  lua_setiuservalue(L, task_idx, UV_JOINERS);
+}
+
+/* Record the outcome: the n values on top of ctx->L become the result
+ * table {[0] = n + 1, ok, values...}, then joiners are woken. */
+static void finish(host_ctx *ctx, task *t, int ok, int n) {
+  lua_State *L = ctx->L;
+  lua_createtable(L, n + 1, 1);
+  lua_insert(L, -(n + 1));
+  for (int i = n; i >= 1; i--)
+    lua_rawseti(L, -(i + 1), i + 1);
+  lua_pushboolean(L, ok);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, n + 1);
+  lua_rawseti(L, -2, 0);
+  t->state = ok ? T_DONE : T_FAILED;
+  ctx->tasks_alive--;
+
+  push_task_of(L, t->co);
+  int tidx = lua_gettop(L);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, tidx, UV_RESULT);
+  wake_joiners(L, tidx);
+  lua_pop(L, 2); /* task, result */
+
+  lua_getfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
+  lua_pushthread(t->co);
+  lua_xmove(t->co, L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static void report_error(host_ctx *ctx, task *t, const char *prefix) {
+  lua_State *L = ctx->L;
+  const char *msg = NULL;
+  if (lua_type(t->co, -1) == LUA_TSTRING)
+    msg = lua_tostring(t->co, -1);
+  else
+    msg = luaL_tolstring(t->co, -1, NULL);
+  luaL_traceback(L, t->co, msg, 0);
+  host_log(LOG_ERROR, "%s '%s' %s: %s", t->is_main ? "script" : "task",
+           t->name, prefix, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_pushstring(L, msg); /* what join() reports */
+  lua_settop(t->co, 0);
+}
+
+static void resume(host_ctx *ctx, task *t) {
+  int nargs = t->pending_nargs, nres = 0;
+  t->pending_nargs = 0;
+  t->state = T_RUNNING;
+  ctx->running = t;
+  ctx->resume_start_ns = uv_hrtime();
+  int st = lua_resume(t->co, ctx->L, nargs, &nres);
+  ctx->running = NULL;
+  if (ctx->closing)
+    return;
+  if (st == LUA_YIELD && t->stopped) {
+    lua_pop(t->co, nres);
+    luaL_where(t->co, 0);
+    lua_pushfstring(t->co, "%sran for more than %f s without yielding",
+                    lua_tostring(t->co, -1), ctx->task_limit_s);
+    lua_remove(t->co, -2);
+    report_error(ctx, t, "stopped");
+    finish(ctx, t, 0, 1);
+  } else if (st == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    if (t->state == T_RUNNING) /* coroutine.yield(): let others run */
+      enqueue(ctx, t);
+  } else if (st == LUA_OK) {
+    lua_xmove(t->co, ctx->L, nres);
+    finish(ctx, t, 1, nres);
+  } else {
+    report_error(ctx, t, "failed");
+    finish(ctx, t, 0, 1);
+    if (t->is_main)
+      host_request_exit(ctx, 1);
+  }
+}
+
+static void on_ready(uv_idle_t *idle) {
+  host_ctx *ctx = idle->data;
+  task *last = ctx->ready_tail; /* tasks queued now wait for the next turn */
+  while (ctx->ready_head && !ctx->closing && !ctx->exiting) {
+    task *t = ctx->ready_head;
+    ctx->ready_head = t->next_ready;
+    if (!ctx->ready_head)
+      ctx->ready_tail = NULL;
+    resume(ctx, t);
+    if (t == last)
+      break;
+  }
+  if (!ctx->ready_head)
+    uv_idle_stop(idle);
+}
+
+/* ---- waiting ---- */
+
+void task_check_can_wait(lua_State *L, const char *what) {
+  task *t = task_of(L);
+  if (!t || !lua_isyieldable(L))
+    luaL_error(L, "%s: must be called from a task, not from inside a "
+                  "coroutine, metamethod or iterator of its own",
+               what);
+}
+
+int task_wait(lua_State *L, task_waiter *w) {
+  task_check_can_wait(L, "wait");
+  push_task_of(L, L);
+  task *t = lua_touserdata(L, -1);
+  w->ctx = host_get(L);
+  w->id = ++t->wait_id;
+  w->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->state = T_WAITING;
+  return lua_yield(L, 0);
+}
+
+static task *waiter_task(task_waiter *w) {
+  if (w->ref == LUA_NOREF || w->ctx->closing)
+    return NULL;
+  lua_State *L = w->ctx->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->ref);
+  task *t = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (!t || t->state != T_WAITING || t->wait_id != w->id)
+    return NULL;
+  return t;
+}
+
+lua_State *task_waiter_thread(task_waiter *w) {
+  task *t = waiter_task(w);
+  return t ? t->co : NULL;
+}
+
+void task_waiter_cancel(task_waiter *w) {
+  if (w->ref != LUA_NOREF && !w->ctx->closing)
+    luaL_unref(w->ctx->L, LUA_REGISTRYINDEX, w->ref);
+  w->ref = LUA_NOREF;
+}
+
+void task_waiter_wake(task_waiter *w, int nargs) {
+  task *t = waiter_task(w);
+  task_waiter_cancel(w);
+  if (!t)
+    return;
+  t->pending_nargs = nargs;
+  enqueue(w->ctx, t);
+}
+
+/* ---- creating tasks ---- */
+
+void task_spawn(lua_State *L, int nargs, const char *name) {
+  host_ctx *ctx = host_get(L);
+  int fidx = lua_gettop(L) - nargs;
+  luaL_checktype(L, fidx, LUA_TFUNCTION);
+  task *t = lua_newuserdatauv(L, sizeof *t, UV_COUNT);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, TASK_MT);
+  int tidx = lua_gettop(L);
+  ctx->tasks_started++;
+  if (name)
+    snprintf(t->name, sizeof t->name, "%s", name);
+  else
+    snprintf(t->name, sizeof t->name, "task#%u", ctx->tasks_started);
+
+  t->co = lua_newthread(L);
+  lua_setiuservalue(L, tidx, UV_THREAD);
+  lua_newtable(L);
+  lua_setiuservalue(L, tidx, UV_JOINERS);
+
+  lua_getfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
+  lua_pushthread(t->co);
+  lua_xmove(t->co, L, 1);
+  lua_pushvalue(L, tidx);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+
+  /* move function and arguments onto the new thread */
+  lua_rotate(L, fidx, 1); /* task object below the function */
+  lua_xmove(L, t->co, nargs + 1);
+  t->pending_nargs = nargs;
+  ctx->tasks_alive++;
+  enqueue(ctx, t);
+}
+
+void task_start_main(host_ctx *ctx, lua_State *L, int nargs) {
+  task_spawn(L, nargs, "main");
+  task *t = lua_touserdata(L, -1);
+  t->is_main = 1;
+  lua_pop(L, 1);
+  (void)ctx;
+}
+
+int task_count_alive(host_ctx *ctx) {
+  return ctx->tasks_alive;
+}
+
+/* ---- the watchdog ---- */
+
+static void watchdog(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  host_ctx *ctx = host_get(L);
+  task *t = ctx->running;
+  if (!t || t->co != L || ctx->task_limit_s <= 0)
+    return;
+  double ran = (double)(uv_hrtime() - ctx->resume_start_ns) / 1e9;
+  if (ran <= ctx->task_limit_s)
+    return;
+  if (lua_isyieldable(L)) {
+    /* a yield from a hook cannot be caught by pcall: the task is over */
+    t->stopped = 1;
+    lua_yield(L, 0);
+    return;
+  }
+  ctx->resume_start_ns = uv_hrtime();
+  luaL_error(L, "task '%s' ran for more than %f s without yielding", t->name,
+             ctx->task_limit_s);
+}
+
+void task_install_watchdog(lua_State *L) {
+  lua_sethook(L, watchdog, LUA_MASKCOUNT, WATCHDOG_COUNT);
+}
+
+/* ---- Lua API ---- */
+
+static int l_spawn(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    char name[64];
+    snprintf(name, sizeof name, "%s", lua_tostring(L, 1));
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_remove(L, 1);
+    task_spawn(L, lua_gettop(L) - 1, name);
+  } else {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    task_spawn(L, lua_gettop(L) - 1, NULL);
+  }
+  return 1;
+}
+
+static int push_result(lua_State *L, int tidx) {
+  lua_getiuservalue(L, tidx, UV_RESULT);
+  int res = lua_gettop(L);
+  lua_rawgeti(L, res, 0);
+  int n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "too many results");
+  for (int k = 1; k <= n; k++)
+    lua_rawgeti(L, res, k);
+  return n;
+}
+
+static int l_join(lua_State *L) {
+  task *t = check_task(L, 1);
+  if (t->state == T_DONE || t->state == T_FAILED)
+    return push_result(L, 1);
+  if (t->co == L)
+    return luaL_error(L, "a task cannot join itself");
+  task_check_can_wait(L, "task:join");
+  lua_getiuservalue(L, 1, UV_JOINERS);
+  join_req *j = lua_newuserdatauv(L, sizeof *j, 0);
+  j->waiter.ref = LUA_NOREF;
+  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  lua_settop(L, 0);
+  return task_wait(L, &j->waiter);
+}
+
+static int l_status(lua_State *L) {
+  lua_pushstring(L, state_names[check_task(L, 1)->state]);
+  return 1;
+}
+
+static int l_name(lua_State *L) {
+  lua_pushstring(L, check_task(L, 1)->name);
+  return 1;
+}
+
+static int l_tostring(lua_State *L) {
+  task *t = check_task(L, 1);
+  lua_pushfstring(L, "task '%s' (%s)", t->name, state_names[t->state]);
+  return 1;
+}
+
+static int l_current(lua_State *L) {
+  push_task_of(L, L);
+  return 1;
+}
+
+static int l_yield(lua_State *L) {
+  task_check_can_wait(L, "host.task.yield");
+  return lua_yield(L, 0); /* resume() puts a plain yield back on the list */
+}
+
+static int l_set_limit(lua_State *L) {
+  host_ctx *ctx = host_get(L);
+  double old = ctx->task_limit_s;
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0, 1, "must be >= 0 (0 turns the watchdog off)");
+  ctx->task_limit_s = s;
+  lua_pushnumber(L, old);
+  return 1;
+}
+
+static int l_count(lua_State *L) {
+  lua_pushinteger(L, host_get(L)->tasks_alive);
+  return 1;
+}
+
+/* os.exit replacement: stop the loop and let main() close everything. */
+static int l_os_exit(lua_State *L) {
+  int code;
+  if (lua_isboolean(L, 1))
+    code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  host_ctx *ctx = host_get(L);
+  host_request_exit(ctx, code);
+  task *t = task_of(L);
+  if (t && lua_isyieldable(L)) {
+    t->state = T_WAITING; /* never woken: the host is stopping */
+    return lua_yield(L, 0);
+  }
+  fflush(NULL);
+  exit(code);
+}
+
+void host_open_task(lua_State *L) {
+  host_ctx *ctx = host_get(L);
+  uv_idle_init(&ctx->loop, &ctx->ready_idle);
+  ctx->ready_idle.data = ctx;
+
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
+
+  static const luaL_Reg methods[] = {{"join", l_join},
+                                     {"status", l_status},
+                                     {"name", l_name},
+                                     {NULL, NULL}};
+  luaL_newmetatable(L, TASK_MT);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"current", l_current},
+                                   {"yield", l_yield},
+                                   {"set_limit", l_set_limit},
+                                   {"count", l_count},
+                                   {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_setfield(L, -2, "task");
+
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, l_os_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+}
