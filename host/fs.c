@@ -1,2 +1,328 @@
+/* fs.c: host.fs: whole-file reads, atomic writes and directory helpers.
+ *
+ * Everything goes through libuv's synchronous fs calls (a NULL callback), so
+ * paths are UTF-8 on Windows too. The files an agent handles are small
+ * (configs, state, reports): blocking the loop for them is cheaper than the
+ * bookkeeping of doing it asynchronously.
+ */
 #include "host.h"
-void host_open_fs(lua_State *L) { (void)L; }
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef S_IFMT
+#define S_IFMT 0170000
+#endif
+#ifndef S_IFDIR
+#define S_IFDIR 0040000
+#endif
+#ifndef S_IFREG
+#define S_IFREG 0100000
+#endif
+#ifndef S_IFLNK
+#define S_IFLNK 0120000
+#endif
+
+#define READ_CHUNK 65536
+
+static int is_sep(char c) {
+  return c == '/' || c == '\\';
+}
+
+/* Synchronous uv_fs_stat; fills *st and returns 0 or a libuv error. */
+static int stat_path(const char *path, uv_stat_t *st) {
+  uv_fs_t req;
+  int rc = uv_fs_stat(NULL, &req, path, NULL);
+  if (rc == 0)
+    *st = req.statbuf;
+  uv_fs_req_cleanup(&req);
+  return rc;
+}
+
+static int open_path(const char *path, int flags, int mode) {
+  uv_fs_t req;
+  int rc = uv_fs_open(NULL, &req, path, flags, mode, NULL);
+  uv_fs_req_cleanup(&req);
+  return rc; /* a file descriptor, or a negative libuv error */
+}
+
+static void close_fd(int fd) {
+  uv_fs_t req;
+  uv_fs_close(NULL, &req, fd, NULL);
+  uv_fs_req_cleanup(&req);
+}
+
+/* Write all of data to fd; returns 0 or a libuv error. */
+static int write_all(int fd, const char *data, size_t len) {
+  while (len > 0) {
+    size_t n = len > (1u << 30) ? (1u << 30) : len;
+    uv_buf_t buf = uv_buf_init((char *)data, (unsigned)n);
+    uv_fs_t req;
+    int rc = uv_fs_write(NULL, &req, fd, &buf, 1, -1, NULL);
+    uv_fs_req_cleanup(&req);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      return UV_EIO;
+    data += rc;
+    len -= (size_t)rc;
+  }
+  return 0;
+}
+
+static int fsync_fd(int fd) {
+  uv_fs_t req;
+  int rc = uv_fs_fsync(NULL, &req, fd, NULL);
+  uv_fs_req_cleanup(&req);
+  return rc;
+}
+
+/* Read fd to its end into a malloc'd buffer. */
+static int read_all(int fd, char **out, size_t *outlen) {
+  size_t cap = READ_CHUNK, len = 0;
+  char *buf = malloc(cap);
+  if (!buf)
+    return UV_ENOMEM;
+  for (;;) {
+    if (cap - len < READ_CHUNK) {
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) {
+        free(buf);
+        return UV_ENOMEM;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+    uv_buf_t b = uv_buf_init(buf + len, (unsigned)(cap - len));
+    uv_fs_t req;
+    int rc = uv_fs_read(NULL, &req, fd, &b, 1, -1, NULL);
+    uv_fs_req_cleanup(&req);
+    if (rc < 0) {
+      free(buf);
+      return rc;
+    }
+    if (rc == 0)
+      break;
+    len += (size_t)rc;
+  }
+  *out = buf;
+  *outlen = len;
+  return 0;
+}
+
+/* host.fs.read(path) -> string | nil, msg, code */
+static int l_read(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open_path(path, UV_FS_O_RDONLY, 0);
+  if (fd < 0)
+    return host_fail_uv(L, fd, path);
+  char *buf = NULL;
+  size_t len = 0;
+  int rc = read_all(fd, &buf, &len);
+  close_fd(fd);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_pushlstring(L, buf, len); /* on a memory error buf leaks: rare */
+  free(buf);
+  return 1;
+}
+
+static int write_file(const char *path, int flags, const char *data, size_t len,
+                      int sync) {
+  int fd = open_path(path, flags, 0644);
+  if (fd < 0)
+    return fd;
+  int rc = write_all(fd, data, len);
+  if (rc == 0 && sync)
+    rc = fsync_fd(fd);
+  close_fd(fd);
+  return rc;
+}
+
+/* host.fs.write_atomic(path, data) -> true | nil, msg, code */
+static int l_write_atomic(lua_State *L) {
+  static unsigned counter;
+  size_t len;
+  const char *path = luaL_checkstring(L, 1);
+  const char *data = luaL_checklstring(L, 2, &len);
+  const char *tmp = lua_pushfstring(L, "%s.tmp-%d-%d", path,
+                                    (int)uv_os_getpid(), (int)++counter);
+  int rc = write_file(tmp, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, data,
+                      len, 1);
+  if (rc == 0) {
+    uv_fs_t req;
+    rc = uv_fs_rename(NULL, &req, tmp, path, NULL);
+    uv_fs_req_cleanup(&req);
+  }
+  if (rc < 0) {
+    uv_fs_t req;
+    uv_fs_unlink(NULL, &req, tmp, NULL);
+    uv_fs_req_cleanup(&req);
+    return host_fail_uv(L, rc, path);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* host.fs.append(path, data) -> true | nil, msg, code */
+static int l_append(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checkstring(L, 1);
+  const char *data = luaL_checklstring(L, 2, &len);
+  int rc = write_file(path, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND,
+                      data, len, 0);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int mkdir_one(const char *path) {
+  uv_fs_t req;
+  int rc = uv_fs_mkdir(NULL, &req, path, 0755, NULL);
+  uv_fs_req_cleanup(&req);
+  if (rc == UV_EEXIST) {
+    uv_stat_t st;
+    if (stat_path(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR)
+      return 0;
+  }
+  return rc;
+}
+
+/* host.fs.mkdir_p(path) -> true | nil, msg, code */
+static int l_mkdir_p(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  luaL_argcheck(L, len > 0, 1, "empty path");
+  char *buf = lua_newuserdatauv(L, len + 1, 0); /* freed by the GC */
+  memcpy(buf, path, len + 1);
+  for (size_t i = 1; i <= len; i++) {
+    if (i < len && !is_sep(buf[i]))
+      continue;
+    if (i < len && buf[i - 1] == ':') /* "C:\" */
+      continue;
+    char saved = buf[i];
+    buf[i] = '\0';
+    int rc = is_sep(buf[i - 1]) ? 0 : mkdir_one(buf);
+    buf[i] = saved;
+    if (rc < 0 && !(rc == UV_EEXIST || (rc == UV_EPERM && i < len)))
+      return host_fail_uv(L, rc, path);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_exists(lua_State *L) {
+  uv_stat_t st;
+  lua_pushboolean(L, stat_path(luaL_checkstring(L, 1), &st) == 0);
+  return 1;
+}
+
+static const char *type_name(uint64_t mode) {
+  switch (mode & S_IFMT) {
+  case S_IFREG:
+    return "file";
+  case S_IFDIR:
+    return "directory";
+  case S_IFLNK:
+    return "link";
+  default:
+    return "other";
+  }
+}
+
+/* host.fs.stat(path) -> {type, size, mtime} | nil, msg, code */
+static int l_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_stat_t st;
+  int rc = stat_path(path, &st);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, type_name(st.st_mode));
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, (lua_Integer)st.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec +
+                        (lua_Number)st.st_mtim.tv_nsec / 1e9);
+  lua_setfield(L, -2, "mtime");
+  return 1;
+}
+
+/* host.fs.remove(path) -> true | nil, msg, code */
+static int l_remove(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_stat_t st;
+  uv_fs_t req;
+  int rc = stat_path(path, &st);
+  if (rc == 0 && (st.st_mode & S_IFMT) == S_IFDIR)
+    rc = uv_fs_rmdir(NULL, &req, path, NULL);
+  else
+    rc = uv_fs_unlink(NULL, &req, path, NULL);
+  uv_fs_req_cleanup(&req);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* host.fs.list(path) -> sorted array of names | nil, msg, code */
+static int l_list(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  int rc = uv_fs_scandir(NULL, &req, path, 0, NULL);
+  if (rc < 0) {
+    uv_fs_req_cleanup(&req);
+    return host_fail_uv(L, rc, path);
+  }
+  lua_createtable(L, rc, 0);
+  uv_dirent_t ent;
+  lua_Integer n = 0;
+  while (uv_fs_scandir_next(&req, &ent) != UV_EOF) {
+    lua_pushstring(L, ent.name);
+    lua_rawseti(L, -2, ++n);
+  }
+  uv_fs_req_cleanup(&req);
+  lua_getglobal(L, "table");
+  lua_getfield(L, -1, "sort");
+  lua_pushvalue(L, -3);
+  lua_call(L, 1, 0);
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* host.fs.join(a, b, ...): one '/' between parts. */
+static int l_join(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  int last_sep = 1; /* nothing written yet */
+  for (int i = 1; i <= n; i++) {
+    size_t len;
+    const char *part = luaL_checklstring(L, i, &len);
+    if (len == 0)
+      continue;
+    if (i > 1 && !last_sep && !is_sep(part[0]))
+      luaL_addchar(&b, '/');
+    if (i > 1 && last_sep && is_sep(part[0]) && luaL_bufflen(&b) > 0) {
+      part++;
+      len--;
+    }
+    luaL_addlstring(&b, part, len);
+    last_sep = len > 0 ? is_sep(part[len - 1]) : last_sep;
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+void host_open_fs(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"read", l_read},     {"write_atomic", l_write_atomic},
+      {"append", l_append}, {"mkdir_p", l_mkdir_p},
+      {"exists", l_exists}, {"stat", l_stat},
+      {"remove", l_remove}, {"list", l_list},
+      {"join", l_join},     {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_setfield(L, -2, "fs");
+}

@@ -31,11 +31,11 @@ typedef struct host_ctx {
   uint64_t resume_start_ns; /* uv_hrtime() when the running task resumed */
   struct task *running;     /* the task being resumed, or NULL */
   host_close_hook *close_hooks;
-  uv_idle_t ready_idle;     /* runs ready tasks; active only while some are */
+  uv_idle_t ready_idle; /* runs ready tasks; active only while some are */
   struct task *ready_head, *ready_tail;
-  int tasks_alive;          /* tasks not yet finished */
-  unsigned tasks_started;   /* for default task names */
-  int exiting;              /* os.exit() was called */
+  int tasks_alive;        /* tasks not yet finished */
+  unsigned tasks_started; /* for default task names */
+  int exiting;            /* os.exit() was called */
 } host_ctx;
 
 /* The context of the host that owns L (any thread of it). */

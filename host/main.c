@@ -108,8 +108,10 @@ static void configure_from_env(host_ctx *ctx) {
   if (level && *level) {
     int lv = host_log_parse_level(level);
     if (lv < 0)
-      host_log(LOG_WARN, "GOLIAT_LOG_LEVEL=%s is not debug, info, warn or "
-                         "error; using info", level);
+      host_log(LOG_WARN,
+               "GOLIAT_LOG_LEVEL=%s is not debug, info, warn or "
+               "error; using info",
+               level);
     else
       host_log_set_level(lv);
   }
@@ -119,8 +121,10 @@ static void configure_from_env(host_ctx *ctx) {
     char *end;
     double v = strtod(limit, &end);
     if (*end || v < 0)
-      host_log(LOG_WARN, "GOLIAT_TASK_LIMIT=%s is not a number of seconds "
-                         ">= 0; using 5", limit);
+      host_log(LOG_WARN,
+               "GOLIAT_TASK_LIMIT=%s is not a number of seconds "
+               ">= 0; using 5",
+               limit);
     else
       ctx->task_limit_s = v;
   }
@@ -179,8 +183,10 @@ static int run(int argc, char **argv) {
     task_start_main(&ctx, ctx.L, nargs);
     uv_run(&ctx.loop, UV_RUN_DEFAULT);
     if (!ctx.exiting && task_count_alive(&ctx) > 0)
-      host_log(LOG_DEBUG, "%d task(s) still waiting with nothing left to "
-                          "wake them", task_count_alive(&ctx));
+      host_log(LOG_DEBUG,
+               "%d task(s) still waiting with nothing left to "
+               "wake them",
+               task_count_alive(&ctx));
   }
   shut_down(&ctx);
   return ctx.exit_code;

@@ -1,2 +1,263 @@
+/* sys.c: host.sys: environment, machine facts and signal handlers. */
 #include "host.h"
-void host_open_sys(lua_State *L) { (void)L; }
+#include "log.h"
+#include "task.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SIGNAL_MT "host.signal"
+#define SIGNALS_KEY "host.signals" /* registry: handle -> true while open */
+
+/* host.sys.getenv(name) -> string | nil */
+static int l_getenv(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  char small[256];
+  size_t size = sizeof small;
+  int rc = uv_os_getenv(name, small, &size);
+  if (rc == UV_ENOBUFS) {
+    char *big = malloc(size);
+    if (!big)
+      return luaL_error(L, "out of memory");
+    rc = uv_os_getenv(name, big, &size);
+    if (rc == 0)
+      lua_pushstring(L, big);
+    free(big);
+    return rc == 0 ? 1 : 0;
+  }
+  if (rc != 0)
+    return 0; /* unset */
+  lua_pushstring(L, small);
+  return 1;
+}
+
+/* host.sys.setenv(name, value|nil) -> true | nil, msg, code */
+static int l_setenv(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *value = luaL_optstring(L, 2, NULL);
+  luaL_argcheck(L, *name && !strchr(name, '='), 1, "invalid variable name");
+  int rc = value ? uv_os_setenv(name, value) : uv_os_unsetenv(name);
+  if (rc != 0)
+    return host_fail_uv(L, rc, name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* host.sys.environ() -> {name = value} */
+static int l_environ(lua_State *L) {
+  uv_env_item_t *items;
+  int count;
+  int rc = uv_os_environ(&items, &count);
+  if (rc != 0)
+    return host_fail_uv(L, rc, "environ");
+  lua_createtable(L, 0, count);
+  for (int i = 0; i < count; i++) {
+    lua_pushstring(L, items[i].value);
+    lua_setfield(L, -2, items[i].name);
+  }
+  uv_os_free_environ(items, count);
+  return 1;
+}
+
+static int l_hostname(lua_State *L) {
+  char buf[UV_MAXHOSTNAMESIZE];
+  size_t size = sizeof buf;
+  int rc = uv_os_gethostname(buf, &size);
+  if (rc != 0)
+    return host_fail_uv(L, rc, "hostname");
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+static int l_pid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_os_getpid());
+  return 1;
+}
+
+static int l_cpu_count(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
+  return 1;
+}
+
+static int l_total_memory(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_get_total_memory());
+  return 1;
+}
+
+static void push_address(lua_State *L, const uv_interface_address_t *a) {
+  char ip[64] = "";
+  int inet6 = a->address.address4.sin_family == AF_INET6;
+  if (inet6)
+    uv_ip6_name(&a->address.address6, ip, sizeof ip);
+  else
+    uv_ip4_name(&a->address.address4, ip, sizeof ip);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, a->name);
+  lua_setfield(L, -2, "name");
+  lua_pushstring(L, ip);
+  lua_setfield(L, -2, "address");
+  lua_pushstring(L, inet6 ? "inet6" : "inet");
+  lua_setfield(L, -2, "family");
+  lua_pushboolean(L, a->is_internal);
+  lua_setfield(L, -2, "internal");
+}
+
+/* host.sys.interfaces() -> {{name, address, family, internal}, ...} */
+static int l_interfaces(lua_State *L) {
+  uv_interface_address_t *addrs;
+  int count;
+  int rc = uv_interface_addresses(&addrs, &count);
+  if (rc != 0)
+    return host_fail_uv(L, rc, "interfaces");
+  lua_createtable(L, count, 0);
+  for (int i = 0; i < count; i++) {
+    push_address(L, &addrs[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  uv_free_interface_addresses(addrs, count);
+  return 1;
+}
+
+static int l_platform(lua_State *L) {
+#if defined(_WIN32)
+  lua_pushliteral(L, "windows");
+#elif defined(__linux__)
+  lua_pushliteral(L, "linux");
+#elif defined(__APPLE__)
+  lua_pushliteral(L, "macos");
+#else
+  lua_pushliteral(L, "posix");
+#endif
+  return 1;
+}
+
+/* ---- signals ---- */
+
+typedef struct sig_handle {
+  uv_signal_t *sig; /* malloc'd; NULL once closed */
+  int fn_ref;
+  host_ctx *ctx;
+  char name[16];
+} sig_handle;
+
+static const struct {
+  const char *name;
+  int num;
+} signal_names[] = {
+    {"SIGINT", SIGINT},     {"SIGTERM", SIGTERM},
+#ifdef SIGHUP
+    {"SIGHUP", SIGHUP},
+#endif
+#ifdef SIGBREAK
+    {"SIGBREAK", SIGBREAK},
+#endif
+#ifdef SIGUSR1
+    {"SIGUSR1", SIGUSR1},   {"SIGUSR2", SIGUSR2},
+#endif
+};
+
+static int signal_number(const char *name) {
+  for (size_t i = 0; i < sizeof signal_names / sizeof signal_names[0]; i++)
+    if (strcmp(name, signal_names[i].name) == 0)
+      return signal_names[i].num;
+  return -1;
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+  (void)signum;
+  sig_handle *h = sig->data;
+  host_ctx *ctx = h->ctx;
+  if (ctx->closing)
+    return;
+  host_log(LOG_INFO, "received %s", h->name);
+  lua_State *L = ctx->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->fn_ref);
+  lua_pushstring(L, h->name);
+  char tname[32];
+  snprintf(tname, sizeof tname, "on %s", h->name);
+  task_spawn(L, 1, tname);
+  lua_pop(L, 1);
+}
+
+static void free_handle(uv_handle_t *h) {
+  free(h);
+}
+
+static int sig_close(lua_State *L) {
+  sig_handle *h = luaL_checkudata(L, 1, SIGNAL_MT);
+  if (!h->sig)
+    return 0;
+  uv_signal_stop(h->sig);
+  uv_close((uv_handle_t *)h->sig, free_handle);
+  h->sig = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, h->fn_ref);
+  lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+/* host.sys.on_signal(name, fn) -> handle */
+static int l_on_signal(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  int signum = signal_number(name);
+  if (signum < 0)
+    return luaL_argerror(L, 1, "unknown or unsupported signal name");
+  sig_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->sig = NULL;
+  h->fn_ref = LUA_NOREF;
+  h->ctx = host_get(L);
+  snprintf(h->name, sizeof h->name, "%s", name);
+  luaL_setmetatable(L, SIGNAL_MT);
+  uv_signal_t *sig = malloc(sizeof *sig);
+  if (!sig)
+    return luaL_error(L, "out of memory");
+  uv_signal_init(&h->ctx->loop, sig);
+  sig->data = h;
+  int rc = uv_signal_start(sig, on_signal, signum);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)sig, free_handle);
+    return host_fail_uv(L, rc, name);
+  }
+  uv_unref((uv_handle_t *)sig); /* a handler alone keeps nobody running */
+  h->sig = sig;
+  lua_pushvalue(L, 2);
+  h->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY); /* anchor until closed */
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
+void host_open_sys(lua_State *L) {
+  static const luaL_Reg sig_methods[] = {{"close", sig_close}, {NULL, NULL}};
+  luaL_newmetatable(L, SIGNAL_MT);
+  luaL_newlib(L, sig_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, sig_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, sig_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
+
+  static const luaL_Reg funcs[] = {{"getenv", l_getenv},
+                                   {"setenv", l_setenv},
+                                   {"environ", l_environ},
+                                   {"hostname", l_hostname},
+                                   {"pid", l_pid},
+                                   {"cpu_count", l_cpu_count},
+                                   {"total_memory", l_total_memory},
+                                   {"interfaces", l_interfaces},
+                                   {"platform", l_platform},
+                                   {"on_signal", l_on_signal},
+                                   {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_setfield(L, -2, "sys");
+}

@@ -17,16 +17,10 @@
 #define TASKS_KEY "host.tasks" /* registry: thread -> task userdata */
 #define WATCHDOG_COUNT 10000   /* instructions between watchdog checks */
 
-typedef enum {
-  T_READY,
-  T_RUNNING,
-  T_WAITING,
-  T_DONE,
-  T_FAILED
-} task_state;
+typedef enum { T_READY, T_RUNNING, T_WAITING, T_DONE, T_FAILED } task_state;
 
-static const char *const state_names[] = {"ready", "running", "waiting",
-                                          "done", "failed"};
+static const char *const state_names[] = {"ready", "running", "waiting", "done",
+                                          "failed"};
 
 typedef struct task {
   lua_State *co;
@@ -148,8 +142,8 @@ static void report_error(host_ctx *ctx, task *t, const char *prefix) {
   else
     msg = luaL_tolstring(t->co, -1, NULL);
   luaL_traceback(L, t->co, msg, 0);
-  host_log(LOG_ERROR, "%s '%s' %s: %s", t->is_main ? "script" : "task",
-           t->name, prefix, lua_tostring(L, -1));
+  host_log(LOG_ERROR, "%s '%s' %s: %s", t->is_main ? "script" : "task", t->name,
+           prefix, lua_tostring(L, -1));
   lua_pop(L, 1);
   lua_pushstring(L, msg); /* what join() reports */
   lua_settop(t->co, 0);
@@ -209,8 +203,9 @@ static void on_ready(uv_idle_t *idle) {
 void task_check_can_wait(lua_State *L, const char *what) {
   task *t = task_of(L);
   if (!t || !lua_isyieldable(L))
-    luaL_error(L, "%s: must be called from a task, not from inside a "
-                  "coroutine, metamethod or iterator of its own",
+    luaL_error(L,
+               "%s: must be called from a task, not from inside a "
+               "coroutine, metamethod or iterator of its own",
                what);
 }
 
@@ -441,10 +436,8 @@ void host_open_task(lua_State *L) {
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
 
-  static const luaL_Reg methods[] = {{"join", l_join},
-                                     {"status", l_status},
-                                     {"name", l_name},
-                                     {NULL, NULL}};
+  static const luaL_Reg methods[] = {
+      {"join", l_join}, {"status", l_status}, {"name", l_name}, {NULL, NULL}};
   luaL_newmetatable(L, TASK_MT);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
@@ -452,12 +445,9 @@ void host_open_task(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
 
-  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
-                                   {"current", l_current},
-                                   {"yield", l_yield},
-                                   {"set_limit", l_set_limit},
-                                   {"count", l_count},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"spawn", l_spawn},         {"current", l_current}, {"yield", l_yield},
+      {"set_limit", l_set_limit}, {"count", l_count},     {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "task");
 

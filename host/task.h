@@ -23,8 +23,8 @@
 #include "host.h"
 
 typedef struct task_waiter {
-  int ref;      /* registry reference to the task's userdata, or LUA_NOREF */
-  unsigned id;  /* which wait of that task this is */
+  int ref;     /* registry reference to the task's userdata, or LUA_NOREF */
+  unsigned id; /* which wait of that task this is */
   host_ctx *ctx;
 } task_waiter;
 
