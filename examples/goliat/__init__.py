@@ -1,0 +1,13 @@
+"""Stand-in for GOLIAT, for development and tests of the worker agent.
+
+`python -m goliat study CONFIG` reads the split config, posts a few GUI
+updates to GOLIAT_MONITORING_URL (as GOLIAT's web bridge does: no retries)
+and exits with the code the config asks for. Config fields, all optional:
+
+  exit_code      exit with this code (default 0)
+  duration_s     total run time in seconds (default 1.0)
+  steps          progress updates to post (default 3)
+  pid_file       write this process's pid there
+  child_pid_file start a grandchild (a sleeping python) and write its pid
+  ignore_sigterm ignore SIGTERM (so only a kill stops it)
+"""

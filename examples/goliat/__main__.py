@@ -1,0 +1,70 @@
+"""python -m goliat study CONFIG: see goliat/__init__.py."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def post(message):
+    """Post one GUI update like GOLIAT's bridge: best effort, no retry."""
+    base = os.environ.get("GOLIAT_MONITORING_URL")
+    if not base or os.environ.get("GOLIAT_WEBGUI_ENABLED") != "true":
+        return
+    body = json.dumps({
+        "machineId": os.environ.get("GOLIAT_MACHINE_ID", ""),
+        "message": message,
+        "timestamp": time.time(),
+    }).encode()
+    req = urllib.request.Request(base.rstrip("/") + "/api/gui-update",
+                                 data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+    except OSError as exc:
+        print(f"gui update not delivered: {exc}", flush=True)
+
+
+def write_pid(path, pid):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(str(pid))
+    os.replace(path + ".tmp", path)
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] != "study":
+        print("usage: python -m goliat study CONFIG", file=sys.stderr)
+        return 2
+    with open(argv[2], encoding="utf-8") as f:
+        config = json.load(f)
+    print(f"goliat stand-in: study {argv[2]} "
+          f"(assignment {os.environ.get('GOLIAT_ASSIGNMENT_ID')})", flush=True)
+    if config.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if config.get("pid_file"):
+        write_pid(config["pid_file"], os.getpid())
+    if config.get("child_pid_file"):
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import signal, time\n"
+                                  "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                  "time.sleep(600)"])
+        write_pid(config["child_pid_file"], child.pid)
+    steps = max(1, int(config.get("steps", 3)))
+    duration = float(config.get("duration_s", 1.0))
+    post({"type": "status", "message": "study started", "log_type": "info"})
+    for i in range(1, steps + 1):
+        time.sleep(duration / steps)
+        post({"type": "overall_progress", "current": i, "total": steps})
+        print(f"step {i}/{steps}", flush=True)
+    code = int(config.get("exit_code", 0))
+    if code != 0:
+        post({"type": "status", "message": f"study failed ({code})",
+              "log_type": "error"})
+    post({"type": "finished", "message": "study done"})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

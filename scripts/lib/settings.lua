@@ -1,0 +1,198 @@
+-- Helpers of the agent: reading its settings from the environment, the host
+-- facts sent with each heartbeat, and small parsers. The policy itself is in
+-- agent.lua.
+local cjson = require "cjson.safe"
+
+local M = {}
+
+-- Environment variable for each setting that can be overridden.
+M.ENV = {
+  monitoring_url = "GOLIAT_MONITORING_URL",
+  machine_id = "GOLIAT_MACHINE_ID",
+  api_token = "GOLIAT_API_TOKEN",
+  heartbeat_interval = "GOLIAT_HEARTBEAT_INTERVAL",
+  poll_interval = "GOLIAT_POLL_INTERVAL",
+  study_command = "GOLIAT_STUDY_COMMAND",
+  work_dir = "GOLIAT_WORK_DIR",
+}
+
+function M.is_http_url(s)
+  local scheme, rest = s:match("^(%a[%w+.-]*)://(.+)$")
+  scheme = scheme and scheme:lower()
+  return (scheme == "http" or scheme == "https") and rest:match("^[^/?#]+")
+    ~= nil
+end
+
+function M.url_encode(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c)
+    return string.format("%%%02X", c:byte())
+  end))
+end
+
+-- The program `name` on PATH, or nil.
+function M.which(host, name)
+  local windows = host.sys.platform() == "windows"
+  local sep = windows and ";" or ":"
+  for dir in (host.sys.getenv("PATH") or ""):gmatch("[^" .. sep .. "]+") do
+    for _, suffix in ipairs(windows and { ".exe", "" } or { "" }) do
+      local path = host.fs.join(dir, name .. suffix)
+      local st = host.fs.stat(path)
+      if st and st.type ~= "directory" then return path end
+    end
+  end
+  return nil
+end
+
+function M.default_study_command(host)
+  local python = "python"
+  if not M.which(host, "python") and M.which(host, "python3") then
+    python = "python3"
+  end
+  return { python, "-m", "goliat", "study" }
+end
+
+-- This machine's primary non-loopback IPv4 address.
+function M.primary_ipv4(host)
+  local list = host.sys.interfaces() or {}
+  for _, i in ipairs(list) do
+    if i.family == "inet" and not i.internal then return i.address end
+  end
+  return nil
+end
+
+local function positive_seconds(name, value)
+  local n = tonumber(value)
+  if not n or n <= 0 or n ~= n or n == math.huge then
+    return nil, string.format(
+      "%s must be a positive number of seconds, got '%s'", name, value)
+  end
+  return n
+end
+
+local function study_command(name, value)
+  local cmd = cjson.decode(value)
+  if type(cmd) ~= "table" or #cmd == 0 then
+    return nil, name .. " must be a JSON array of strings, e.g. " ..
+      '["python","-m","goliat","study"]'
+  end
+  for k, v in pairs(cmd) do
+    if math.type(k) ~= "integer" or k > #cmd or type(v) ~= "string" then
+      return nil, name .. " must be a JSON array of strings"
+    end
+  end
+  return cmd
+end
+
+local function monitoring_url(name, value)
+  local url = value:gsub("/+$", "")
+  if not M.is_http_url(url) then
+    return nil, string.format("%s must be an http:// or https:// URL", name)
+  end
+  return url
+end
+
+local function absolute(host, dir)
+  dir = dir:gsub("^%./+", "")
+  if dir == "." or dir == "" then return assert(host.sys.cwd()) end
+  if dir:match("^/") or dir:match("^%a:[/\\]") or dir:match("^\\\\") then
+    return dir
+  end
+  return host.fs.join(assert(host.sys.cwd()), dir)
+end
+
+local PARSERS = {
+  monitoring_url = monitoring_url,
+  heartbeat_interval = positive_seconds,
+  poll_interval = positive_seconds,
+  study_command = study_command,
+}
+
+-- Settings: defaults, then the environment. Returns the table, or nil and
+-- a one-line message naming the variable.
+function M.load(host, defaults)
+  local s = {}
+  for k, v in pairs(defaults) do s[k] = v end
+  for key, var in pairs(M.ENV) do
+    local value = host.sys.getenv(var)
+    if value and value ~= "" then
+      local parse = PARSERS[key]
+      if parse then
+        local parsed, err = parse(var, value)
+        if parsed == nil then return nil, err end
+        value = parsed
+      end
+      s[key] = value
+    end
+  end
+  if not s.monitoring_url then
+    return nil, "GOLIAT_MONITORING_URL is not set: set it to the " ..
+      "dashboard's base URL, e.g. https://dashboard.example.org"
+  end
+  s.study_command = s.study_command or M.default_study_command(host)
+  s.machine_id = s.machine_id or M.primary_ipv4(host) or host.sys.hostname()
+  s.work_dir = absolute(host, s.work_dir or ".")
+  local ok, err = host.fs.mkdir_p(s.work_dir)
+  if not ok then
+    return nil, "GOLIAT_WORK_DIR: cannot create " .. s.work_dir .. ": " ..
+      tostring(err)
+  end
+  return s
+end
+
+-- Facts sent with each heartbeat (PROTOCOL.md section 3).
+function M.host_facts(host)
+  local facts = {
+    hostname = host.sys.hostname(),
+    cpuCores = host.sys.cpu_count(),
+    totalRamGB = math.floor(host.sys.total_memory() / 2 ^ 30 * 10 + 0.5) / 10,
+  }
+  facts.gpuName = M.gpu_name(host)
+  return facts
+end
+
+-- The first NVIDIA GPU's name, from nvidia-smi when it is installed.
+function M.gpu_name(host)
+  local smi = M.which(host, "nvidia-smi")
+  if not smi then return nil end
+  local out = host.fs.join(host.sys.getenv("TEMP") or "/tmp",
+    "goliat-gpu-" .. host.sys.pid() .. ".txt")
+  local p = host.proc.spawn {
+    argv = { smi, "--query-gpu=name", "--format=csv,noheader" },
+    stdout = out, stderr = "null",
+  }
+  local code = p and p:wait()
+  local text = code == 0 and host.fs.read(out) or nil
+  host.fs.remove(out)
+  local name = text and text:match("^%s*([^\r\n]-)%s*[\r\n]")
+  return name ~= "" and name or nil
+end
+
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6,
+  Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+-- Seconds since the epoch of a UTC civil date (no time zone involved).
+local function utc_epoch(y, m, d, hh, mm, ss)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + hh * 3600 + mm * 60 + ss
+end
+
+-- Retry-After (RFC 9110): delay-seconds or an HTTP-date. Returns seconds
+-- from now (>= 0), or nil when absent or unreadable.
+function M.retry_after(value, now)
+  if type(value) ~= "string" then return nil end
+  local secs = value:match("^%s*(%d+)%s*$")
+  if secs then return tonumber(secs) end
+  local d, mon, y, hh, mm, ss =
+    value:match("^%s*%a+,%s*(%d+)%s+(%a+)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+GMT")
+  if not d or not MONTHS[mon] then return nil end
+  local at = utc_epoch(tonumber(y), MONTHS[mon], tonumber(d), tonumber(hh),
+    tonumber(mm), tonumber(ss))
+  return math.max(0, at - now)
+end
+
+return M

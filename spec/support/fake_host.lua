@@ -1,0 +1,329 @@
+-- A fake `host` module for policy specs: a virtual clock, tasks as plain
+-- coroutines run by a small discrete-event scheduler, scripted HTTP and
+-- processes, and an in-memory file system. Nothing here touches the real
+-- network, clock, processes or disk, so a spec of hours of agent time runs
+-- in milliseconds and always the same way.
+--
+--   local f = fake_host.new { env = { GOLIAT_MONITORING_URL = "http://d" } }
+--   f.http_handler = function(req) return { status = 200, body = "{}" } end
+--   f.spawn_handler = function(opts) return { exit_code = 0, after = 30 } end
+--   f:start(function(host) agent.main(host) end)
+--   f:run_for(120)          -- two minutes of agent time
+--   f:run_until(function() return #f.reports() >= 1 end, 3600)
+local cjson = require "cjson"
+
+local M = {}
+
+local Fake = {}
+Fake.__index = Fake
+
+local WALL_START = 1800000000 -- a fixed wall clock origin (2027)
+
+function M.new(opts)
+  opts = opts or {}
+  local f = setmetatable({}, Fake)
+  f.now = 0
+  f.tasks = {}
+  f.env = opts.env or {}
+  f.files = {}         -- path -> contents
+  f.dirs = { ["/"] = true }
+  f.writes = {}        -- every path written, in order
+  f.requests = {}      -- every HTTP request, in order, with .at
+  f.spawned = {}       -- every spawn's options, in order
+  f.procs = {}         -- fake process objects, in order
+  f.logs = {}          -- { level, text }
+  f.signal_handlers = {}
+  f.exit_code = nil
+  f.platform = opts.platform or "linux"
+  f.cwd = opts.cwd or "/work"
+  f.http_handler = function() return nil, "no handler", "connect" end
+  f.spawn_handler = function() return { exit_code = 0, after = 1 } end
+  f.host = f:make_host()
+  return f
+end
+
+------------------------------------------------------------------------------
+-- Scheduler
+------------------------------------------------------------------------------
+
+-- Block the running task until `cond()` is true or the clock reaches `at`.
+local function block(at, cond)
+  local why = coroutine.yield("block", at, cond)
+  if why == "dead" then error("task stopped by the fake host exiting", 0) end
+end
+
+function Fake:spawn(name, fn, ...)
+  local args = table.pack(...)
+  local task = { name = name, at = self.now }
+  task.co = coroutine.create(function() return fn(table.unpack(args, 1, args.n)) end)
+  table.insert(self.tasks, task)
+  return task
+end
+
+function Fake:runnable(t)
+  return (t.at and t.at <= self.now) or (t.cond and t.cond())
+end
+
+-- Resume every task that can run, until none can.
+function Fake:settle()
+  local progress, rounds = true, 0
+  while progress and not self.exit_code do
+    progress = false
+    rounds = rounds + 1
+    if rounds > 10000 then
+      error("fake host: tasks keep running without time passing (a loop " ..
+        "that never sleeps?) at t=" .. self.now, 0)
+    end
+    for _, t in ipairs(self.tasks) do
+      if not t.done and self:runnable(t) and not self.exit_code then
+        progress = true
+        t.at, t.cond = nil, nil
+        local ok, kind, at, cond = coroutine.resume(t.co)
+        if not ok then
+          t.done, t.error = true, debug.traceback(t.co, kind)
+          error(string.format("fake task '%s' failed: %s", t.name, t.error), 0)
+        elseif coroutine.status(t.co) == "dead" then
+          t.done = true
+        elseif kind == "block" then
+          t.at, t.cond = at, cond
+        else
+          t.at = self.now -- a plain yield: run again
+        end
+      end
+    end
+  end
+end
+
+function Fake:next_time()
+  local next_at
+  for _, t in ipairs(self.tasks) do
+    if not t.done and t.at and (not next_at or t.at < next_at) then
+      next_at = t.at
+    end
+  end
+  return next_at
+end
+
+-- Run until pred() is true (checked after each step) or `limit` seconds of
+-- fake time have passed. Returns whether pred became true.
+function Fake:run_until(pred, limit)
+  local deadline = self.now + limit
+  while true do
+    self:settle()
+    if pred() then return true end
+    if self.exit_code then return false end
+    local next_at = self:next_time()
+    if not next_at or next_at > deadline then
+      self.now = deadline
+      self:settle()
+      return pred()
+    end
+    self.now = math.max(self.now, next_at)
+  end
+end
+
+function Fake:run_for(seconds)
+  self:run_until(function() return false end, seconds)
+end
+
+function Fake:start(main)
+  self:spawn("main", main, self.host)
+end
+
+-- Deliver a signal: its handler runs as a new task.
+function Fake:signal(name)
+  local fn = self.signal_handlers[name]
+  assert(fn, "no handler for " .. name)
+  self:spawn("on " .. name, fn, name)
+end
+
+------------------------------------------------------------------------------
+-- Views for assertions
+------------------------------------------------------------------------------
+
+function Fake:requests_to(path_pattern)
+  local out = {}
+  for _, r in ipairs(self.requests) do
+    if r.url:match(path_pattern) then table.insert(out, r) end
+  end
+  return out
+end
+
+-- The decoded bodies of agent reports (gui updates with an assignment_id).
+function Fake:reports()
+  local out = {}
+  for _, r in ipairs(self:requests_to("/api/gui%-update$")) do
+    if r.delivered then table.insert(out, cjson.decode(r.body)) end
+  end
+  return out
+end
+
+function Fake:log_text()
+  local lines = {}
+  for _, l in ipairs(self.logs) do table.insert(lines, l.text) end
+  return table.concat(lines, "\n")
+end
+
+------------------------------------------------------------------------------
+-- The host module
+------------------------------------------------------------------------------
+
+local function normalize(path)
+  return (path:gsub("/+", "/"))
+end
+
+function Fake:make_host()
+  local f = self
+  local host = { version = "fake" }
+
+  host.time = {
+    monotonic = function() return f.now end,
+    now = function() return WALL_START + f.now end,
+    sleep = function(s)
+      assert(type(s) == "number" and s >= 0, "sleep: bad duration")
+      block(f.now + s)
+    end,
+  }
+
+  host.task = {
+    spawn = function(name, fn, ...)
+      if type(name) == "function" then return f:spawn("task", name, fn, ...) end
+      return f:spawn(name, fn, ...)
+    end,
+    yield = function() coroutine.yield() end,
+  }
+
+  host.exit = function(code)
+    f.exit_code = code or 0
+    coroutine.yield("block", nil, function() return false end)
+  end
+
+  local function log(level)
+    return function(fmt, ...)
+      local text = select("#", ...) > 0 and string.format(fmt, ...) or fmt
+      table.insert(f.logs, { level = level, text = text })
+    end
+  end
+  host.log = { debug = log("debug"), info = log("info"), warn = log("warn"),
+    error = log("error") }
+
+  host.sys = {
+    getenv = function(name) return f.env[name] end,
+    hostname = function() return "fake-vm" end,
+    pid = function() return 4242 end,
+    cpu_count = function() return 8 end,
+    total_memory = function() return 32 * 2 ^ 30 end,
+    platform = function() return f.platform end,
+    cwd = function() return f.cwd end,
+    interfaces = function()
+      return {
+        { name = "lo", address = "127.0.0.1", family = "inet", internal = true },
+        { name = "eth0", address = "198.51.100.7", family = "inet",
+          internal = false },
+      }
+    end,
+    on_signal = function(name, fn)
+      f.signal_handlers[name] = fn
+      return { close = function() f.signal_handlers[name] = nil end }
+    end,
+  }
+
+  host.fs = {
+    join = function(...)
+      return normalize(table.concat({ ... }, "/"))
+    end,
+    mkdir_p = function(path)
+      f.dirs[normalize(path)] = true
+      return true
+    end,
+    exists = function(path)
+      path = normalize(path)
+      return f.files[path] ~= nil or f.dirs[path] ~= nil
+    end,
+    stat = function(path)
+      path = normalize(path)
+      if f.files[path] then
+        return { type = "file", size = #f.files[path], mtime = 0 }
+      elseif f.dirs[path] then
+        return { type = "directory", size = 0, mtime = 0 }
+      end
+      return nil, path .. ": no such file or directory", "ENOENT"
+    end,
+    read = function(path)
+      local data = f.files[normalize(path)]
+      if not data then return nil, path .. ": no such file", "ENOENT" end
+      return data
+    end,
+    write_atomic = function(path, data)
+      path = normalize(path)
+      table.insert(f.writes, path)
+      f.files[path] = data
+      return true
+    end,
+    remove = function(path)
+      f.files[normalize(path)] = nil
+      return true
+    end,
+  }
+
+  host.http = {
+    request = function(opts)
+      assert(type(opts.url) == "string", "request: url required")
+      assert(opts.url:match("^https?://"), "only http and https URLs")
+      local req = {
+        method = opts.method or (opts.body and "POST" or "GET"),
+        url = opts.url, headers = opts.headers or {}, body = opts.body,
+        at = f.now,
+      }
+      table.insert(f.requests, req)
+      local res, err, code = f.http_handler(req, f)
+      if res then
+        res.headers = res.headers or {}
+        res.body = res.body or ""
+        req.status = res.status
+        req.delivered = res.status >= 200 and res.status <= 299
+      end
+      return res, err, code
+    end,
+  }
+
+  host.proc = {
+    spawn = function(opts)
+      table.insert(f.spawned, opts)
+      local spec, err, code = f.spawn_handler(opts, f)
+      if not spec then return nil, err, code end
+      local p = { pid = 5000 + #f.spawned, started = f.now,
+        exit_at = f.now + (spec.after or 0), spec = spec }
+      table.insert(f.procs, p)
+      function p.running() return not p.ended end
+      function p.finish()
+        if not p.ended then
+          p.ended = true
+          p.code, p.sig = spec.exit_code, spec.signal
+        end
+      end
+      function p.wait()
+        block(p.exit_at, function() return p.ended end)
+        p.finish()
+        return p.code, p.sig
+      end
+      function p.terminate(_, grace)
+        p.terminated_with_grace = grace
+        if not p.ended then
+          p.ended = true
+          p.code, p.sig = nil, "SIGTERM"
+        end
+        return p.code, p.sig
+      end
+      function p.kill()
+        p.ended, p.code, p.sig = true, nil, "SIGKILL"
+        return true
+      end
+      return p
+    end,
+  }
+
+  return host
+end
+
+return M
