@@ -150,7 +150,7 @@ local function gui_update(req)
     state.reports = state.reports + 1
     say("REPORT from %s: %s for assignment %s: %s (exit code %s)",
       body.machineId, m.type, tostring(m.assignment_id),
-      tostring(m.message), tostring(m.exit_code))
+      tostring(m.message), tostring(math.tointeger(m.exit_code) or m.exit_code))
     if opts.exit_after and state.reports >= opts.exit_after then
       host.task.spawn(function()
         host.time.sleep(0.2)

@@ -33,7 +33,19 @@ static int is_sep(char c) {
 /* Synchronous uv_fs_stat; fills *st and returns 0 or a libuv error. */
 static int stat_path(const char *path, uv_stat_t *st) {
   uv_fs_t req;
+  memset(st, 0, sizeof *st);
   int rc = uv_fs_stat(NULL, &req, path, NULL);
+  if (rc == 0)
+    *st = req.statbuf;
+  uv_fs_req_cleanup(&req);
+  return rc;
+}
+
+/* The same for the path itself: a symbolic link is not followed. */
+static int lstat_path(const char *path, uv_stat_t *st) {
+  uv_fs_t req;
+  memset(st, 0, sizeof *st);
+  int rc = uv_fs_lstat(NULL, &req, path, NULL);
   if (rc == 0)
     *st = req.statbuf;
   uv_fs_req_cleanup(&req);
@@ -209,6 +221,12 @@ static int l_mkdir_p(lua_State *L) {
     if (rc < 0 && !(rc == UV_EEXIST || (rc == UV_EPERM && i < len)))
       return host_fail_uv(L, rc, path);
   }
+  uv_stat_t st; /* EEXIST above may have been a file in the way */
+  int rc = stat_path(path, &st);
+  if (rc == 0 && (st.st_mode & S_IFMT) != S_IFDIR)
+    rc = UV_EEXIST;
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -236,7 +254,7 @@ static const char *type_name(uint64_t mode) {
 static int l_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   uv_stat_t st;
-  int rc = stat_path(path, &st);
+  int rc = lstat_path(path, &st);
   if (rc < 0)
     return host_fail_uv(L, rc, path);
   lua_createtable(L, 0, 3);
@@ -255,7 +273,7 @@ static int l_remove(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   uv_stat_t st;
   uv_fs_t req;
-  int rc = stat_path(path, &st);
+  int rc = lstat_path(path, &st); /* a link is removed, not its target */
   if (rc == 0 && (st.st_mode & S_IFMT) == S_IFDIR)
     rc = uv_fs_rmdir(NULL, &req, path, NULL);
   else

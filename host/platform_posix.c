@@ -6,7 +6,13 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#ifdef __linux__
+#include <dirent.h>
+#endif
 
 void plat_init(void) {
   signal(SIGPIPE, SIG_IGN);
@@ -43,9 +49,53 @@ int plat_tree_kill(plat_tree *tree, uv_process_t *child, int pid) {
   return plat_tree_signal(tree, child, pid, SIGKILL);
 }
 
+#ifdef __linux__
+/* Whether /proc/<name>/stat shows a live (not zombie) member of group pgid.
+ * The fields after the command name (which may hold spaces and parentheses)
+ * are: state ppid pgrp. */
+static int live_member(const char *name, int pgid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%s/stat", name);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *end = strrchr(buf, ')');
+  char state;
+  int ppid, pgrp;
+  if (!end || sscanf(end + 1, " %c %d %d", &state, &ppid, &pgrp) != 3)
+    return 0;
+  return pgrp == pgid && state != 'Z' && state != 'X';
+}
+
+/* A zombie still counts for kill(-pgid, 0) until its new parent reaps it,
+ * which can take a while: look for members that really run. */
+static int group_has_live_member(int pgid) {
+  DIR *d = opendir("/proc");
+  if (!d)
+    return -1;
+  int found = 0;
+  struct dirent *e;
+  while (!found && (e = readdir(d)) != NULL)
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9')
+      found = live_member(e->d_name, pgid);
+  closedir(d);
+  return found;
+}
+#endif
+
 int plat_tree_alive(plat_tree *tree, int pid) {
   (void)tree;
-  return kill(-(pid_t)pid, 0) == 0 || errno == EPERM;
+  if (!(kill(-(pid_t)pid, 0) == 0 || errno == EPERM))
+    return 0;
+#ifdef __linux__
+  int live = group_has_live_member(pid);
+  if (live >= 0)
+    return live;
+#endif
+  return 1;
 }
 
 void plat_tree_free(plat_tree *tree) {

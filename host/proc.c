@@ -528,6 +528,8 @@ static int m_terminate(lua_State *L) {
     t->data = p;
     p->refs++; /* released when the timer is closed */
     p->term_poll = t;
+    /* the task may have run since this turn began: count from now */
+    uv_update_time(&p->ctx->loop);
     p->kill_at_ms = uv_now(&p->ctx->loop) + (uint64_t)(grace * 1000.0);
     uv_timer_start(t, on_term_poll, POLL_MS, POLL_MS);
     plat_tree_terminate(p->tree, &p->handle, p->pid);

@@ -70,6 +70,17 @@ static int l_hostname(lua_State *L) {
   return 1;
 }
 
+/* host.sys.cwd() -> absolute path of the current directory */
+static int l_cwd(lua_State *L) {
+  char buf[4096];
+  size_t size = sizeof buf;
+  int rc = uv_cwd(buf, &size);
+  if (rc != 0)
+    return host_fail_uv(L, rc, "cwd");
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 static int l_pid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_os_getpid());
   return 1;
@@ -252,6 +263,7 @@ void host_open_sys(lua_State *L) {
                                    {"environ", l_environ},
                                    {"hostname", l_hostname},
                                    {"pid", l_pid},
+                                   {"cwd", l_cwd},
                                    {"cpu_count", l_cpu_count},
                                    {"total_memory", l_total_memory},
                                    {"interfaces", l_interfaces},

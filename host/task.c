@@ -28,7 +28,8 @@ typedef struct task {
   unsigned wait_id;
   int pending_nargs; /* values on co's stack for its next resume */
   int is_main;
-  int stopped; /* the watchdog yielded it for good */
+  int stopped;     /* the watchdog yielded it for good */
+  char where[128]; /* "file:line:" where the watchdog found it */
   struct task *next_ready;
   char name[64];
 } task;
@@ -159,14 +160,14 @@ static void resume(host_ctx *ctx, task *t) {
   ctx->running = NULL;
   if (ctx->closing)
     return;
-  if (st == LUA_YIELD && t->stopped) {
+  if ((st == LUA_YIELD || st == LUA_OK) && t->stopped) {
     lua_pop(t->co, nres);
-    luaL_where(t->co, 0);
     lua_pushfstring(t->co, "%sran for more than %f s without yielding",
-                    lua_tostring(t->co, -1), ctx->task_limit_s);
-    lua_remove(t->co, -2);
+                    t->where, ctx->task_limit_s);
     report_error(ctx, t, "stopped");
     finish(ctx, t, 0, 1);
+    if (t->is_main)
+      host_request_exit(ctx, 1);
   } else if (st == LUA_YIELD) {
     lua_pop(t->co, nres);
     if (t->state == T_RUNNING) /* coroutine.yield(): let others run */
@@ -302,24 +303,42 @@ int task_count_alive(host_ctx *ctx) {
 
 /* ---- the watchdog ---- */
 
+/* Runs in the task's thread and in every coroutine the task created (they
+ * inherit the hook). Once over the limit the task is over: it is yielded for
+ * good at the first instruction where its thread can yield. */
 static void watchdog(lua_State *L, lua_Debug *ar) {
   (void)ar;
   host_ctx *ctx = host_get(L);
   task *t = ctx->running;
-  if (!t || t->co != L || ctx->task_limit_s <= 0)
+  if (!t)
     return;
-  double ran = (double)(uv_hrtime() - ctx->resume_start_ns) / 1e9;
-  if (ran <= ctx->task_limit_s)
-    return;
-  if (lua_isyieldable(L)) {
-    /* a yield from a hook cannot be caught by pcall: the task is over */
+  if (!t->stopped) {
+    double ran = (double)(uv_hrtime() - ctx->resume_start_ns) / 1e9;
+    if (ctx->task_limit_s <= 0 || ran <= ctx->task_limit_s) {
+      if (lua_gethookcount(L) != WATCHDOG_COUNT) /* a stopped task's */
+        task_install_watchdog(L);
+      return;
+    }
     t->stopped = 1;
+    luaL_where(L, 0);
+    snprintf(t->where, sizeof t->where, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    /* from now on check at every instruction, in this thread and the
+     * task's own, so that it is caught as soon as it can be yielded */
+    lua_sethook(L, watchdog, LUA_MASKCOUNT, 1);
+    lua_sethook(t->co, watchdog, LUA_MASKCOUNT, 1);
+  }
+  if (lua_isyieldable(L)) {
+    /* a yield from a hook cannot be caught by pcall; in a coroutine of the
+     * task's own it hands control back towards the task's thread */
     lua_yield(L, 0);
     return;
   }
-  ctx->resume_start_ns = uv_hrtime();
-  luaL_error(L, "task '%s' ran for more than %f s without yielding", t->name,
-             ctx->task_limit_s);
+  /* below a C function that cannot yield: unwind with an error (raised
+   * again at once if a pcall catches it) */
+  lua_pushfstring(L, "%sran for more than %f s without yielding", t->where,
+                  ctx->task_limit_s);
+  lua_error(L);
 }
 
 void task_install_watchdog(lua_State *L) {
@@ -451,6 +470,8 @@ void host_open_task(lua_State *L) {
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "task");
 
+  lua_pushcfunction(L, l_os_exit);
+  lua_setfield(L, -2, "exit");
   lua_getglobal(L, "os");
   lua_pushcfunction(L, l_os_exit);
   lua_setfield(L, -2, "exit");

@@ -7,10 +7,29 @@
 typedef struct sleep_req {
   uv_timer_t timer;
   task_waiter waiter;
+  struct sleep_req *next, *prev; /* in pending */
 } sleep_req;
 
+static sleep_req *pending; /* whose timer is not yet closed */
+
 static void free_req(uv_handle_t *h) {
-  free(h->data);
+  sleep_req *req = h->data;
+  if (req->prev)
+    req->prev->next = req->next;
+  else
+    pending = req->next;
+  if (req->next)
+    req->next->prev = req->prev;
+  free(req);
+}
+
+/* At shutdown: close the timers of sleeps still under way, so that their
+ * requests are freed. */
+static void on_host_close(void *data) {
+  (void)data;
+  for (sleep_req *req = pending; req; req = req->next)
+    if (!uv_is_closing((uv_handle_t *)&req->timer))
+      uv_close((uv_handle_t *)&req->timer, free_req);
 }
 
 static void on_wake(uv_timer_t *timer) {
@@ -27,9 +46,18 @@ static int l_sleep(lua_State *L) {
   sleep_req *req = malloc(sizeof *req);
   if (!req)
     return luaL_error(L, "out of memory");
-  uv_timer_init(&host_get(L)->loop, &req->timer);
+  uv_loop_t *loop = &host_get(L)->loop;
+  uv_timer_init(loop, &req->timer);
   req->timer.data = req;
   req->waiter.ref = LUA_NOREF;
+  req->prev = NULL;
+  req->next = pending;
+  if (pending)
+    pending->prev = req;
+  pending = req;
+  /* the loop's clock stopped when this turn began: the task may have run
+   * for a while since, and the timer counts from that clock */
+  uv_update_time(loop);
   uv_timer_start(&req->timer, on_wake, (uint64_t)(s * 1000.0 + 0.5), 0);
   return task_wait(L, &req->waiter);
 }
@@ -57,4 +85,5 @@ void host_open_time(lua_State *L) {
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "time");
+  host_on_close(host_get(L), on_host_close, NULL);
 }

@@ -6,27 +6,11 @@
 #   bash tests/run-all.sh --sanitize   AddressSanitizer + UBSan build in build-asan/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-packages=(build-essential cmake pkg-config liblua5.4-dev lua5.4 lua-cjson
-  lua-busted lua-check libcurl4-openssl-dev libuv1-dev libhttp-parser-dev
-  python3 procps)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
-
-build=build
-flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 if [ "${1:-}" = "--sanitize" ]; then
-  build=build-asan
-  flags=(-DCMAKE_BUILD_TYPE=Debug -DGOLIAT_SANITIZE=ON)
+  bash tests/setup.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DGOLIAT_SANITIZE=ON
+  cd build-asan
+else
+  bash tests/setup.sh build
+  cd build
 fi
-cmake -S . -B "$build" "${flags[@]}"
-cmake --build "$build" -j "$(nproc)"
-cd "$build"
 ctest --output-on-failure

@@ -9,5 +9,6 @@ and exits with the code the config asks for. Config fields, all optional:
   steps          progress updates to post (default 3)
   pid_file       write this process's pid there
   child_pid_file start a grandchild (a sleeping python) and write its pid
+  child_ignores_sigterm  the grandchild ignores SIGTERM
   ignore_sigterm ignore SIGTERM (so only a kill stops it)
 """

@@ -46,9 +46,10 @@ def main(argv):
     if config.get("pid_file"):
         write_pid(config["pid_file"], os.getpid())
     if config.get("child_pid_file"):
+        ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
+            if config.get("child_ignores_sigterm") else ""
         child = subprocess.Popen([sys.executable, "-c",
-                                  "import signal, time\n"
-                                  "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                  "import signal, time\n" + ignore +
                                   "time.sleep(600)"])
         write_pid(config["child_pid_file"], child.pid)
     steps = max(1, int(config.get("steps", 3)))

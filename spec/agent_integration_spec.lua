@@ -1,0 +1,150 @@
+-- Integration specs: the real agent (goliat-host scripts/agent.lua), the
+-- example dashboard and the GOLIAT stand-in, as separate processes talking
+-- HTTP on 127.0.0.1.
+local host = require "host"
+local cluster = require "support.cluster"
+
+local function queue(dash, config, extra)
+  local spec = { config = config }
+  for k, v in pairs(extra or {}) do spec[k] = v end
+  return cluster.post_json(dash.url .. "/dev/assignments", spec)
+end
+
+local function reports_at_least(dash, n, limit)
+  return cluster.wait_until(function()
+    local r = cluster.reports(dash)
+    return #r >= n and r
+  end, limit or 60)
+end
+
+describe("the agent with the example dashboard", function()
+  local dash, agent, work
+
+  before_each(function()
+    dash = cluster.start_dashboard()
+    work = cluster.temp_dir("work")
+  end)
+
+  after_each(function()
+    if agent then cluster.stop(agent.proc) end
+    cluster.stop(dash.proc)
+    agent = nil
+  end)
+
+  it("runs an assignment end to end and reports exit 0 as finished", function()
+    queue(dash, { exit_code = 0, duration_s = 0.5, steps = 2 },
+      { split_index = 4, id = "ok-1" })
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
+    local reports = assert(reports_at_least(dash, 1), "no report arrived")
+    local m = reports[1]
+    assert.equals("finished", m.type)
+    assert.equals("ok-1", m.assignment_id)
+    assert.equals(0, m.exit_code)
+    assert.is_true(m.duration_s >= 0.5)
+    -- the config is on disk under the documented name, and the study ran
+    -- with it and wrote its output to the assignment's log
+    assert.matches('"exit_code":0', host.fs.read(host.fs.join(work,
+      "assigned_config_4.json")))
+    local log = assert(host.fs.read(host.fs.join(work, "study_4.log")))
+    assert.matches("assignment ok%-1", log)
+    assert.matches("step 2/2", log)
+    -- the stand-in's own GUI updates reached the dashboard too
+    local ev = cluster.events(dash)
+    local progress = 0
+    for _, u in ipairs(ev.gui_updates) do
+      if u.message.type == "overall_progress" then progress = progress + 1 end
+      assert.equals("spec-worker", u.machineId)
+    end
+    assert.equals(2, progress)
+    assert.is_true(#ev.heartbeats >= 1)
+    assert.equals("spec-worker", ev.heartbeats[1].machineId)
+  end)
+
+  it("reports a study that exits with 3 as fatal_error with exit code 3", function()
+    queue(dash, { exit_code = 3, duration_s = 0.2, steps = 1 }, { id = "bad-1" })
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
+    local m = assert(reports_at_least(dash, 1), "no report arrived")[1]
+    assert.equals("fatal_error", m.type)
+    assert.equals("bad-1", m.assignment_id)
+    assert.equals(3, m.exit_code)
+    assert.matches("code 3", m.message)
+  end)
+
+  it("keeps its heartbeat rhythm during a slow config download", function()
+    -- the dashboard answers the config request only after 4 s
+    queue(dash, { duration_s = 0.1, steps = 1 }, { delay_s = 4, id = "slow" })
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
+    assert(reports_at_least(dash, 1, 60), "no report arrived")
+    local ev = cluster.events(dash)
+    local handed_at
+    for _, u in ipairs(ev.handed) do
+      if u.id == "slow" then handed_at = true end
+    end
+    assert.is_true(handed_at)
+    -- heartbeats every 0.5 s: a heartbeat blocked behind the download would
+    -- leave a 4 s hole; allow generous slack for a busy machine
+    local beats, max_gap = ev.heartbeats, 0
+    for i = 2, #beats do
+      max_gap = math.max(max_gap, beats[i].at - beats[i - 1].at)
+    end
+    assert.is_true(#beats >= 8, "heartbeats: " .. #beats)
+    assert.is_true(max_gap < 2.5, "longest gap between heartbeats: " .. max_gap)
+  end)
+
+  it("on SIGTERM stops the study's whole tree, reports it and exits 0", function()
+    local pid_file = host.fs.join(work, "study.pid")
+    local child_file = host.fs.join(work, "child.pid")
+    queue(dash, { duration_s = 120, steps = 1, pid_file = pid_file,
+      child_pid_file = child_file }, { id = "long" })
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
+    local pids = cluster.wait_until(function()
+      local a, b = host.fs.read(pid_file), host.fs.read(child_file)
+      return a and b and { tonumber(a), tonumber(b) }
+    end, 30)
+    assert(pids, "the study did not start")
+    assert.is_true(cluster.alive(pids[1]) and cluster.alive(pids[2]))
+    assert(agent.proc:signal("SIGTERM"))
+    local code = agent.proc:wait()
+    assert.equals(0, code)
+    assert.is_false(cluster.alive(pids[1]), "study still alive")
+    assert.is_false(cluster.alive(pids[2]), "study's child still alive")
+    local m = assert(reports_at_least(dash, 1, 10))[1]
+    assert.equals("fatal_error", m.type)
+    assert.equals("long", m.assignment_id)
+    assert.matches("SIGTERM", m.message)
+  end)
+end)
+
+describe("the agent started before the dashboard", function()
+  it("keeps trying and registers once the dashboard is up", function()
+    -- find a free port, then leave it closed for a while
+    local probe = assert(host.http.serve({ port = 0 }, function() return 200 end))
+    local port = probe:port()
+    probe:close()
+    local work = cluster.temp_dir("late")
+    local agent = cluster.start_agent(cluster.agent_env(
+      "http://127.0.0.1:" .. port, work), work)
+    host.time.sleep(2)
+    assert.is_true(agent.proc:running(), "the agent gave up")
+    local dash = cluster.start_dashboard { "--port", tostring(port) }
+    queue(dash, { duration_s = 0.1, steps = 1 }, { id = "late-1" })
+    local ok, reports = pcall(reports_at_least, dash, 1, 60)
+    cluster.stop(agent.proc)
+    cluster.stop(dash.proc)
+    assert.is_true(ok and reports and reports[1].type == "finished",
+      "no finished report after the dashboard came up")
+  end)
+end)
+
+describe("the agent without GOLIAT_MONITORING_URL", function()
+  it("names the variable and exits with code 2", function()
+    local work = cluster.temp_dir("nourl")
+    local env = cluster.agent_env("", work)
+    local agent = cluster.start_agent(env, work)
+    local code = agent.proc:wait()
+    assert.equals(2, code)
+    local log = host.fs.read(agent.log)
+    assert.matches("GOLIAT_MONITORING_URL", log)
+    assert.equals(1, select(2, log:gsub("\n", "")), "one line: " .. log)
+  end)
+end)

@@ -1,0 +1,264 @@
+-- host.fs: whole-file reads, atomic writes, appends and folders. Each test
+-- works in a fresh folder under /tmp that is removed afterwards.
+local host = require "host"
+local H = require "support.helpers"
+
+local fs = host.fs
+
+describe("host.fs", function()
+  local dir
+  before_each(function()
+    dir = H.tmpdir()
+  end)
+  after_each(function()
+    H.rm_rf(dir)
+  end)
+
+  local function path(...)
+    return fs.join(dir, ...)
+  end
+
+  local function ln_s(target, name)
+    assert.equal(0, (H.run({ argv = { "ln", "-s", target, name } })))
+  end
+
+  describe("read and write_atomic", function()
+    it("round-trip binary data with NUL bytes (broken if data is cut at a NUL or "
+      .. "translated)", function()
+        local data = "a\0b\r\n\255\0" .. string.rep("\0\1\2", 1000) .. "end"
+        assert.is_true(fs.write_atomic(path("bin"), data))
+        local back = fs.read(path("bin"))
+        assert.equal(#data, #back)
+        assert.equal(data, back)
+      end)
+
+    it("round-trip an empty file and a file larger than one read chunk (broken at "
+      .. "buffer boundaries)", function()
+        assert.is_true(fs.write_atomic(path("empty"), ""))
+        assert.equal("", fs.read(path("empty")))
+        local big = string.rep("0123456789abcdef", 300000) -- 4.8 MB
+        assert.is_true(fs.write_atomic(path("big"), big))
+        assert.equal(big, fs.read(path("big")))
+      end)
+
+    it("replaces an existing file and leaves no temporary file behind (broken if the "
+      .. "temp file is not renamed over)", function()
+        assert.is_true(fs.write_atomic(path("f"), "old contents that are longer"))
+        assert.is_true(fs.write_atomic(path("f"), "new"))
+        assert.equal("new", fs.read(path("f")))
+        assert.same({ "f" }, fs.list(dir))
+      end)
+
+    it("fails into a missing folder with nil, msg, 'ENOENT' and leaves nothing (broken "
+      .. "if the failure raises or leaks a temp file)", function()
+        local ok, msg, code = fs.write_atomic(path("nope", "f"), "x")
+        assert.is_nil(ok)
+        assert.is_string(msg)
+        assert.equal("ENOENT", code)
+        assert.same({}, fs.list(dir))
+      end)
+
+    it("read of a missing file returns nil, msg, 'ENOENT' (broken if it raises or "
+      .. "returns an empty string)", function()
+        local data, msg, code = fs.read(path("missing"))
+        assert.is_nil(data)
+        assert.matches("missing", msg)
+        assert.equal("ENOENT", code)
+      end)
+
+    it("read of a folder fails with nil, msg, code (broken if it returns garbage)",
+      function()
+        local data, msg, code = fs.read(dir)
+        assert.is_nil(data)
+        assert.is_string(msg)
+        assert.equal("EISDIR", code)
+      end)
+
+    it("raises on a non-string argument (broken if misuse is a failure value)", function()
+      assert.has_error(function()
+        fs.write_atomic(path("f"), {})
+      end)
+      assert.has_error(function()
+        fs.read()
+      end)
+    end)
+  end)
+
+  describe("append", function()
+    it("creates the file, then adds to its end (broken if it truncates)", function()
+      assert.is_true(fs.append(path("log"), "one\n"))
+      assert.is_true(fs.append(path("log"), "two\0\n"))
+      assert.equal("one\ntwo\0\n", fs.read(path("log")))
+    end)
+
+    it("fails into a missing folder with nil, msg, 'ENOENT' (broken if it raises)",
+      function()
+        local ok, _, code = fs.append(path("nope", "log"), "x")
+        assert.is_nil(ok)
+        assert.equal("ENOENT", code)
+      end)
+  end)
+
+  describe("mkdir_p", function()
+    it("creates nested folders and is idempotent (broken if a parent is not made or an "
+      .. "existing folder is an error)", function()
+        local deep = path("a", "b", "c")
+        assert.is_true(fs.mkdir_p(deep))
+        assert.equal("directory", fs.stat(deep).type)
+        assert.is_true(fs.mkdir_p(deep))
+        assert.is_true(fs.mkdir_p(path("a")))
+        assert.is_true(fs.mkdir_p(path("a", "b", "c", "d") .. "/"))
+        assert.equal("directory", fs.stat(path("a", "b", "c", "d")).type)
+      end)
+
+    it("fails where a file is in the way (broken if it reports success for a path that "
+      .. "is not a folder)", function()
+        assert.is_true(fs.write_atomic(path("file"), "x"))
+        local ok, msg, code = fs.mkdir_p(path("file"))
+        assert.is_nil(ok)
+        assert.is_string(msg)
+        assert.is_string(code)
+        local ok2, _, code2 = fs.mkdir_p(path("file", "sub"))
+        assert.is_nil(ok2)
+        assert.equal("ENOTDIR", code2)
+        local ok3 = fs.mkdir_p(path("file") .. "/")
+        assert.is_nil(ok3)
+        assert.equal("file", fs.stat(path("file")).type)
+      end)
+
+    it("raises on an empty path (broken if '' means the current folder)", function()
+      assert.has_error(function()
+        fs.mkdir_p("")
+      end)
+    end)
+  end)
+
+  describe("exists and stat", function()
+    it("exists tells files and folders from missing paths (broken if it raises or "
+      .. "is always true)", function()
+        assert.is_true(fs.write_atomic(path("f"), "x"))
+        assert.is_true(fs.exists(path("f")))
+        assert.is_true(fs.exists(dir))
+        assert.is_false(fs.exists(path("missing")))
+      end)
+
+    it("stat gives type, size and mtime (broken if a field is wrong)", function()
+      assert.is_true(fs.write_atomic(path("f"), "12345"))
+      local st = fs.stat(path("f"))
+      assert.equal("file", st.type)
+      assert.equal(5, st.size)
+      assert.is_true(math.type(st.size) == "integer")
+      assert.is_true(math.abs(st.mtime - host.time.now()) < 60)
+      assert.equal("directory", fs.stat(dir).type)
+      assert.equal("other", fs.stat("/dev/null").type)
+    end)
+
+    it("stat of a missing path returns nil, msg, 'ENOENT' (broken if it raises)",
+      function()
+        local st, msg, code = fs.stat(path("missing"))
+        assert.is_nil(st)
+        assert.is_string(msg)
+        assert.equal("ENOENT", code)
+      end)
+
+    it("stat reports a symbolic link as 'link' (broken if it follows the link)",
+      function()
+        assert.is_true(fs.mkdir_p(path("target")))
+        ln_s(path("target"), path("link"))
+        assert.equal("link", fs.stat(path("link")).type)
+        assert.is_true(fs.exists(path("link")))
+      end)
+  end)
+
+  describe("list", function()
+    it("returns the entry names sorted, without . and .. (broken if unsorted or "
+      .. "with dot entries)", function()
+        for _, name in ipairs({ "b", "c", "a", ".hidden", "B" }) do
+          assert.is_true(fs.write_atomic(path(name), name))
+        end
+        assert.is_true(fs.mkdir_p(path("sub")))
+        assert.same({ ".hidden", "B", "a", "b", "c", "sub" }, fs.list(dir))
+      end)
+
+    it("of an empty folder is an empty table (broken if it returns nil)", function()
+      assert.same({}, fs.list(dir))
+    end)
+
+    it("of a missing folder returns nil, msg, 'ENOENT' (broken if it raises)", function()
+      local t, msg, code = fs.list(path("missing"))
+      assert.is_nil(t)
+      assert.is_string(msg)
+      assert.equal("ENOENT", code)
+    end)
+  end)
+
+  describe("remove", function()
+    it("removes a file and an empty folder (broken if either is refused)", function()
+      assert.is_true(fs.write_atomic(path("f"), "x"))
+      assert.is_true(fs.mkdir_p(path("d")))
+      assert.is_true(fs.remove(path("f")))
+      assert.is_true(fs.remove(path("d")))
+      assert.same({}, fs.list(dir))
+    end)
+
+    it("refuses a folder that is not empty (broken if it removes recursively)", function()
+      assert.is_true(fs.mkdir_p(path("d")))
+      assert.is_true(fs.write_atomic(path("d", "keep"), "x"))
+      local ok, msg, code = fs.remove(path("d"))
+      assert.is_nil(ok)
+      assert.is_string(msg)
+      assert.equal("ENOTEMPTY", code)
+      assert.equal("x", fs.read(path("d", "keep")))
+    end)
+
+    it("of a missing path returns nil, msg, 'ENOENT' (broken if it raises)", function()
+      local ok, _, code = fs.remove(path("missing"))
+      assert.is_nil(ok)
+      assert.equal("ENOENT", code)
+    end)
+
+    it("removes a link to a folder, not the folder (broken if it follows the link)",
+      function()
+        assert.is_true(fs.mkdir_p(path("target")))
+        assert.is_true(fs.write_atomic(path("target", "keep"), "x"))
+        ln_s(path("target"), path("link"))
+        assert.is_true(fs.remove(path("link")))
+        assert.is_false(fs.exists(path("link")))
+        assert.equal("x", fs.read(path("target", "keep")))
+      end)
+
+    it("removes a dangling link (broken if it stats the missing target)", function()
+      ln_s(path("nowhere"), path("dangling"))
+      assert.is_true(fs.remove(path("dangling")))
+      assert.same({}, fs.list(dir))
+    end)
+  end)
+
+  describe("join", function()
+    it("puts exactly one separator between parts (broken if separators double or go "
+      .. "missing)", function()
+        assert.equal("a/b", fs.join("a", "b"))
+        assert.equal("a/b", fs.join("a/", "/b"))
+        assert.equal("a/b", fs.join("a/", "b"))
+        assert.equal("a/b", fs.join("a", "/b"))
+        assert.equal("a/b/c", fs.join("a", "b", "c"))
+        assert.equal("a/b/", fs.join("a", "b/"))
+      end)
+
+    it("keeps a leading root and skips empty parts (broken if '/' is lost or '' adds "
+      .. "a separator)", function()
+        assert.equal("/a", fs.join("/", "a"))
+        assert.equal("/a/b", fs.join("/a", "b"))
+        assert.equal("/b", fs.join("", "/b"))
+        assert.equal("a/b", fs.join("a", "", "b"))
+        assert.equal("a", fs.join("a"))
+        assert.equal("", fs.join())
+      end)
+
+    it("raises on a non-string part (broken if it is skipped)", function()
+      assert.has_error(function()
+        fs.join("a", {})
+      end)
+    end)
+  end)
+end)

@@ -1,0 +1,378 @@
+-- host.http.request against a real HTTP server on 127.0.0.1 (host.http.serve).
+-- Runs inside goliat-host: goliat-host spec/run.lua spec/http_client_spec.lua
+local host = require "host"
+local cjson = require "cjson"
+
+local MB = 1024 * 1024
+
+-- The routes of the test server; each returns what a handler returns.
+local routes = {}
+
+routes["/hello"] = function()
+  return {
+    status = 200,
+    headers = { ["Content-Type"] = "text/plain", ["X-Greeting"] = "Hi" },
+    body = "hello",
+  }
+end
+
+routes["/echo"] = function(req)
+  local echo = { method = req.method, body = req.body, headers = req.headers }
+  return 200, cjson.encode(echo), { ["Content-Type"] = "application/json" }
+end
+
+routes["/status"] = function(req)
+  local code = tonumber(req.query:match("code=(%d+)"))
+  return code, "status " .. code
+end
+
+routes["/big"] = function()
+  return 200, string.rep("x", 2 * MB)
+end
+
+routes["/sleep"] = function(req)
+  host.time.sleep(tonumber(req.query:match("s=([%d.]+)")))
+  return 200, "slept"
+end
+
+routes["/redirect"] = function()
+  return 302, "moved", { Location = "/hello", ["X-First-Hop"] = "yes" }
+end
+
+routes["/to-file"] = function()
+  return 302, "", { Location = "file:///etc/passwd" }
+end
+
+routes["/peer"] = function(req)
+  return 200, tostring(req.peer)
+end
+
+local function handle(req)
+  local route = routes[req.path]
+  if not route then
+    return 404, "no route " .. req.path
+  end
+  return route(req)
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+-- A fresh path in the temporary folder (nothing is left there).
+local function temp_path()
+  local path = os.tmpname()
+  os.remove(path)
+  return path
+end
+
+describe("host.http.request", function()
+  local server, base
+
+  setup(function()
+    server = assert(host.http.serve({ port = 0 }, handle))
+    base = "http://127.0.0.1:" .. server:port()
+  end)
+
+  teardown(function()
+    server:close()
+  end)
+
+  it("GET returns the status, lower-case headers and the body", function()
+    local res, msg = host.http.request({ url = base .. "/hello" })
+    assert.is_table(res, msg)
+    assert.are.equal(200, res.status)
+    assert.are.equal("hello", res.body)
+    assert.are.equal("text/plain", res.headers["content-type"])
+    assert.are.equal("Hi", res.headers["x-greeting"])
+    assert.is_nil(res.headers["X-Greeting"])
+    for name in pairs(res.headers) do
+      assert.are.equal(name:lower(), name)
+    end
+  end)
+
+  it("POST sends the body and the headers", function()
+    local res = assert(host.http.request({
+      url = base .. "/echo",
+      body = "a=1&b=2",
+      headers = { ["X-Token"] = "secret", ["X-Number"] = 42 },
+    }))
+    assert.are.equal(200, res.status)
+    local echo = cjson.decode(res.body)
+    assert.are.equal("POST", echo.method)
+    assert.are.equal("a=1&b=2", echo.body)
+    assert.are.equal("secret", echo.headers["x-token"])
+    assert.are.equal("42", echo.headers["x-number"])
+    assert.matches("^goliat%-host/", echo.headers["user-agent"])
+  end)
+
+  it("sends another method with a body when asked", function()
+    local res = assert(host.http.request({
+      url = base .. "/echo", method = "PUT", body = "new contents",
+    }))
+    local echo = cjson.decode(res.body)
+    assert.are.equal("PUT", echo.method)
+    assert.are.equal("new contents", echo.body)
+  end)
+
+  it("sends a body of binary bytes unchanged", function()
+    local bytes = "\0\1\2\255 end"
+    local res = assert(host.http.request({
+      url = base .. "/echo", method = "POST", body = bytes,
+    }))
+    assert.are.equal(#bytes, tonumber(cjson.decode(res.body)
+      .headers["content-length"]))
+  end)
+
+  it("gives an HTTP error status as a response, not a failure", function()
+    for _, code in ipairs({ 404, 500 }) do
+      local res, msg = host.http.request({
+        url = base .. "/status?code=" .. code,
+      })
+      assert.is_table(res, msg)
+      assert.are.equal(code, res.status)
+      assert.are.equal("status " .. code, res.body)
+    end
+  end)
+
+  it("refuses a body over max_size with too_large and keeps working",
+    function()
+      local res, msg, code = host.http.request({
+        url = base .. "/big", max_size = MB,
+      })
+      assert.is_nil(res)
+      assert.are.equal("too_large", code)
+      assert.matches("larger than", msg)
+      local again = assert(host.http.request({ url = base .. "/big" }))
+      assert.are.equal(2 * MB, #again.body)
+    end)
+
+  it("accepts a body of exactly max_size bytes", function()
+    local res = assert(host.http.request({
+      url = base .. "/hello", max_size = 5,
+    }))
+    assert.are.equal("hello", res.body)
+    local _, _, code = host.http.request({
+      url = base .. "/hello", max_size = 4,
+    })
+    assert.are.equal("too_large", code)
+  end)
+
+  it("raises for a file:// URL", function()
+    local ok, err = pcall(host.http.request, { url = "file:///etc/passwd" })
+    assert.is_false(ok)
+    assert.matches("only http and https URLs are allowed", err)
+  end)
+
+  it("raises for other schemes and for a missing url", function()
+    for _, url in ipairs({ "ftp://127.0.0.1/", "gopher://127.0.0.1/",
+      "127.0.0.1/hello", "" }) do
+      local ok, err = pcall(host.http.request, { url = url })
+      assert.is_false(ok, url)
+      assert.matches("only http and https", err)
+    end
+    local ok, err = pcall(host.http.request, {})
+    assert.is_false(ok)
+    assert.matches("url", err)
+  end)
+
+  it("accepts an upper-case HTTP scheme", function()
+    local url = "HTTP://127.0.0.1:" .. server:port() .. "/hello"
+    local res = assert(host.http.request({ url = url }))
+    assert.are.equal("hello", res.body)
+  end)
+
+  it("raises for options of the wrong type or value", function()
+    local bad = {
+      { url = base, timeout = "soon" },
+      { url = base, timeout = -1 },
+      { url = base, connect_timeout = 0 },
+      { url = base, max_size = -5 },
+      { url = base, headers = "X-A: b" },
+      { url = base, headers = { ["X-A"] = { 1 } } },
+      { url = base, headers = { ["X-A"] = "b\r\nX-Injected: yes" } },
+      { url = base, headers = { ["Bad Name"] = "b" } },
+      { url = base, body = {} },
+      { url = base, method = "GE T" },
+      { url = base, follow_redirects = "yes" },
+    }
+    for i, opts in ipairs(bad) do
+      local ok = pcall(host.http.request, opts)
+      assert.is_false(ok, "case " .. i)
+    end
+  end)
+
+  it("raises when called outside a task", function()
+    local co = coroutine.wrap(function()
+      return pcall(host.http.request, { url = base .. "/hello" })
+    end)
+    local ok, err = co()
+    assert.is_false(ok)
+    assert.matches("must be called from a task", err)
+  end)
+
+  it("does not follow redirects unless asked", function()
+    local res = assert(host.http.request({ url = base .. "/redirect" }))
+    assert.are.equal(302, res.status)
+    assert.are.equal("/hello", res.headers["location"])
+  end)
+
+  it("follows redirects and keeps only the last response's headers",
+    function()
+      local res = assert(host.http.request({
+        url = base .. "/redirect", follow_redirects = true,
+      }))
+      assert.are.equal(200, res.status)
+      assert.are.equal("hello", res.body)
+      assert.are.equal("Hi", res.headers["x-greeting"])
+      assert.is_nil(res.headers["x-first-hop"])
+      assert.is_nil(res.headers["location"])
+    end)
+
+  it("refuses a redirect to file:// with code protocol", function()
+    local res, msg, code = host.http.request({
+      url = base .. "/to-file", follow_redirects = true,
+    })
+    assert.is_nil(res)
+    assert.are.equal("protocol", code)
+    assert.is_string(msg)
+  end)
+
+  it("reports a refused connection with code connect", function()
+    local other = assert(host.http.serve({ port = 0 }, handle))
+    local port = other:port()
+    other:close()
+    local res, msg, code = host.http.request({
+      url = "http://127.0.0.1:" .. port .. "/hello",
+    })
+    assert.is_nil(res)
+    assert.are.equal("connect", code)
+    assert.is_string(msg)
+  end)
+
+  it("fails with code tls when https meets a plain HTTP server", function()
+    local url = "https://127.0.0.1:" .. server:port() .. "/hello"
+    local res, msg, code = host.http.request({ url = url, timeout = 5 })
+    assert.is_nil(res)
+    assert.are.equal("tls", code)
+    assert.is_string(msg)
+  end)
+
+  it("gives up after timeout seconds with code timeout", function()
+    local started = host.time.monotonic()
+    local res, msg, code = host.http.request({
+      url = base .. "/sleep?s=2", timeout = 0.3,
+    })
+    assert.is_nil(res)
+    assert.are.equal("timeout", code)
+    assert.is_string(msg)
+    assert.is_true(host.time.monotonic() - started < 1.8)
+  end)
+
+  it("does not put the URL in failure messages", function()
+    local _, msg = host.http.request({
+      url = base .. "/sleep?s=2&token=hunter2", timeout = 0.2,
+    })
+    assert.is_string(msg)
+    assert.is_nil(msg:find("hunter2", 1, true))
+  end)
+
+  it("streams the body into the output file", function()
+    local path = temp_path()
+    local res = assert(host.http.request({
+      url = base .. "/big", output = path,
+    }))
+    assert.are.equal(200, res.status)
+    assert.is_nil(res.body)
+    local data = read_file(path)
+    os.remove(path)
+    assert.are.equal(2 * MB, #data)
+    assert.are.equal(string.rep("x", 2 * MB), data)
+  end)
+
+  it("removes the output file when the transfer fails", function()
+    local path = temp_path()
+    local f = assert(io.open(path, "wb"))
+    f:write("old contents")
+    f:close()
+    local res, _, code = host.http.request({
+      url = base .. "/big", output = path, max_size = MB,
+    })
+    assert.is_nil(res)
+    assert.are.equal("too_large", code)
+    assert.is_nil(read_file(path))
+
+    res, _, code = host.http.request({
+      url = base .. "/sleep?s=2", output = path, timeout = 0.2,
+    })
+    assert.is_nil(res)
+    assert.are.equal("timeout", code)
+    assert.is_nil(read_file(path))
+  end)
+
+  it("fails with code io when the output file cannot be opened", function()
+    local res, msg, code = host.http.request({
+      url = base .. "/hello", output = temp_path() .. "/missing/out",
+    })
+    assert.is_nil(res)
+    assert.are.equal("io", code)
+    assert.is_string(msg)
+  end)
+
+  it("serves 20 sequential requests over reused connections", function()
+    local peers = {}
+    for i = 1, 20 do
+      local res, msg = host.http.request({ url = base .. "/peer" })
+      assert.is_table(res, "request " .. i .. ": " .. tostring(msg))
+      assert.are.equal(200, res.status)
+      peers[res.body] = true
+    end
+    local distinct = 0
+    for _ in pairs(peers) do
+      distinct = distinct + 1
+    end
+    -- the server sees the client's port: fewer than 20 means reuse
+    assert.is_true(distinct >= 1 and distinct < 20, distinct .. " peers")
+  end)
+
+  it("runs concurrent requests from several tasks", function()
+    local tasks = {}
+    for i = 1, 5 do
+      tasks[i] = host.task.spawn(function()
+        local res = assert(host.http.request({ url = base .. "/sleep?s=0.2" }))
+        return res.body
+      end)
+    end
+    for i = 1, 5 do
+      local ok, body = tasks[i]:join()
+      assert.is_true(ok, body)
+      assert.are.equal("slept", body)
+    end
+  end)
+
+  it("lets other tasks' timers keep their rhythm while a request waits",
+    function()
+      local ticks, stop = 0, false
+      local ticker = host.task.spawn("ticker", function()
+        for _ = 1, 100 do
+          if stop then
+            break
+          end
+          host.time.sleep(0.1)
+          ticks = ticks + 1
+        end
+      end)
+      local res = assert(host.http.request({ url = base .. "/sleep?s=1.5" }))
+      local during = ticks
+      stop = true
+      assert.is_true(ticker:join())
+      assert.are.equal("slept", res.body)
+      assert.is_true(during >= 8, "only " .. during .. " ticks in 1.5 s")
+    end)
+end)

@@ -1,0 +1,102 @@
+-- Real processes for integration specs: the example dashboard and the agent,
+-- each a goliat-host child on 127.0.0.1, plus the GOLIAT stand-in that the
+-- agent runs with `python -m goliat study`.
+local host = require "host"
+local cjson = require "cjson"
+local H = require "support.helpers"
+
+local M = {}
+
+M.goliat_host = H.host_binary()
+M.source_dir = host.sys.getenv("GOLIAT_SOURCE_DIR") or assert(host.sys.cwd())
+M.temp_dir = H.tmpdir
+M.alive = H.alive
+
+-- Poll pred() every `step` seconds for at most `limit` seconds; returns
+-- pred()'s first true value.
+function M.wait_until(pred, limit, step)
+  local deadline = host.time.monotonic() + (limit or 30)
+  while host.time.monotonic() < deadline do
+    local v = pred()
+    if v then return v end
+    host.time.sleep(step or 0.1)
+  end
+  return pred()
+end
+
+-- Start the example dashboard; returns { proc, port, url, dir }.
+function M.start_dashboard(args)
+  local dir = M.temp_dir("dash")
+  local port_file = host.fs.join(dir, "port")
+  local argv = { M.goliat_host, host.fs.join(M.source_dir,
+    "examples/dashboard.lua"), "--port-file", port_file }
+  for _, a in ipairs(args or { "--port", "0" }) do argv[#argv + 1] = a end
+  local p = assert(host.proc.spawn { argv = argv,
+    stdout = host.fs.join(dir, "dashboard.log"), stderr = "stdout" })
+  local port = M.wait_until(function()
+    local text = host.fs.read(port_file)
+    return text and tonumber(text)
+  end, 20)
+  assert(port, "the dashboard did not start: " ..
+    tostring(host.fs.read(host.fs.join(dir, "dashboard.log"))))
+  return { proc = p, port = port, dir = dir,
+    url = "http://127.0.0.1:" .. port }
+end
+
+-- Environment for an agent talking to url, working in work_dir.
+function M.agent_env(url, work_dir, extra)
+  local env = {
+    GOLIAT_MONITORING_URL = url,
+    GOLIAT_MACHINE_ID = "spec-worker",
+    GOLIAT_WORK_DIR = work_dir,
+    GOLIAT_HEARTBEAT_INTERVAL = "0.5",
+    GOLIAT_POLL_INTERVAL = "0.5",
+    PYTHONPATH = host.fs.join(M.source_dir, "examples"),
+  }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
+-- Start the agent; returns { proc, dir, log }.
+function M.start_agent(env, work_dir)
+  local log = host.fs.join(work_dir, "agent.log")
+  local p = assert(host.proc.spawn {
+    argv = { M.goliat_host, host.fs.join(M.source_dir, "scripts/agent.lua") },
+    env = env, stdout = log, stderr = "stdout" })
+  return { proc = p, dir = work_dir, log = log }
+end
+
+function M.get_json(url)
+  local res = host.http.request { url = url, timeout = 5 }
+  if not res or res.status ~= 200 then return nil end
+  return cjson.decode(res.body)
+end
+
+function M.post_json(url, value)
+  local res, err = host.http.request { url = url, method = "POST",
+    body = cjson.encode(value), timeout = 5,
+    headers = { ["Content-Type"] = "application/json" } }
+  assert(res and res.status == 200, "POST " .. url .. ": " ..
+    tostring(err or (res and res.status)))
+  return cjson.decode(res.body)
+end
+
+function M.events(dash)
+  return M.get_json(dash.url .. "/dev/events")
+end
+
+-- The agent's own reports (gui updates carrying an assignment_id).
+function M.reports(dash)
+  local ev = M.events(dash)
+  local out = {}
+  for _, u in ipairs(ev and ev.gui_updates or {}) do
+    if u.message.assignment_id ~= nil then table.insert(out, u.message) end
+  end
+  return out
+end
+
+function M.stop(proc)
+  if proc and proc:running() then proc:terminate(2) end
+end
+
+return M
