@@ -12,6 +12,8 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "log.h"
+
 #define HOST_VERSION "0.1.0"
 
 typedef void (*host_close_fn)(void *data);
@@ -60,9 +62,7 @@ int host_opt_boolean(lua_State *L, int idx, const char *field, int def);
 
 /* Push nil, message and (when code is not NULL) a code string; returns the
  * number of values pushed, so a binding can `return host_fail(...)`. */
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
+HOST_PRINTF(3, 4)
 int host_fail(lua_State *L, const char *code, const char *fmt, ...);
 
 /* Push nil, libuv's message for err and libuv's error name; returns 3. */

@@ -370,11 +370,7 @@ static int buf_puts(hs_buf *b, const char *s) {
   return buf_append(b, s, strlen(s));
 }
 
-#if defined(__GNUC__)
-#define HS_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#else
-#define HS_PRINTF(f, a)
-#endif
+#define HS_PRINTF(f, a) HOST_PRINTF(f, a)
 
 static int buf_printf(hs_buf *b, const char *fmt, ...) HS_PRINTF(2, 3);
 

@@ -10,9 +10,16 @@ int host_log_set_level(int level);
 /* Parse "debug", "info", "warn" or "error"; -1 when unknown. */
 int host_log_parse_level(const char *name);
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
+/* printf-style format checking; mingw's C99 printf is gnu_printf. */
+#if defined(__MINGW32__)
+#define HOST_PRINTF(f, a) __attribute__((format(gnu_printf, f, a)))
+#elif defined(__GNUC__)
+#define HOST_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define HOST_PRINTF(f, a)
 #endif
+
+HOST_PRINTF(2, 3)
 void host_log(int level, const char *fmt, ...);
 
 #endif

@@ -51,7 +51,7 @@ static const struct {
     {"SIGTERM", SIGTERM},   {"SIGINT", SIGINT},   {"SIGKILL", 9},
     {"SIGABRT", SIGABRT},   {"SIGSEGV", SIGSEGV}, {"SIGFPE", SIGFPE},
     {"SIGILL", SIGILL},
-#ifdef SIGHUP
+#ifndef _WIN32
     {"SIGHUP", SIGHUP},     {"SIGQUIT", SIGQUIT}, {"SIGBUS", SIGBUS},
     {"SIGPIPE", SIGPIPE},   {"SIGALRM", SIGALRM}, {"SIGUSR1", SIGUSR1},
     {"SIGUSR2", SIGUSR2},   {"SIGCONT", SIGCONT}, {"SIGSTOP", SIGSTOP},

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config liblua5.4-dev lua5.4 lua-cjson
   lua-busted lua-check libcurl4-openssl-dev libuv1-dev libhttp-parser-dev
-  python3 procps openssl)
+  python3 procps openssl gcc-mingw-w64-x86-64)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
