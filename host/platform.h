@@ -32,12 +32,20 @@ int plat_tree_terminate(plat_tree *tree, uv_process_t *child, int pid);
 int plat_tree_kill(plat_tree *tree, uv_process_t *child, int pid);
 
 /* Send signal signum to the tree (POSIX); on Windows only SIGTERM/SIGKILL
- * and SIGINT/SIGBREAK mean anything. */
+ * and SIGINT/SIGBREAK mean anything. child is NULL for a process that is
+ * not ours (host.proc.attach). */
 int plat_tree_signal(plat_tree *tree, uv_process_t *child, int pid, int signum);
 
 /* Whether any process of the tree is still alive. */
 int plat_tree_alive(plat_tree *tree, int pid);
 
 void plat_tree_free(plat_tree *tree);
+
+/* Whether process pid runs (a zombie does not). */
+int plat_pid_alive(int pid);
+
+/* When process pid started, in a platform unit (clock ticks since boot on
+ * Linux, FILETIME on Windows); 0 or a libuv error. */
+int plat_pid_start_time(int pid, double *out);
 
 #endif

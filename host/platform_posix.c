@@ -50,22 +50,30 @@ int plat_tree_kill(plat_tree *tree, uv_process_t *child, int pid) {
 }
 
 #ifdef __linux__
+/* Read /proc/<name>/stat; returns a pointer just after the command name
+ * (which may hold spaces and parentheses), or NULL. */
+static const char *read_stat(const char *name, char *buf, size_t size) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%s/stat", name);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return NULL;
+  size_t n = fread(buf, 1, size - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *end = strrchr(buf, ')');
+  return end ? end + 1 : NULL;
+}
+
 /* Whether /proc/<name>/stat shows a live (not zombie) member of group pgid.
  * The fields after the command name (which may hold spaces and parentheses)
  * are: state ppid pgrp. */
 static int live_member(const char *name, int pgid) {
-  char path[64], buf[512];
-  snprintf(path, sizeof path, "/proc/%s/stat", name);
-  FILE *f = fopen(path, "r");
-  if (!f)
-    return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *end = strrchr(buf, ')');
+  char buf[512];
+  const char *rest = read_stat(name, buf, sizeof buf);
   char state;
   int ppid, pgrp;
-  if (!end || sscanf(end + 1, " %c %d %d", &state, &ppid, &pgrp) != 3)
+  if (!rest || sscanf(rest, " %c %d %d", &state, &ppid, &pgrp) != 3)
     return 0;
   return pgrp == pgid && state != 'Z' && state != 'X';
 }
@@ -100,4 +108,44 @@ int plat_tree_alive(plat_tree *tree, int pid) {
 
 void plat_tree_free(plat_tree *tree) {
   (void)tree;
+}
+
+int plat_pid_alive(int pid) {
+  if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno != EPERM))
+    return 0;
+#ifdef __linux__
+  char name[16], buf[512], state;
+  snprintf(name, sizeof name, "%d", pid);
+  const char *rest = read_stat(name, buf, sizeof buf);
+  if (rest && sscanf(rest, " %c", &state) == 1)
+    return state != 'Z' && state != 'X';
+#endif
+  return 1;
+}
+
+int plat_pid_start_time(int pid, double *out) {
+#ifdef __linux__
+  char name[16], buf[1024];
+  snprintf(name, sizeof name, "%d", pid);
+  const char *rest = read_stat(name, buf, sizeof buf);
+  if (!rest)
+    return UV_ESRCH;
+  /* fields 3..21 precede starttime (field 22) */
+  unsigned long long start;
+  const char *p = rest;
+  for (int field = 3; field <= 21; field++) {
+    while (*p == ' ')
+      p++;
+    while (*p && *p != ' ')
+      p++;
+  }
+  if (sscanf(p, " %llu", &start) != 1)
+    return UV_EINVAL;
+  *out = (double)start;
+  return 0;
+#else
+  (void)pid;
+  (void)out;
+  return UV_ENOSYS;
+#endif
 }

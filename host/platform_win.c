@@ -50,7 +50,9 @@ plat_tree *plat_tree_attach(uv_process_t *child, int *err) {
 int plat_tree_kill(plat_tree *tree, uv_process_t *child, int pid) {
   if (tree && TerminateJobObject(tree->job, 1))
     return 0;
-  return uv_kill(pid, SIGKILL) == 0 ? 0 : uv_process_kill(child, SIGKILL);
+  if (uv_kill(pid, SIGKILL) == 0 || !child)
+    return 0;
+  return uv_process_kill(child, SIGKILL);
 }
 
 int plat_tree_terminate(plat_tree *tree, uv_process_t *child, int pid) {
@@ -88,4 +90,27 @@ void plat_tree_free(plat_tree *tree) {
     return;
   CloseHandle(tree->job);
   free(tree);
+}
+
+int plat_pid_alive(int pid) {
+  HANDLE h = OpenProcess(SYNCHRONIZE, FALSE, (DWORD)pid);
+  if (!h)
+    return 0;
+  DWORD rc = WaitForSingleObject(h, 0);
+  CloseHandle(h);
+  return rc == WAIT_TIMEOUT;
+}
+
+int plat_pid_start_time(int pid, double *out) {
+  HANDLE h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, (DWORD)pid);
+  if (!h)
+    return uv_translate_sys_error((int)GetLastError());
+  FILETIME created, exited, kernel, user;
+  BOOL ok = GetProcessTimes(h, &created, &exited, &kernel, &user);
+  CloseHandle(h);
+  if (!ok)
+    return uv_translate_sys_error((int)GetLastError());
+  *out = (double)(((unsigned long long)created.dwHighDateTime << 32) |
+                  created.dwLowDateTime);
+  return 0;
 }

@@ -11,11 +11,13 @@
 #include "task.h"
 
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PROC_MT "host.process"
-#define POLL_MS 50 /* while terminating: how often the tree is checked */
+#define POLL_MS 50   /* while terminating: how often the tree is checked */
+#define WATCH_MS 500 /* how often an attached process is checked */
 
 typedef struct waiter_node {
   task_waiter w;
@@ -35,6 +37,9 @@ typedef struct proc {
   uv_timer_t *term_poll; /* malloc'd; while terminate() is under way */
   uint64_t kill_at_ms;   /* loop time at which the tree is killed */
   int killed;
+  int own_group;     /* leads its own tree (the default) */
+  int attached;      /* not our child: found by pid (host.proc.attach) */
+  uv_timer_t *watch; /* attached only: checks whether it still runs */
   struct proc *next_live, *prev_live;
 } proc;
 
@@ -84,6 +89,10 @@ static void proc_unref(proc *p) {
 
 static void on_handle_closed(uv_handle_t *h) {
   proc *p = h->data;
+  if (h == (uv_handle_t *)p->watch) {
+    free(h);
+    p->watch = NULL;
+  }
   if (p->prev_live)
     p->prev_live->next_live = p->next_live;
   else if (live_procs == p)
@@ -106,8 +115,14 @@ static void stop_term_poll(proc *p) {
   p->term_poll = NULL;
 }
 
-/* Push code, signal as wait() returns them. */
+/* Push code, signal as wait() returns them (both nil when unknown: an
+ * attached process is not ours to reap). */
 static int push_exit(lua_State *L, proc *p) {
+  if (p->attached) {
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return 2;
+  }
   const char *sig = p->term_signal ? signal_name(p->term_signal) : NULL;
   if (p->term_signal) {
     lua_pushnil(L);
@@ -139,10 +154,58 @@ static void wake_all(proc *p) {
   }
 }
 
+/* ---- the tree, or the single process when it has no group of its own ---- */
+
+static uv_process_t *child_of(proc *p) {
+  return p->attached ? NULL : &p->handle;
+}
+
+static int do_signal(proc *p, int signum) {
+  if (p->own_group)
+    return plat_tree_signal(p->tree, child_of(p), p->pid, signum);
+  return uv_kill(p->pid, signum);
+}
+
+static int do_kill(proc *p) {
+  if (p->own_group)
+    return plat_tree_kill(p->tree, child_of(p), p->pid);
+  return uv_kill(p->pid, SIGKILL);
+}
+
+static int do_terminate(proc *p) {
+  if (p->own_group)
+    return plat_tree_terminate(p->tree, child_of(p), p->pid);
+  return uv_kill(p->pid, SIGTERM);
+}
+
+static int tree_alive(proc *p) {
+  if (p->own_group)
+    return plat_tree_alive(p->tree, p->pid);
+  return !p->exited;
+}
+
 /* Done when the root has exited and nothing of its tree is left, or it was
  * killed (a killed tree is gone even if the kernel still reaps it). */
 static int tree_done(proc *p) {
-  return p->exited && (p->killed || !plat_tree_alive(p->tree, p->pid));
+  return p->exited && (p->killed || !tree_alive(p));
+}
+
+static void stop_watch(proc *p) {
+  if (p->watch && !uv_is_closing((uv_handle_t *)p->watch))
+    uv_close((uv_handle_t *)p->watch, on_handle_closed);
+}
+
+/* The root has exited: wake the waiters unless a terminate() still waits
+ * for the rest of the tree. */
+static void note_exit(proc *p) {
+  if (p->ctx->closing)
+    return;
+  host_log(LOG_DEBUG, "process %d exited (status %d, signal %d)", p->pid,
+           (int)p->status, p->term_signal);
+  if (!p->term_poll || tree_done(p)) {
+    stop_term_poll(p);
+    wake_all(p);
+  }
 }
 
 static void on_exit_cb(uv_process_t *h, int64_t status, int term_signal) {
@@ -151,25 +214,26 @@ static void on_exit_cb(uv_process_t *h, int64_t status, int term_signal) {
   p->status = status;
   p->term_signal = term_signal;
   uv_close((uv_handle_t *)h, on_handle_closed);
-  if (p->ctx->closing)
+  note_exit(p);
+}
+
+static void on_watch(uv_timer_t *t) {
+  proc *p = t->data;
+  if (p->exited || plat_pid_alive(p->pid))
     return;
-  host_log(LOG_DEBUG, "process %d exited (status %d, signal %d)", p->pid,
-           (int)status, term_signal);
-  if (!p->term_poll || tree_done(p)) {
-    stop_term_poll(p);
-    wake_all(p);
-  }
+  p->exited = 1;
+  stop_watch(p);
+  note_exit(p);
 }
 
 static void on_term_poll(uv_timer_t *t) {
   proc *p = t->data;
-  if (!p->killed && uv_now(t->loop) >= p->kill_at_ms &&
-      plat_tree_alive(p->tree, p->pid)) {
+  if (!p->killed && uv_now(t->loop) >= p->kill_at_ms && tree_alive(p)) {
     host_log(LOG_WARN,
              "process tree %d still alive after the grace period: "
              "killing it",
              p->pid);
-    plat_tree_kill(p->tree, &p->handle, p->pid);
+    do_kill(p);
     p->killed = 1;
   }
   if (tree_done(p)) {
@@ -379,8 +443,8 @@ static void link_live(proc *p) {
   live_procs = p;
 }
 
-static int start(lua_State *L, proc *p, spawn_args *a, const char *cwd,
-                 const char *out, const char *err) {
+static int start(proc *p, spawn_args *a, const char *cwd, const char *out,
+                 const char *err) {
   uv_stdio_container_t stdio[3];
   stdio[0].flags = UV_IGNORE;
   int rc = set_stdio(&stdio[1], out, 1, &a->out_fd);
@@ -397,7 +461,9 @@ static int start(lua_State *L, proc *p, spawn_args *a, const char *cwd,
   o.args = a->argv;
   o.env = a->env;
   o.cwd = cwd;
-  o.flags = plat_spawn_tree_flags() | UV_PROCESS_WINDOWS_HIDE;
+  o.flags = UV_PROCESS_WINDOWS_HIDE;
+  if (p->own_group)
+    o.flags |= plat_spawn_tree_flags();
   o.stdio_count = 3;
   o.stdio = stdio;
   p->handle.data = p;
@@ -412,8 +478,21 @@ static int start(lua_State *L, proc *p, spawn_args *a, const char *cwd,
   p->pid = p->handle.pid;
   p->refs++;
   link_live(p);
-  (void)L;
   return 0;
+}
+
+/* Push a new process object; its C state starts empty. */
+static proc *new_proc(lua_State *L) {
+  proc_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->p = NULL;
+  luaL_setmetatable(L, PROC_MT);
+  proc *p = calloc(1, sizeof *p);
+  if (!p)
+    luaL_error(L, "out of memory");
+  p->ctx = host_get(L);
+  p->refs = 1;
+  ud->p = p;
+  return p;
 }
 
 /* host.proc.spawn(opts) -> process | nil, msg, code */
@@ -424,20 +503,14 @@ static int l_spawn(lua_State *L) {
   const char *cwd = host_opt_string(L, 1, "cwd", NULL);
   const char *out = check_stdio(L, 1, "stdout");
   const char *err = check_stdio(L, 1, "stderr");
+  int own_group = host_opt_boolean(L, 1, "new_group", 1);
 
-  proc_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  ud->p = NULL;
-  luaL_setmetatable(L, PROC_MT);
-  proc *p = calloc(1, sizeof *p);
-  if (!p)
-    return luaL_error(L, "out of memory");
-  p->ctx = host_get(L);
-  p->refs = 1;
-  ud->p = p;
+  proc *p = new_proc(L);
+  p->own_group = own_group;
 
   /* from here on nothing raises until the temporaries are freed */
   spawn_args a = {build_argv(L, 1, n), build_env(L, 1), -1, -1};
-  int rc = a.argv ? start(L, p, &a, cwd, out, err) : UV_ENOMEM;
+  int rc = a.argv ? start(p, &a, cwd, out, err) : UV_ENOMEM;
   free_args(&a);
   if (rc < 0) {
     lua_getfield(L, 1, "argv");
@@ -446,7 +519,8 @@ static int l_spawn(lua_State *L) {
                      lua_tostring(L, -1), uv_strerror(rc));
   }
   int terr = 0;
-  p->tree = plat_tree_attach(&p->handle, &terr);
+  if (own_group)
+    p->tree = plat_tree_attach(&p->handle, &terr);
   if (terr != 0)
     host_log(LOG_WARN, "process %d: cannot track its tree: %s", p->pid,
              uv_strerror(terr));
@@ -496,7 +570,7 @@ static int m_signal(lua_State *L) {
   const char *name = luaL_checkstring(L, 2);
   int num = signal_number(name);
   luaL_argcheck(L, num >= 0, 2, "unknown signal name");
-  int rc = plat_tree_signal(p->tree, &p->handle, p->pid, num);
+  int rc = do_signal(p, num);
   if (rc != 0)
     return host_fail_uv(L, rc, "signal");
   lua_pushboolean(L, 1);
@@ -505,7 +579,7 @@ static int m_signal(lua_State *L) {
 
 static int m_kill(lua_State *L) {
   proc *p = check_proc(L);
-  int rc = plat_tree_kill(p->tree, &p->handle, p->pid);
+  int rc = do_kill(p);
   if (rc != 0 && rc != UV_ESRCH)
     return host_fail_uv(L, rc, "kill");
   p->killed = 1;
@@ -532,7 +606,7 @@ static int m_terminate(lua_State *L) {
     uv_update_time(&p->ctx->loop);
     p->kill_at_ms = uv_now(&p->ctx->loop) + (uint64_t)(grace * 1000.0);
     uv_timer_start(t, on_term_poll, POLL_MS, POLL_MS);
-    plat_tree_terminate(p->tree, &p->handle, p->pid);
+    do_terminate(p);
   }
   return add_waiter(L, p);
 }
@@ -567,6 +641,50 @@ static int m_index(lua_State *L) {
   return 1;
 }
 
+/* host.proc.attach(pid) -> process | nil, msg, code: a process that is not
+ * our child (one started by an earlier agent), leading its own tree. Its
+ * end is noticed by checking every WATCH_MS; its exit code is unknown. */
+static int l_attach(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, pid > 0 && pid <= INT32_MAX, 1, "not a process id");
+  if (!plat_pid_alive((int)pid))
+    return host_fail(L, "ESRCH", "process %d is not running", (int)pid);
+  proc *p = new_proc(L);
+  p->pid = (int)pid;
+  p->attached = 1;
+  p->own_group = 1;
+  p->watch = malloc(sizeof *p->watch);
+  if (!p->watch)
+    return luaL_error(L, "out of memory");
+  uv_timer_init(&p->ctx->loop, p->watch);
+  p->watch->data = p;
+  uv_timer_start(p->watch, on_watch, WATCH_MS, WATCH_MS);
+  p->refs++; /* released when the watch timer is closed */
+  link_live(p);
+  return 1;
+}
+
+/* host.proc.start_time(pid) -> number | nil, msg, code: when that process
+ * started, in a platform unit; tells a reused pid from the original. */
+static int l_start_time(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, pid > 0 && pid <= INT32_MAX, 1, "not a process id");
+  double t;
+  int rc = plat_pid_start_time((int)pid, &t);
+  if (rc != 0)
+    return host_fail_uv(L, rc, "start_time");
+  lua_pushnumber(L, t);
+  return 1;
+}
+
+/* host.proc.alive(pid) -> boolean (a zombie is not alive) */
+static int l_alive(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, pid > 0 && pid <= INT32_MAX, 1, "not a process id");
+  lua_pushboolean(L, plat_pid_alive((int)pid));
+  return 1;
+}
+
 /* At shutdown: stop watching children (they keep running) and free the
  * handles; the Lua objects are freed by lua_close. */
 static void on_host_close(void *data) {
@@ -578,7 +696,9 @@ static void on_host_close(void *data) {
       free(n);
     }
     p->waiters = NULL;
-    if (!uv_is_closing((uv_handle_t *)&p->handle))
+    if (p->attached)
+      stop_watch(p);
+    else if (!uv_is_closing((uv_handle_t *)&p->handle))
       uv_close((uv_handle_t *)&p->handle, on_handle_closed);
   }
 }
@@ -599,7 +719,11 @@ void host_open_proc(lua_State *L) {
   lua_pop(L, 1);
   host_on_close(host_get(L), on_host_close, NULL);
 
-  static const luaL_Reg funcs[] = {{"spawn", l_spawn}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"spawn", l_spawn},
+                                   {"attach", l_attach},
+                                   {"start_time", l_start_time},
+                                   {"alive", l_alive},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "proc");
 }

@@ -81,6 +81,17 @@ static int l_cwd(lua_State *L) {
   return 1;
 }
 
+/* host.sys.exepath() -> absolute path of the running goliat-host */
+static int l_exepath(lua_State *L) {
+  char buf[4096];
+  size_t size = sizeof buf;
+  int rc = uv_exepath(buf, &size);
+  if (rc != 0)
+    return host_fail_uv(L, rc, "exepath");
+  lua_pushlstring(L, buf, size);
+  return 1;
+}
+
 static int l_pid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_os_getpid());
   return 1;
@@ -264,6 +275,7 @@ void host_open_sys(lua_State *L) {
                                    {"hostname", l_hostname},
                                    {"pid", l_pid},
                                    {"cwd", l_cwd},
+                                   {"exepath", l_exepath},
                                    {"cpu_count", l_cpu_count},
                                    {"total_memory", l_total_memory},
                                    {"interfaces", l_interfaces},

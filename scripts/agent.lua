@@ -2,13 +2,16 @@
 --
 -- It registers with the monitoring dashboard, keeps a heartbeat, takes one
 -- assignment at a time, downloads its split config, runs the GOLIAT study
--- and reports how it ended (../shared/PROTOCOL.md sections 1 to 3).
+-- and reports how it ended (../shared/PROTOCOL.md sections 1 to 3). Reports
+-- go through an outbox on disk and the running study is recorded in a state
+-- file, so an agent that dies and restarts loses neither.
 --
 -- Operators: the settings come first, then the policy in small named steps.
 -- After an edit, run the spec suite (README.md) to check it.
 
 local cjson = require "cjson.safe"
 local settings_lib = require "lib.settings"
+local durable = require "lib.durable"
 
 ------------------------------------------------------------------------------
 -- Settings. Each can be overridden from the environment (variable named on
@@ -23,6 +26,10 @@ local DEFAULTS = {
   study_command = nil,         -- GOLIAT_STUDY_COMMAND, JSON array of strings
                                --   default: python -m goliat study
   work_dir = nil,              -- GOLIAT_WORK_DIR (default: current directory)
+  study_timeout = nil,         -- GOLIAT_STUDY_TIMEOUT: longest a study may
+                               --   run, seconds (default: no limit)
+  study_grace = 30,            -- GOLIAT_STUDY_GRACE: SIGTERM to the study's
+                               --   tree, then kill after this many seconds
 
   -- Retry policy: after n consecutive failures wait a random time between
   -- 0 and min(retry_cap, retry_base * 2^(n-1)) (full jitter), but never less
@@ -35,10 +42,10 @@ local DEFAULTS = {
   jitter = 0.1,                -- periodic loops vary by +/- 10%
 
   request_timeout = 15,        -- dashboard calls, seconds
+  max_reply_bytes = 1024 * 1024,
   download_timeout = 120,      -- one config download attempt, seconds
   download_retry_for = 600,    -- keep retrying a failed download this long
   max_config_bytes = 16 * 1024 * 1024,
-  study_grace = 30,            -- SIGTERM to the study, then kill after this
   shutdown_report_for = 20,    -- on stop: time allowed to deliver the report
 }
 
@@ -54,21 +61,30 @@ function M.new(host, settings)
   local self = setmetatable({}, Agent)
   self.host = host
   self.s = settings
+  self.log = settings_lib.redacting_log(host.log, settings.api_token)
   self.failures = {}     -- per step: consecutive failures
+  self.last_error = {}   -- per step: the error last logged
   self.busy = false      -- an assignment is being handled
-  self.study = nil       -- { proc = ..., assignment = ... } while running
+  self.study = nil       -- { proc, assignment, state } while one runs
   self.stopping = nil    -- the signal's name once a stop was asked for
+  local fs = host.fs
+  self.state_file = fs.join(settings.work_dir, "agent_state.json")
+  self.outbox = durable.outbox(host, fs.join(settings.work_dir, "outbox"),
+    self.log)
   return self
 end
 
--- Log a failure once when a step starts failing, and once when it recovers.
+-- Log a failing step when it starts failing or its error changes, and once
+-- when it recovers: not once per retry.
 function Agent:note_failure(step, err)
   local n = (self.failures[step] or 0) + 1
   self.failures[step] = n
-  if n == 1 then
-    self.host.log.warn("%s failed: %s (retrying with backoff)", step, err)
+  err = tostring(err)
+  if n == 1 or err ~= self.last_error[step] then
+    self.log.warn("%s failed: %s (retrying with backoff)", step, err)
+    self.last_error[step] = err
   else
-    self.host.log.debug("%s failed again (%d in a row): %s", step, n, err)
+    self.log.debug("%s failed again (%d in a row): %s", step, n, err)
   end
   return n
 end
@@ -76,9 +92,10 @@ end
 function Agent:note_success(step)
   local n = self.failures[step] or 0
   if n > 0 then
-    self.host.log.info("%s works again after %d failure(s)", step, n)
+    self.log.info("%s works again after %d failure(s)", step, n)
   end
   self.failures[step] = 0
+  self.last_error[step] = nil
 end
 
 -- How long to wait before the next try of a step that failed n times in a
@@ -99,7 +116,8 @@ function Agent:jittered(interval)
 end
 
 ------------------------------------------------------------------------------
--- Talking to the dashboard.
+-- Talking to the dashboard. The token goes to the dashboard's own URL only,
+-- and redirects are not followed (so it cannot leak to another host).
 ------------------------------------------------------------------------------
 
 -- One dashboard call. Returns the decoded JSON object, or nil, message and
@@ -116,7 +134,7 @@ function Agent:call(method, path, body)
     headers = headers,
     body = body and cjson.encode(body) or nil,
     timeout = self.s.request_timeout,
-    max_size = 1024 * 1024,
+    max_size = self.s.max_reply_bytes,
   }
   if not res then
     return nil, err
@@ -204,9 +222,10 @@ function M.validate_assignment(a)
   }
 end
 
-function Agent:config_path(a)
+-- Files of an assignment in the work dir, named from split_index only.
+function Agent:file(a, pattern)
   return self.host.fs.join(self.s.work_dir,
-    string.format("assigned_config_%d.json", a.split_index))
+    string.format(pattern, a.split_index))
 end
 
 -- One download attempt; the file appears only once it is complete JSON.
@@ -227,7 +246,7 @@ end
 -- Retries with backoff for download_retry_for seconds: the dashboard will
 -- not hand this assignment out again.
 function Agent:download(a)
-  local path = self:config_path(a)
+  local path = self:file(a, "assigned_config_%d.json")
   local clock = self.host.time
   local give_up_at = clock.monotonic() + self.s.download_retry_for
   while true do
@@ -247,7 +266,10 @@ function Agent:download(a)
 end
 
 ------------------------------------------------------------------------------
--- Step 4: run the study and wait for it.
+-- Step 4: run the study and wait for it. The study runs under a small
+-- wrapper (study_wrapper.lua) that records its exit code in a file, and the
+-- agent records the study in its state file: if the agent dies, the next
+-- one takes the study back (recover) instead of starting it again.
 ------------------------------------------------------------------------------
 function Agent:study_env(a)
   return {
@@ -258,16 +280,17 @@ function Agent:study_env(a)
   }
 end
 
--- Returns the outcome {exit_code, signal, error} of the study.
 function Agent:run_study(a, config_path)
-  local argv = {}
-  for i, word in ipairs(self.s.study_command) do argv[i] = word end
+  local h = self.host
+  local exit_file = self:file(a, "study_%d.exit.json")
+  local log_path = self:file(a, "study_%d.log")
+  h.fs.remove(exit_file) -- left by an earlier run of the same split
+  local argv = { self.s.host_exe, self.s.wrapper_script, exit_file }
+  for _, word in ipairs(self.s.study_command) do argv[#argv + 1] = word end
   argv[#argv + 1] = config_path
-  local log_path = self.host.fs.join(self.s.work_dir,
-    string.format("study_%d.log", a.split_index))
-  self.host.log.info("assignment %s: starting %s (output in %s)", a.id,
-    table.concat(argv, " "), log_path)
-  local proc, err = self.host.proc.spawn {
+  self.log.info("assignment %s: starting %s (output in %s)", a.id,
+    table.concat(self.s.study_command, " ") .. " " .. config_path, log_path)
+  local proc, err = h.proc.spawn {
     argv = argv,
     env = self:study_env(a),
     cwd = self.s.work_dir,
@@ -277,39 +300,93 @@ function Agent:run_study(a, config_path)
   if not proc then
     return { error = "study failed to start: " .. tostring(err) }
   end
-  self.study = { proc = proc, assignment = a }
-  local code, signal = proc:wait()
+  local state = {
+    assignment = a,
+    pid = proc.pid,
+    start_time = h.proc.start_time(proc.pid),
+    exit_file = exit_file,
+    started_at = h.time.now(),
+  }
+  local ok, serr = durable.save_state(h, self.state_file, state)
+  if not ok then
+    self.log.error("cannot save the agent state: %s", tostring(serr))
+  end
+  return self:watch_study(proc, state)
+end
+
+-- Wait for the study (ours, or taken back after a restart) to end, within
+-- study_timeout; returns its outcome {exit_code, signal, error, timed_out}.
+function Agent:watch_study(proc, state)
+  local study = { proc = proc, assignment = state.assignment, state = state }
+  self.study = study
+  if self.s.study_timeout then
+    self.host.task.spawn("study timeout", function()
+      local left = self.s.study_timeout -
+        (self.host.time.now() - state.started_at)
+      self.host.time.sleep(math.max(0, left))
+      if self.study == study and not self.stopping then
+        study.timed_out = true
+        self.log.warn("assignment %s: study timed out after %g s: stopping it",
+          state.assignment.id, self.s.study_timeout)
+        proc:terminate(self.s.study_grace)
+      end
+    end)
+  end
+  local _, wrapper_signal = proc:wait()
   self.study = nil
-  return { exit_code = code, signal = signal }
+  local outcome = self:read_exit_file(state.exit_file)
+  if not outcome then
+    -- the wrapper itself was killed (its tree was): no exit code recorded
+    outcome = { signal = wrapper_signal or "SIGKILL" }
+  end
+  outcome.timed_out = study.timed_out
+  return outcome
+end
+
+-- What the wrapper recorded: {exit_code, signal, error}, or nil.
+function Agent:read_exit_file(path)
+  local rec = cjson.decode(self.host.fs.read(path or "") or "")
+  if type(rec) ~= "table" then return nil end
+  return {
+    exit_code = math.tointeger(rec.exit_code),
+    signal = type(rec.signal) == "string" and rec.signal or nil,
+    error = type(rec.error) == "string" and rec.error or nil,
+  }
 end
 
 ------------------------------------------------------------------------------
 -- Step 5: report how the assignment ended (PROTOCOL.md, "What the agent
--- itself reports"), retried until the dashboard answers 2xx.
+-- itself reports"). Reports go to the outbox on disk first and leave it
+-- only after a 2xx reply.
 ------------------------------------------------------------------------------
-function M.outcome_message(outcome, stopping)
-  if outcome.error then
+function Agent:outcome_message(outcome)
+  if outcome.timed_out then
+    return string.format("study timed out after %g s and was stopped (%s)",
+      self.s.study_timeout, outcome.signal or
+      ("exit code " .. tostring(outcome.exit_code)))
+  elseif outcome.error then
     return outcome.error
-  elseif stopping then
+  elseif self.stopping then
     return string.format("agent stopped by %s: study terminated (%s)",
-      stopping, outcome.signal or ("exit code " .. tostring(outcome.exit_code)))
+      self.stopping, outcome.signal or
+      ("exit code " .. tostring(outcome.exit_code)))
   elseif outcome.signal then
     return "study killed by " .. outcome.signal
   elseif outcome.exit_code == 0 then
     return "study finished"
   end
-  return string.format("study exited with code %d", outcome.exit_code)
+  return string.format("study exited with code %s", tostring(outcome.exit_code))
 end
 
 function Agent:report_body(assignment_id, outcome, duration)
-  local ok = not outcome.error and not self.stopping and
-    outcome.exit_code == 0
+  local ok = not outcome.error and not outcome.timed_out and
+    not self.stopping and outcome.exit_code == 0
   local message = {
     type = ok and "finished" or "fatal_error",
-    message = M.outcome_message(outcome, self.stopping),
+    message = self.log.redact(self:outcome_message(outcome)),
     assignment_id = assignment_id or cjson.null,
-    exit_code = outcome.exit_code or cjson.null,
-    duration_s = math.floor(duration * 1000 + 0.5) / 1000,
+    exit_code = math.tointeger(outcome.exit_code) or cjson.null,
+    duration_s = math.floor(math.max(0, duration) * 1000 + 0.5) / 1000,
   }
   if not ok then message.signal = outcome.signal or cjson.null end
   return {
@@ -319,31 +396,55 @@ function Agent:report_body(assignment_id, outcome, duration)
   }
 end
 
--- Until a 2xx, or until `deadline` (monotonic) when one is given.
-function Agent:report(body, deadline)
+-- Send one outbox item until a 2xx, or until `deadline` (monotonic).
+function Agent:deliver(file, item, deadline)
   local clock = self.host.time
+  local what = item.body.message and item.body.message.assignment_id
   while true do
-    local ok, err, retry_after = self:call("POST", "/api/gui-update", body)
+    local ok, err, retry_after = self:call("POST", item.path, item.body)
     if ok then
       self:note_success("report")
-      self.host.log.info("reported %s for assignment %s", body.message.type,
-        tostring(body.message.assignment_id))
+      self.outbox:done(file)
+      self.log.info("reported %s for assignment %s",
+        tostring(item.body.message and item.body.message.type), tostring(what))
       return true
     end
     local n = self:note_failure("report", err)
     local delay = self:backoff(n, retry_after)
     if deadline and clock.monotonic() + delay > deadline then
-      self.host.log.error("report for assignment %s not delivered: %s",
-        tostring(body.message.assignment_id), err)
+      self.log.error("report for assignment %s not delivered yet: %s " ..
+        "(kept in the outbox for the next start)", tostring(what), err)
       return false
     end
     clock.sleep(delay)
   end
 end
 
+-- Reports left by an earlier run, oldest first, before anything new.
+function Agent:flush_outbox()
+  for _, p in ipairs(self.outbox:pending()) do
+    self.log.info("sending a report left from an earlier run (%s)", p.file)
+    if not self:deliver(p.file, p.item) then return end
+  end
+end
+
+-- The end of an assignment: the report is safe in the outbox before the
+-- state file naming the study is removed.
+function Agent:finish(a_id, outcome, duration)
+  local body = self:report_body(a_id, outcome, duration)
+  self.log.info("assignment %s ended: %s", tostring(a_id),
+    body.message.message)
+  local item = { path = "/api/gui-update", body = body }
+  local file = self.outbox:put(item)
+  durable.clear_state(self.host, self.state_file)
+  local deadline = self.stopping and
+    self.host.time.monotonic() + self.s.shutdown_report_for or nil
+  self:deliver(file, item, deadline)
+end
+
 ------------------------------------------------------------------------------
 -- One assignment from start to end. Never drops it silently: every way out
--- sends a report.
+-- sends a report. Returns whether a study ran.
 ------------------------------------------------------------------------------
 function Agent:handle(raw)
   local clock = self.host.time
@@ -352,11 +453,11 @@ function Agent:handle(raw)
   local outcome
   if not a then
     local id = type(raw) == "table" and type(raw.id) == "string" and raw.id
-    self.host.log.error("rejected assignment %s: %s", tostring(id or "?"), why)
+    self.log.error("rejected assignment %s: %s", tostring(id or "?"), why)
     outcome = { error = "invalid assignment: " .. why }
     a = { id = id or nil }
   else
-    self.host.log.info("assignment %s (split %d): downloading config",
+    self.log.info("assignment %s (split %d): downloading config",
       a.id, a.split_index)
     local path, err = self:download(a)
     if not path then
@@ -368,16 +469,46 @@ function Agent:handle(raw)
       outcome = self:run_study(a, path)
     end
   end
-  local body = self:report_body(a.id, outcome, clock.monotonic() - started)
-  self.host.log.info("assignment %s ended: %s", tostring(a.id),
-    body.message.message)
-  local deadline = self.stopping and
-    clock.monotonic() + self.s.shutdown_report_for or nil
-  self:report(body, deadline)
+  self:finish(a.id, outcome, clock.monotonic() - started)
   return outcome.exit_code ~= nil or outcome.signal ~= nil
 end
 
+-- After a restart: the study named in the state file either ended while
+-- the agent was down (its exit file says how), still runs (take it back),
+-- or is gone without a trace (report it lost). Never starts it again.
+function Agent:recover()
+  local h = self.host
+  local state = durable.load_state(h, self.state_file, self.log)
+  if not state then return end
+  local a = state.assignment
+  self.busy = true
+  local outcome = self:read_exit_file(state.exit_file)
+  if outcome then
+    self.log.info("assignment %s: the study ended while the agent was down",
+      tostring(a.id))
+  elseif self:same_process(state) then
+    self.log.info("assignment %s: taking back the running study (pid %d)",
+      tostring(a.id), state.pid)
+    outcome = self:watch_study(assert(h.proc.attach(state.pid)), state)
+  else
+    outcome = { error = "study lost: it was no longer running when the " ..
+      "agent restarted and left no exit code" }
+  end
+  self:finish(a.id, outcome, h.time.now() - (state.started_at or h.time.now()))
+  self.busy = false
+end
+
+-- Whether the state's pid is still the study's wrapper (not a reused pid).
+function Agent:same_process(state)
+  local pid = math.tointeger(state.pid)
+  if not pid or not self.host.proc.alive(pid) then return false end
+  local started = self.host.proc.start_time(pid)
+  return state.start_time == nil or started == state.start_time
+end
+
 function Agent:work_loop()
+  self:flush_outbox()
+  self:recover()
   while not self.stopping do
     local assignment, err, retry_after = self:poll()
     local delay = self:jittered(self.s.poll_interval)
@@ -405,26 +536,45 @@ function Agent:stop(signal)
   if self.stopping then return end
   self.stopping = signal
   local h = self.host
-  h.log.info("%s: stopping", signal)
+  self.log.info("%s: stopping", signal)
   if self.study then
-    h.log.info("terminating the study (grace %g s)", self.s.study_grace)
+    self.log.info("terminating the study (grace %g s)", self.s.study_grace)
     self.study.proc:terminate(self.s.study_grace)
   end
   local deadline = h.time.monotonic() + self.s.shutdown_report_for + 1
   while self.busy and h.time.monotonic() < deadline do
     h.time.sleep(0.1)
   end
-  h.log.info("agent stopped")
+  self.log.info("agent stopped")
   h.exit(0)
 end
 
 ------------------------------------------------------------------------------
--- Start-up.
+-- Start-up. Each loop runs in its own task under a supervisor: an error in
+-- an edited policy is logged with file and line and the loop starts again,
+-- while the other loops (the heartbeat above all) go on.
 ------------------------------------------------------------------------------
+function Agent:supervise(name, loop)
+  local h = self.host
+  h.task.spawn(name .. " supervisor", function()
+    local restarts = 0
+    while not self.stopping do
+      local _, err = h.task.spawn(name, function() loop(self) end):join()
+      if self.stopping then return end
+      restarts = restarts + 1
+      local delay = self:backoff(restarts)
+      self.log.error("%s loop stopped (%s); restarting it in %.1f s", name,
+        tostring(err), delay)
+      h.time.sleep(delay)
+      self.busy = false
+    end
+  end)
+end
+
 function Agent:start()
   local h = self.host
   self.facts = settings_lib.host_facts(h)
-  h.log.info("goliat agent %s for %s, machine id %s, work dir %s",
+  self.log.info("goliat agent %s for %s, machine id %s, work dir %s",
     h.version or "?", self.s.monitoring_url, self.s.machine_id,
     self.s.work_dir)
   local signals = h.sys.platform() == "windows"
@@ -432,8 +582,8 @@ function Agent:start()
   for _, name in ipairs(signals) do
     h.sys.on_signal(name, function(sig) self:stop(sig) end)
   end
-  h.task.spawn("heartbeat", function() self:heartbeat_loop() end)
-  h.task.spawn("worker", function() self:work_loop() end)
+  self:supervise("heartbeat", Agent.heartbeat_loop)
+  self:supervise("worker", Agent.work_loop)
 end
 
 -- Settings from DEFAULTS and the environment; nil, message when one is bad.

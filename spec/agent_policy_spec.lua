@@ -5,76 +5,12 @@ local agent = require "agent"
 local fake_host = require "support.fake_host"
 local cjson = require "cjson"
 
-local DASH = "http://dash.test"
-local BLOB = "http://blob.test"
-local TOKEN = "s3cret-token-value"
-
-local function json(status, value, headers)
-  return { status = status, headers = headers or {},
-    body = cjson.encode(value) }
-end
-
--- A scripted dashboard: `queue` holds assignment objects handed out in
--- order; `configs` maps a config URL to its body (or a function(req)).
-local function dashboard(f, opts)
-  opts = opts or {}
-  local queue = opts.queue or {}
-  local configs = opts.configs or {}
-  f.http_handler = function(req)
-    local path = req.url:sub(#DASH + 1)
-    if req.url:sub(1, #BLOB) == BLOB then
-      local c = configs[req.url]
-      if type(c) == "function" then return c(req) end
-      if c then return { status = 200, body = c } end
-      return json(404, { error = "missing" })
-    end
-    if opts.down_until and f.now < opts.down_until then
-      return nil, "connection refused", "connect"
-    end
-    if opts.override then
-      local res, err, code = opts.override(req, path)
-      if res ~= nil or err ~= nil then return res, err, code end
-    end
-    if path == "/api/heartbeat" then
-      return json(200, { success = true, timestamp = "now" })
-    elseif path:match("^/api/assignment%?") then
-      local a = table.remove(queue, 1)
-      if a == nil then return json(200, { assigned = false }) end
-      return json(200, { assigned = true, assignment = a })
-    elseif path == "/api/gui-update" then
-      return json(200, { success = true })
-    end
-    return json(404, { error = "not found" })
-  end
-end
-
-local function new_fake(env)
-  local e = {
-    GOLIAT_MONITORING_URL = DASH,
-    GOLIAT_WORK_DIR = "/work/agent",
-  }
-  for k, v in pairs(env or {}) do e[k] = v end
-  return fake_host.new { env = e }
-end
-
-local function assignment(over)
-  local a = { id = "a-1", super_study_id = "s-1", split_index = 3,
-    config_url = BLOB .. "/c3.json", created_at = "2026-11-28T00:00:00Z" }
-  for k, v in pairs(over or {}) do a[k] = v end
-  return a
-end
-
-local function start(f)
-  f:start(function(host) agent.main(host) end)
-end
-
-local function poll_times(f)
-  local times = {}
-  for _, r in ipairs(f:requests_to("/api/assignment%?")) do
-    table.insert(times, r.at)
-  end
-  return times
-end
+local P = require "support.policy"
+local DASH, BLOB, TOKEN = P.DASH, P.BLOB, P.TOKEN
+local json, dashboard, new_fake, assignment = P.json, P.dashboard, P.new_fake,
+  P.assignment
+local start, data_writes, study_argv, poll_times = P.start, P.data_writes,
+  P.study_argv, P.poll_times
 
 describe("settings", function()
   it("refuses to start without GOLIAT_MONITORING_URL, naming it, exit 2", function()
@@ -187,14 +123,17 @@ describe("an assignment", function()
   end)
 
   it("is downloaded to <work dir>/assigned_config_<split_index>.json", function()
-    assert.same({ "/work/agent/assigned_config_3.json" }, f.writes)
+    assert.same({ "/work/agent/assigned_config_3.json" }, data_writes(f))
     assert.equals('{"study": "x"}', f.files["/work/agent/assigned_config_3.json"])
   end)
 
   it("runs the study command with the config path, in the work dir", function()
     local p = f.spawned[1]
     assert.same({ "python", "-m", "goliat", "study",
-      "/work/agent/assigned_config_3.json" }, p.argv)
+      "/work/agent/assigned_config_3.json" }, study_argv(p))
+    -- under the wrapper that records the exit code beside the study
+    assert.same({ "/opt/goliat/goliat-host", "/work/scripts/study_wrapper.lua",
+      "/work/agent/study_3.exit.json" }, { table.unpack(p.argv, 1, 3) })
     assert.equals("/work/agent", p.cwd)
     assert.equals("/work/agent/study_3.log", p.stdout)
     assert.equals("stdout", p.stderr)
@@ -437,7 +376,7 @@ describe("config download", function()
     assert.is_true(f.now - first <= 600 + 60)
     assert.is_true(#f:requests_to("^" .. BLOB) > 3)
     assert.equals(0, #f.spawned)
-    assert.equals(0, #f.writes)
+    assert.equals(0, #data_writes(f))
   end)
 
   it("that is not JSON is not written and is retried", function()
@@ -446,7 +385,7 @@ describe("config download", function()
       [BLOB .. "/c3.json"] = "<html>not json</html>" } })
     start(f)
     assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 7200))
-    assert.equals(0, #f.writes)
+    assert.equals(0, #data_writes(f))
     assert.equals("fatal_error", f:reports()[1].message.type)
   end)
 end)
@@ -472,7 +411,7 @@ describe("an invalid assignment", function()
       assert.equals("fatal_error", m.type)
       assert.matches("invalid assignment", m.message)
       if over.id == nil then assert.equals("a-1", m.assignment_id) end
-      assert.equals(0, #f.writes)
+      assert.equals(0, #data_writes(f))
       assert.equals(0, #f.spawned)
       assert.equals(0, #f:requests_to("^" .. BLOB))
     end)

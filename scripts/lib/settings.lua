@@ -14,6 +14,8 @@ M.ENV = {
   poll_interval = "GOLIAT_POLL_INTERVAL",
   study_command = "GOLIAT_STUDY_COMMAND",
   work_dir = "GOLIAT_WORK_DIR",
+  study_timeout = "GOLIAT_STUDY_TIMEOUT",
+  study_grace = "GOLIAT_STUDY_GRACE",
 }
 
 function M.is_http_url(s)
@@ -69,6 +71,15 @@ local function positive_seconds(name, value)
   return n
 end
 
+local function seconds_or_zero(name, value)
+  local n = tonumber(value)
+  if not n or n < 0 or n ~= n or n == math.huge then
+    return nil, string.format(
+      "%s must be a number of seconds >= 0, got '%s'", name, value)
+  end
+  return n
+end
+
 local function study_command(name, value)
   local cmd = cjson.decode(value)
   if type(cmd) ~= "table" or #cmd == 0 then
@@ -105,7 +116,17 @@ local PARSERS = {
   heartbeat_interval = positive_seconds,
   poll_interval = positive_seconds,
   study_command = study_command,
+  study_timeout = positive_seconds,
+  study_grace = seconds_or_zero,
 }
+
+-- scripts/, the folder of agent.lua and study_wrapper.lua.
+local function scripts_dir(host)
+  local source = debug.getinfo(1, "S").source:gsub("^@", "")
+  local dir = source:gsub("[/\\][^/\\]*$", ""):gsub("[/\\]?lib$", "")
+  if dir == source or dir == "lib" then dir = "." end
+  return absolute(host, dir == "" and "." or dir)
+end
 
 -- Settings: defaults, then the environment. Returns the table, or nil and
 -- a one-line message naming the variable.
@@ -131,12 +152,45 @@ function M.load(host, defaults)
   s.study_command = s.study_command or M.default_study_command(host)
   s.machine_id = s.machine_id or M.primary_ipv4(host) or host.sys.hostname()
   s.work_dir = absolute(host, s.work_dir or ".")
+  s.host_exe = s.host_exe or host.sys.exepath()
+  s.wrapper_script = s.wrapper_script or
+    host.fs.join(scripts_dir(host), "study_wrapper.lua")
   local ok, err = host.fs.mkdir_p(s.work_dir)
   if not ok then
     return nil, "GOLIAT_WORK_DIR: cannot create " .. s.work_dir .. ": " ..
       tostring(err)
   end
   return s
+end
+
+-- host.log with the API token (and its URL-encoded form) replaced by
+-- "***" in every message; redact(s) does the same to any string.
+function M.redacting_log(log, token)
+  local secrets = {}
+  if token and token ~= "" then
+    secrets = { token, M.url_encode(token) }
+  end
+  local function redact(s)
+    s = tostring(s)
+    for _, secret in ipairs(secrets) do
+      local at = 1
+      while true do
+        local i, j = s:find(secret, at, true)
+        if not i then break end
+        s = s:sub(1, i - 1) .. "***" .. s:sub(j + 1)
+        at = i + 3
+      end
+    end
+    return s
+  end
+  local out = { redact = redact }
+  for _, level in ipairs { "debug", "info", "warn", "error" } do
+    out[level] = function(fmt, ...)
+      local text = select("#", ...) > 0 and string.format(fmt, ...) or fmt
+      log[level]("%s", redact(text))
+    end
+  end
+  return out
 end
 
 -- Facts sent with each heartbeat (PROTOCOL.md section 3).

@@ -34,6 +34,8 @@ function M.new(opts)
   f.logs = {}          -- { level, text }
   f.signal_handlers = {}
   f.exit_code = nil
+  f.task_errors = {}   -- tracebacks of tasks that failed
+  f.raise_errors = true -- a failing task fails the spec (unless joined)
   f.platform = opts.platform or "linux"
   f.cwd = opts.cwd or "/work"
   f.http_handler = function() return nil, "no handler", "connect" end
@@ -56,6 +58,11 @@ function Fake:spawn(name, fn, ...)
   local args = table.pack(...)
   local task = { name = name, at = self.now }
   task.co = coroutine.create(function() return fn(table.unpack(args, 1, args.n)) end)
+  function task.join()
+    block(nil, function() return task.done end)
+    if task.error then return false, task.error end
+    return true
+  end
   table.insert(self.tasks, task)
   return task
 end
@@ -65,7 +72,16 @@ function Fake:runnable(t)
 end
 
 -- Resume every task that can run, until none can.
+-- Processes whose time has come end now, writing their exit file as the
+-- study wrapper does (argv[3]).
+function Fake:finish_procs()
+  for _, p in ipairs(self.procs) do
+    if not p.ended and p.exit_at <= self.now then p.finish() end
+  end
+end
+
 function Fake:settle()
+  self:finish_procs()
   local progress, rounds = true, 0
   while progress and not self.exit_code do
     progress = false
@@ -81,7 +97,10 @@ function Fake:settle()
         local ok, kind, at, cond = coroutine.resume(t.co)
         if not ok then
           t.done, t.error = true, debug.traceback(t.co, kind)
-          error(string.format("fake task '%s' failed: %s", t.name, t.error), 0)
+          table.insert(self.task_errors, t.error)
+          if self.raise_errors then
+            error(string.format("fake task '%s' failed: %s", t.name, t.error), 0)
+          end
         elseif coroutine.status(t.co) == "dead" then
           t.done = true
         elseif kind == "block" then
@@ -99,6 +118,11 @@ function Fake:next_time()
   for _, t in ipairs(self.tasks) do
     if not t.done and t.at and (not next_at or t.at < next_at) then
       next_at = t.at
+    end
+  end
+  for _, p in ipairs(self.procs) do
+    if not p.ended and (not next_at or p.exit_at < next_at) then
+      next_at = p.exit_at
     end
   end
   return next_at
@@ -128,6 +152,14 @@ end
 
 function Fake:start(main)
   self:spawn("main", main, self.host)
+end
+
+-- The agent dies at once (kill -9): its tasks vanish; files and processes
+-- stay. start() then runs a new agent on the same machine.
+function Fake:kill_agent()
+  for _, t in ipairs(self.tasks) do t.done = true end
+  self.signal_handlers = {}
+  self.exit_code = nil
 end
 
 -- Deliver a signal: its handler runs as a new task.
@@ -211,6 +243,7 @@ function Fake:make_host()
     getenv = function(name) return f.env[name] end,
     hostname = function() return "fake-vm" end,
     pid = function() return 4242 end,
+    exepath = function() return "/opt/goliat/goliat-host" end,
     cpu_count = function() return 8 end,
     total_memory = function() return 32 * 2 ^ 30 end,
     platform = function() return f.platform end,
@@ -261,8 +294,23 @@ function Fake:make_host()
       return true
     end,
     remove = function(path)
-      f.files[normalize(path)] = nil
+      path = normalize(path)
+      if not f.files[path] then
+        return nil, path .. ": no such file or directory", "ENOENT"
+      end
+      f.files[path] = nil
       return true
+    end,
+    list = function(dir)
+      dir = normalize(dir .. "/")
+      local names = {}
+      for path in pairs(f.files) do
+        if path:sub(1, #dir) == dir and not path:find("/", #dir + 1, true) then
+          table.insert(names, path:sub(#dir + 1))
+        end
+      end
+      table.sort(names)
+      return names
     end,
   }
 
@@ -290,36 +338,64 @@ function Fake:make_host()
   host.proc = {
     spawn = function(opts)
       table.insert(f.spawned, opts)
-      local spec, err, code = f.spawn_handler(opts, f)
-      if not spec then return nil, err, code end
-      local p = { pid = 5000 + #f.spawned, started = f.now,
+      local spec, err, errcode = f.spawn_handler(opts, f)
+      if not spec then return nil, err, errcode end
+      local p = { pid = 5000 + #f.spawned, started = f.now, opts = opts,
         exit_at = f.now + (spec.after or 0), spec = spec }
       table.insert(f.procs, p)
-      function p.running() return not p.ended end
-      function p.finish()
-        if not p.ended then
-          p.ended = true
-          p.code, p.sig = spec.exit_code, spec.signal
+      -- the study wrapper's exit file, written when the study ends
+      local function ended(code, sig)
+        if p.ended then return end
+        p.ended, p.code, p.sig = true, code, sig
+        local exit_file = opts.argv[3]
+        if exit_file and not spec.no_exit_file then
+          f.files[normalize(exit_file)] = cjson.encode {
+            exit_code = code, signal = sig, ended_at = WALL_START + f.now }
         end
       end
+      function p.running() return not p.ended end
+      function p.finish() ended(spec.exit_code, spec.signal) end
       function p.wait()
-        block(p.exit_at, function() return p.ended end)
-        p.finish()
+        block(nil, function() return p.ended end)
+        if p.attached_copy then return nil, nil end
         return p.code, p.sig
       end
       function p.terminate(_, grace)
         p.terminated_with_grace = grace
-        if not p.ended then
-          p.ended = true
-          p.code, p.sig = nil, "SIGTERM"
-        end
+        ended(nil, "SIGTERM")
         return p.code, p.sig
       end
       function p.kill()
-        p.ended, p.code, p.sig = true, nil, "SIGKILL"
+        ended(nil, "SIGKILL")
         return true
       end
       return p
+    end,
+    alive = function(pid)
+      for _, p in ipairs(f.procs) do
+        if p.pid == pid then return not p.ended end
+      end
+      return false
+    end,
+    start_time = function(pid)
+      for _, p in ipairs(f.procs) do
+        if p.pid == pid then return p.started end
+      end
+      return nil, "no such process", "ESRCH"
+    end,
+    attach = function(pid)
+      for _, p in ipairs(f.procs) do
+        if p.pid == pid and not p.ended then
+          f.attached = (f.attached or 0) + 1
+          local copy = setmetatable({ attached_copy = true }, { __index = p })
+          copy.wait = function()
+            block(nil, function() return p.ended end)
+            return nil, nil
+          end
+          return copy
+        end
+      end
+      return nil, "process is not running", "ESRCH"
     end,
   }
 

@@ -1,0 +1,95 @@
+-- What the agent keeps on disk so that nothing is lost when it dies: an
+-- outbox of reports that must reach the dashboard, and a state file naming
+-- the study under way. Both live in the work directory; every write is
+-- atomic (a temporary file, then a rename).
+local cjson = require "cjson.safe"
+
+local M = {}
+
+------------------------------------------------------------------------------
+-- Outbox: one JSON file per report, named by a sequence number so that the
+-- oldest is sent first. A report is removed only after a 2xx reply.
+------------------------------------------------------------------------------
+local Outbox = {}
+Outbox.__index = Outbox
+
+local NAME = "^(%d+)%.json$"
+
+function M.outbox(host, dir, log)
+  assert(host.fs.mkdir_p(dir))
+  local self = setmetatable({ host = host, dir = dir, log = log, seq = 0 },
+    Outbox)
+  for _, name in ipairs(host.fs.list(dir) or {}) do
+    local n = tonumber(name:match(NAME))
+    if n and n > self.seq then self.seq = n end
+  end
+  return self
+end
+
+-- Store an item ({path = ..., body = ...}) on disk; returns its file name.
+function Outbox:put(item)
+  self.seq = self.seq + 1
+  local file = self.host.fs.join(self.dir, string.format("%012d.json", self.seq))
+  local ok, err = self.host.fs.write_atomic(file, cjson.encode(item))
+  if not ok then
+    self.log.error("cannot store a report in %s: %s (sending it anyway)",
+      self.dir, tostring(err))
+    return nil
+  end
+  return file
+end
+
+-- Items still to send, oldest first: { {file = ..., item = ...}, ... }.
+-- A file that is not a valid item is set aside (renamed *.bad), not lost.
+function Outbox:pending()
+  local names = {}
+  for _, name in ipairs(self.host.fs.list(self.dir) or {}) do
+    if name:match(NAME) then table.insert(names, name) end
+  end
+  table.sort(names) -- fixed width: text order is number order
+  local out = {}
+  for _, name in ipairs(names) do
+    local file = self.host.fs.join(self.dir, name)
+    local item = cjson.decode(self.host.fs.read(file) or "")
+    if type(item) == "table" and type(item.path) == "string" and
+        type(item.body) == "table" then
+      table.insert(out, { file = file, item = item })
+    else
+      self.log.error("outbox file %s is unreadable: kept as %s.bad", file, file)
+      self.host.fs.write_atomic(file .. ".bad", self.host.fs.read(file) or "")
+      self.host.fs.remove(file)
+    end
+  end
+  return out
+end
+
+function Outbox:done(file)
+  if file then self.host.fs.remove(file) end
+end
+
+------------------------------------------------------------------------------
+-- State file: the study under way, or nothing.
+------------------------------------------------------------------------------
+function M.save_state(host, file, state)
+  return host.fs.write_atomic(file, cjson.encode(state))
+end
+
+-- The saved state, or nil. A file that does not parse is set aside.
+function M.load_state(host, file, log)
+  local text = host.fs.read(file)
+  if not text then return nil end
+  local state = cjson.decode(text)
+  if type(state) ~= "table" or type(state.assignment) ~= "table" then
+    log.error("state file %s is unreadable: kept as %s.bad", file, file)
+    host.fs.write_atomic(file .. ".bad", text)
+    host.fs.remove(file)
+    return nil
+  end
+  return state
+end
+
+function M.clear_state(host, file)
+  host.fs.remove(file)
+end
+
+return M
