@@ -1,0 +1,68 @@
+-- Integration specs: an operator's broken edit of scripts/agent.lua, run by
+-- the real host. A copy of scripts/ is edited in a temporary folder.
+local host = require "host"
+local cluster = require "support.cluster"
+local H = require "support.helpers"
+
+-- Copy scripts/ to a temporary folder, applying edit(text) to agent.lua.
+local function edited_scripts(edit)
+  local dir = cluster.temp_dir("scripts")
+  assert(H.run { argv = { "cp", "-r", host.fs.join(cluster.source_dir, "scripts"),
+    dir } } == 0)
+  local path = host.fs.join(dir, "scripts", "agent.lua")
+  local text = assert(host.fs.read(path))
+  local edited = edit(text)
+  assert.are_not.equal(text, edited, "the edit changed nothing")
+  assert(host.fs.write_atomic(path, edited))
+  return path
+end
+
+local function line_of(text, needle)
+  local at = assert(text:find(needle, 1, true), needle)
+  return select(2, text:sub(1, at):gsub("\n", "")) + 1
+end
+
+describe("an edit of agent.lua", function()
+  it("that does not load is reported with file and line at start-up", function()
+    local script = edited_scripts(function(text)
+      return (text:gsub("function Agent:poll%(%)", "function Agent:poll(( -- typo", 1))
+    end)
+    local line = line_of(host.fs.read(script), "function Agent:poll((")
+    local r = H.run_host({ script }, { env = { GOLIAT_MONITORING_URL = "http://127.0.0.1:9" } })
+    assert.is_true(r.code ~= 0)
+    assert.matches("agent%.lua:" .. line .. ":", r.stderr)
+  end)
+
+  it("that spins without yielding is stopped with file and line; the agent goes on",
+    function()
+      local script = edited_scripts(function(text)
+        return (text:gsub("function Agent:poll%(%)\n",
+          "local spun_once\nfunction Agent:poll()\n" ..
+          "  if not spun_once then spun_once = true; while true do end end\n", 1))
+      end)
+      local line = line_of(host.fs.read(script), "while true do end")
+      local dash = cluster.start_dashboard()
+      cluster.post_json(dash.url .. "/dev/assignments",
+        { config = { duration_s = 0.1, steps = 1 }, id = "after-spin" })
+      local work = cluster.temp_dir("spin")
+      local env = cluster.agent_env(dash.url, work, { GOLIAT_TASK_LIMIT = "1" })
+      local agent = assert(host.proc.spawn { argv = { cluster.goliat_host, script },
+        env = env, stdout = host.fs.join(work, "agent.log"), stderr = "stdout" })
+      local reports = cluster.wait_until(function()
+        local r = cluster.reports(dash)
+        return #r >= 1 and r
+      end, 60)
+      local ev = cluster.events(dash)
+      cluster.stop(agent)
+      cluster.stop(dash.proc)
+      local log = host.fs.read(host.fs.join(work, "agent.log")) or ""
+      assert.matches("agent%.lua:" .. line .. ": ran for more than 1[%.0]* s without yielding", log)
+      assert.matches("worker loop stopped", log)
+      assert.is_truthy(reports, "the worker did not come back: " .. log)
+      assert.equals("finished", reports[1].type)
+      -- the heartbeat went on while the worker was stuck
+      local beats, max_gap = ev.heartbeats, 0
+      for i = 2, #beats do max_gap = math.max(max_gap, beats[i].at - beats[i - 1].at) end
+      assert.is_true(max_gap < 5, "heartbeat gap " .. max_gap)
+    end)
+end)
