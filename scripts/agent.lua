@@ -307,11 +307,15 @@ function Agent:run_study(a, config_path)
     exit_file = exit_file,
     started_at = h.time.now(),
   }
-  local ok, serr = durable.save_state(h, self.state_file, state)
-  if not ok then
-    self.log.error("cannot save the agent state: %s", tostring(serr))
-  end
+  self:save_state(state)
   return self:watch_study(proc, state)
+end
+
+function Agent:save_state(state)
+  local ok, err = durable.save_state(self.host, self.state_file, state)
+  if not ok then
+    self.log.error("cannot save the agent state: %s", tostring(err))
+  end
 end
 
 -- Wait for the study (ours, or taken back after a restart) to end, within
@@ -457,6 +461,8 @@ function Agent:handle(raw)
     outcome = { error = "invalid assignment: " .. why }
     a = { id = id or nil }
   else
+    -- on disk from now on: a restart in the middle still reports it
+    self:save_state { assignment = a, started_at = self.host.time.now() }
     self.log.info("assignment %s (split %d): downloading config",
       a.id, a.split_index)
     local path, err = self:download(a)
@@ -486,6 +492,8 @@ function Agent:recover()
   if outcome then
     self.log.info("assignment %s: the study ended while the agent was down",
       tostring(a.id))
+  elseif not state.pid then
+    outcome = { error = "the agent restarted before the study started" }
   elseif self:same_process(state) then
     self.log.info("assignment %s: taking back the running study (pid %d)",
       tostring(a.id), state.pid)

@@ -180,6 +180,25 @@ describe("a study that outlives the agent", function()
     assert.is_nil(f.attached)
   end)
 
+  it("received but not started yet is reported after a restart", function()
+    local f = P.new_fake()
+    P.dashboard(f, { queue = { P.assignment() }, configs = {
+      [BLOB .. "/c3.json"] = function()
+        f.host.time.sleep(1000) -- a very slow download
+        return { status = 200, body = "{}" }
+      end } })
+    P.start(f)
+    f:run_for(30)
+    f:kill_agent()
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+    local m = f:reports()[1].message
+    assert.equals("fatal_error", m.type)
+    assert.equals("a-1", m.assignment_id)
+    assert.matches("before the study started", m.message)
+    assert.equals(0, #f.spawned)
+  end)
+
   it("an unreadable state file is set aside and the agent goes on", function()
     local f = P.new_fake()
     P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
