@@ -5,6 +5,7 @@
  * (configs, state, reports): blocking the loop for them is cheaper than the
  * bookkeeping of doing it asynchronously.
  */
+#include "fs.h"
 #include "host.h"
 
 #include <fcntl.h>
@@ -65,8 +66,7 @@ static void close_fd(int fd) {
   uv_fs_req_cleanup(&req);
 }
 
-/* Write all of data to fd; returns 0 or a libuv error. */
-static int write_all(int fd, const char *data, size_t len) {
+int host_fs_write_all(int fd, const char *data, size_t len) {
   while (len > 0) {
     size_t n = len > (1u << 30) ? (1u << 30) : len;
     uv_buf_t buf = uv_buf_init((char *)data, (unsigned)n);
@@ -145,7 +145,7 @@ static int write_file(const char *path, int flags, const char *data, size_t len,
   int fd = open_path(path, flags, 0644);
   if (fd < 0)
     return fd;
-  int rc = write_all(fd, data, len);
+  int rc = host_fs_write_all(fd, data, len);
   if (rc == 0 && sync)
     rc = fsync_fd(fd);
   close_fd(fd);

@@ -7,6 +7,7 @@
  * handle is malloc'd on its own and freed in its close callback, since the
  * Lua state may be gone before libuv has finished closing it.
  */
+#include "fs.h"
 #include "host.h"
 #include "log.h"
 #include "task.h"
@@ -135,21 +136,7 @@ static int out_open(uv_loop_t *loop, const char *path, uv_file *fd) {
 }
 
 static int out_write(http_req *req, const char *data, size_t len) {
-  uv_loop_t *loop = &req->m->ctx->loop;
-  while (len > 0) {
-    unsigned chunk = len > (1u << 30) ? (1u << 30) : (unsigned)len;
-    uv_buf_t b = uv_buf_init((char *)data, chunk);
-    uv_fs_t fs;
-    int rc = uv_fs_write(loop, &fs, req->out_fd, &b, 1, -1, NULL);
-    uv_fs_req_cleanup(&fs);
-    if (rc < 0)
-      return rc;
-    if (rc == 0)
-      return UV_EIO;
-    data += rc;
-    len -= (size_t)rc;
-  }
-  return 0;
+  return host_fs_write_all(req->out_fd, data, len);
 }
 
 /* Close the output file; remove it when the transfer failed. Returns the

@@ -4,18 +4,7 @@
 local host = require "host"
 local cluster = require "support.cluster"
 
-local function queue(dash, config, extra)
-  local spec = { config = config }
-  for k, v in pairs(extra or {}) do spec[k] = v end
-  return cluster.post_json(dash.url .. "/dev/assignments", spec)
-end
-
-local function reports_at_least(dash, n, limit)
-  return cluster.wait_until(function()
-    local r = cluster.reports(dash)
-    return #r >= n and r
-  end, limit or 60)
-end
+local queue, reports_at_least = cluster.queue, cluster.reports_at_least
 
 describe("the agent with the example dashboard", function()
   local dash, agent, work

@@ -85,6 +85,21 @@ function M.events(dash)
   return M.get_json(dash.url .. "/dev/events")
 end
 
+-- Queue an assignment on the example dashboard (POST /dev/assignments).
+function M.queue(dash, config, extra)
+  local spec = { config = config }
+  for k, v in pairs(extra or {}) do spec[k] = v end
+  return M.post_json(dash.url .. "/dev/assignments", spec)
+end
+
+-- Wait (at most limit seconds) for n agent reports; returns them or false.
+function M.reports_at_least(dash, n, limit)
+  return M.wait_until(function()
+    local r = M.reports(dash)
+    return #r >= n and r
+  end, limit or 60)
+end
+
 -- The agent's own reports (gui updates carrying an assignment_id).
 function M.reports(dash)
   local ev = M.events(dash)
