@@ -25,6 +25,7 @@
 #include "http_server.h"
 
 #include <http_parser.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -361,9 +362,10 @@ int http_server_parse_for_fuzz(const char *data, size_t len) {
 #define HTTP_SERVER_IDLE_MS 60000
 #endif
 #define IDLE_MS HTTP_SERVER_IDLE_MS /* closes a connection silent that long */
-#define LINGER_MS 2000  /* after our last response: wait for the client */
-#define READ_SIZE 65536 /* bytes per read */
-#define MAX_CONNS 1024  /* per server; more are closed at once */
+#define LINGER_MS 2000     /* after our last response: wait for the client */
+#define READ_SIZE 65536    /* bytes per read */
+#define STREAM_BATCH 65536 /* body_repeat: bytes per write, about */
+#define MAX_CONNS 1024     /* per server; more are closed at once */
 #define BACKLOG 128
 
 static int buf_puts(hs_buf *b, const char *s) {
@@ -413,6 +415,11 @@ typedef struct hs_conn {
   int close_after; /* close once the current response is written */
   int head;        /* the current request is HEAD: no body in the reply */
   int http10;      /* the current request is HTTP/1.0 */
+  /* The rest of a body_repeat response, written as the socket drains: one
+   * batch of whole chunks, rewritten until stream_left bytes are out. */
+  char *stream;
+  size_t stream_len;    /* bytes in a full batch */
+  uint64_t stream_left; /* bytes still to write */
   struct hs_conn *prev, *next;
   char peer[64];
   char desc[160]; /* "GET /path" for logs */
@@ -440,20 +447,33 @@ struct hs_server {
   char where[80]; /* "127.0.0.1:8080" */
 };
 
+/* What a write is, for its completion. */
+enum { W_PART, W_LAST, W_STREAM };
+
 typedef struct hs_write {
   uv_write_t req;
   hs_conn *conn;
-  char *data;
-  int last; /* the end of a response */
+  char *data; /* ours to free, or NULL (a stream batch) */
+  int kind;   /* W_PART: more follows from elsewhere (100 Continue);
+               * W_LAST: the end of a response; W_STREAM: then write the
+               * next batch of the stream */
 } hs_write;
 
 static void conn_process(hs_conn *c);
+
+static void stream_free(hs_conn *c) {
+  free(c->stream);
+  c->stream = NULL;
+  c->stream_len = 0;
+  c->stream_left = 0;
+}
 
 static void conn_unref(hs_conn *c) {
   if (--c->refs > 0)
     return;
   parse_free(&c->parse);
   buf_free(&c->pending);
+  stream_free(c);
   free(c);
 }
 
@@ -487,6 +507,19 @@ static void conn_close(hs_conn *c) {
   c->reading = 0;
   conn_unlink(c);
   uv_close((uv_handle_t *)c->tcp, on_conn_handle_closed);
+  uv_close((uv_handle_t *)c->timer, on_conn_handle_closed);
+}
+
+/* Close at once with a TCP reset (a response's abort = true): the client
+ * sees the connection reset, without any reply. */
+static void conn_abort(hs_conn *c) {
+  if (c->closing)
+    return;
+  c->closing = 1;
+  c->reading = 0;
+  conn_unlink(c);
+  if (uv_tcp_close_reset(c->tcp, on_conn_handle_closed) != 0)
+    uv_close((uv_handle_t *)c->tcp, on_conn_handle_closed);
   uv_close((uv_handle_t *)c->timer, on_conn_handle_closed);
 }
 
@@ -571,40 +604,67 @@ static void conn_response_done(hs_conn *c) {
     conn_close(c);
 }
 
+static void conn_stream_next(hs_conn *c);
+
 static void on_written(uv_write_t *req, int status) {
   hs_write *w = req->data;
   hs_conn *c = w->conn;
-  int last = w->last;
+  int kind = w->kind;
   free(w->data);
   free(w);
-  if (status < 0)
+  if (status < 0) {
     conn_close(c);
-  else if (last && !c->closing)
+  } else if (!c->closing && kind == W_STREAM) {
+    conn_stream_next(c);
+  } else if (!c->closing && kind == W_LAST) {
+    stream_free(c);
     conn_response_done(c);
+  }
   conn_unref(c);
 }
 
-/* Write the bytes of b (taking them over). Returns 0 or a libuv error. */
-static int conn_write(hs_conn *c, hs_buf *b, int last) {
-  if (b->len > UINT_MAX)
+/* Write len bytes at data; own (not NULL) is freed once written. Returns 0
+ * or a libuv error (then own is not freed). */
+static int conn_write_bytes(hs_conn *c, char *data, size_t len, char *own,
+                            int kind) {
+  if (len > UINT_MAX)
     return UV_E2BIG;
   hs_write *w = malloc(sizeof *w);
   if (!w)
     return UV_ENOMEM;
   w->conn = c;
-  w->data = b->data;
-  w->last = last;
+  w->data = own;
+  w->kind = kind;
   w->req.data = w;
-  uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
+  uv_buf_t ub = uv_buf_init(data, (unsigned)len);
   int rc = uv_write(&w->req, (uv_stream_t *)c->tcp, &ub, 1, on_written);
   if (rc != 0) {
     free(w);
     return rc;
   }
-  b->data = NULL;
-  b->len = b->cap = 0;
   c->refs++;
   return 0;
+}
+
+/* Write the bytes of b (taking them over). Returns 0 or a libuv error. */
+static int conn_write(hs_conn *c, hs_buf *b, int kind) {
+  int rc = conn_write_bytes(c, b->data, b->len, b->data, kind);
+  if (rc == 0) {
+    b->data = NULL;
+    b->len = b->cap = 0;
+  }
+  return rc;
+}
+
+/* The previous write of a stream is out: write the next batch. One batch
+ * at a time, so a stream of any length holds one batch of memory. */
+static void conn_stream_next(hs_conn *c) {
+  size_t n =
+      c->stream_left < c->stream_len ? (size_t)c->stream_left : c->stream_len;
+  c->stream_left -= n;
+  int kind = c->stream_left > 0 ? W_STREAM : W_LAST;
+  if (conn_write_bytes(c, c->stream, n, NULL, kind) != 0)
+    conn_close(c);
 }
 
 /* ---- formatting responses ---- */
@@ -619,10 +679,10 @@ static int status_has_body(int status) {
 }
 
 /* The status line and our own headers, up to the blank line excluded. */
-static int put_head(hs_buf *b, hs_conn *c, int status, size_t body_len) {
+static int put_head(hs_buf *b, hs_conn *c, int status, uint64_t body_len) {
   int rc = buf_printf(b, "HTTP/1.1 %d %s\r\n", status, reason_of(status));
   if (rc == 0 && status_has_body(status))
-    rc = buf_printf(b, "Content-Length: %zu\r\n", body_len);
+    rc = buf_printf(b, "Content-Length: %" PRIu64 "\r\n", body_len);
   if (rc == 0 && c->close_after)
     rc = buf_puts(b, "Connection: close\r\n");
   else if (rc == 0 && c->http10)
@@ -660,7 +720,7 @@ static void conn_reply_error(hs_conn *c, int status) {
   c->busy = 1;
   c->close_after = 1;
   c->head = 0;
-  if (format_simple(&b, c, status) != 0 || conn_write(c, &b, 1) != 0)
+  if (format_simple(&b, c, status) != 0 || conn_write(c, &b, W_LAST) != 0)
     conn_close(c);
   buf_free(&b);
 }
@@ -668,7 +728,7 @@ static void conn_reply_error(hs_conn *c, int status) {
 static void conn_send_continue(hs_conn *c) {
   hs_buf b = {0};
   if (buf_puts(&b, "HTTP/1.1 100 Continue\r\n\r\n") != 0 ||
-      conn_write(c, &b, 0) != 0)
+      conn_write(c, &b, W_PART) != 0)
     conn_close(c);
   buf_free(&b);
 }
@@ -801,7 +861,82 @@ typedef struct hs_out {
   hs_buf buf;  /* the response */
   hs_buf user; /* the handler's header lines */
   int status;
+  int abort; /* reset the connection instead of replying */
 } hs_out;
+
+/* The fields of a response table that make the reply misbehave on purpose,
+ * to test clients: abort, truncate_at, body_repeat. */
+typedef struct hs_misbehave {
+  int abort;
+  int cut;         /* truncate_at was given */
+  uint64_t cut_at; /* body bytes to send before closing */
+  const char *chunk;
+  size_t chunk_len;
+  uint64_t count; /* times the chunk follows the body */
+} hs_misbehave;
+
+/* A field of the table at idx that is a non-negative integer (or absent:
+ * returns 0). */
+static int opt_count(lua_State *L, int idx, const char *field, const char *what,
+                     uint64_t *out) {
+  lua_getfield(L, idx, field);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int isint;
+  lua_Integer n = lua_tointegerx(L, -1, &isint);
+  if (!isint || n < 0 || lua_type(L, -1) != LUA_TNUMBER)
+    luaL_error(L, "'%s' must be an integer >= 0", what);
+  lua_pop(L, 1);
+  *out = (uint64_t)n;
+  return 1;
+}
+
+/* Read the response table at idx's misbehaviour fields into m. Pushes
+ * body_repeat's chunk (or nil), to keep it alive while the reply is built. */
+static void read_misbehave(lua_State *L, int idx, hs_misbehave *m) {
+  lua_getfield(L, idx, "abort");
+  int t = lua_type(L, -1);
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN)
+    luaL_error(L, "'abort' must be a boolean, got %s", luaL_typename(L, -1));
+  m->abort = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  m->cut = opt_count(L, idx, "truncate_at", "truncate_at", &m->cut_at);
+  if (lua_getfield(L, idx, "body_repeat") == LUA_TNIL)
+    return; /* the nil stays */
+  if (!lua_istable(L, -1))
+    luaL_error(L, "'body_repeat' must be a table {chunk = s, count = n}");
+  int rep = lua_gettop(L);
+  if (!opt_count(L, rep, "count", "body_repeat.count", &m->count))
+    luaL_error(L, "'body_repeat.count' must be an integer >= 0");
+  if (lua_getfield(L, rep, "chunk") != LUA_TSTRING)
+    luaL_error(L, "'body_repeat.chunk' must be a string");
+  m->chunk = lua_tolstring(L, -1, &m->chunk_len);
+  if (m->chunk_len == 0)
+    luaL_error(L, "'body_repeat.chunk' must not be empty");
+  lua_replace(L, rep); /* the chunk, in place of the table */
+}
+
+/* Fill the connection's stream batch: whole chunks, about STREAM_BATCH
+ * bytes in all, left bytes to go. Raises when out of memory. */
+static void stream_prepare(lua_State *L, hs_conn *c, const hs_misbehave *m,
+                           uint64_t left) {
+  uint64_t reps =
+      m->chunk_len >= STREAM_BATCH ? 1 : STREAM_BATCH / m->chunk_len;
+  if (reps > m->count)
+    reps = m->count;
+  size_t len = (size_t)reps * m->chunk_len;
+  char *batch = malloc(len);
+  if (!batch)
+    luaL_error(L, "out of memory");
+  for (size_t off = 0; off < len; off += m->chunk_len)
+    memcpy(batch + off, m->chunk, m->chunk_len);
+  stream_free(c);
+  c->stream = batch;
+  c->stream_len = len;
+  c->stream_left = left;
+}
 
 static int is_tchar(int c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -903,6 +1038,13 @@ static void normalize_results(lua_State *L, int first) {
 /* Build the response from the handler's results at first and after. */
 static void build_reply(lua_State *L, int first, hs_out *out) {
   hs_conn *c = out->conn;
+  hs_misbehave m = {0};
+  if (lua_type(L, first) == LUA_TTABLE) {
+    lua_settop(L, first);
+    read_misbehave(L, first, &m); /* pushes the chunk or nil */
+    lua_pushvalue(L, first);      /* normalized below, the rest stays */
+    first += 2;
+  }
   normalize_results(L, first);
   int isint;
   lua_Integer status = lua_tointegerx(L, first, &isint);
@@ -923,10 +1065,22 @@ static void build_reply(lua_State *L, int first, hs_out *out) {
   if (status < 200)
     c->close_after = 1; /* an interim status cannot end an exchange */
   out->status = (int)status;
-  if (put_head(&out->buf, c, (int)status, blen) != 0 ||
+  out->abort = m.abort;
+  if (m.count > (UINT64_MAX / 4 - blen) / (m.chunk_len ? m.chunk_len : 1))
+    luaL_error(L, "'body_repeat' makes the body too long");
+  uint64_t total = blen + m.count * m.chunk_len; /* Content-Length */
+  uint64_t to_send = m.cut && m.cut_at < total ? m.cut_at : total;
+  if (!status_has_body((int)status) || c->head)
+    to_send = 0;
+  size_t first_part = to_send < blen ? (size_t)to_send : blen;
+  if (put_head(&out->buf, c, (int)status, total) != 0 ||
       buf_append(&out->buf, out->user.data, out->user.len) != 0 ||
-      put_body(&out->buf, c, (int)status, body, blen) != 0)
+      put_body(&out->buf, c, (int)status, body, first_part) != 0)
     luaL_error(L, "out of memory");
+  if (m.cut)
+    c->close_after = 1; /* after the bytes sent: the rest never comes */
+  if (!m.abort && to_send > first_part)
+    stream_prepare(L, c, &m, to_send - first_part);
 }
 
 /* A 500 for a handler that failed. */
@@ -968,12 +1122,19 @@ static void respond_on(lua_State *L, hs_conn *c) {
              c->desc, errmsg(L, -1));
     out.buf.len = 0;
     out.status = 500;
+    out.abort = 0;
     if (format_simple(&out.buf, c, 500) != 0)
       conn_close(c);
   }
-  host_log(LOG_DEBUG, "http: %s %s -> %d", c->peer, c->desc, out.status);
-  if (!c->closing && conn_write(c, &out.buf, 1) != 0)
-    conn_close(c);
+  if (out.abort) {
+    host_log(LOG_DEBUG, "http: %s %s -> reset (abort)", c->peer, c->desc);
+    conn_abort(c);
+  } else {
+    host_log(LOG_DEBUG, "http: %s %s -> %d", c->peer, c->desc, out.status);
+    int kind = c->stream_left > 0 ? W_STREAM : W_LAST;
+    if (!c->closing && conn_write(c, &out.buf, kind) != 0)
+      conn_close(c);
+  }
   buf_free(&out.buf);
   buf_free(&out.user);
 }

@@ -277,6 +277,7 @@ function Agent:study_env(a)
     GOLIAT_MONITORING_URL = self.s.monitoring_url,
     GOLIAT_MACHINE_ID = self.s.machine_id,
     GOLIAT_ASSIGNMENT_ID = a.id,
+    GOLIAT_API_TOKEN = "", -- the agent's secret, not the study's
   }
 end
 

@@ -145,6 +145,7 @@ describe("an assignment", function()
       GOLIAT_MONITORING_URL = DASH,
       GOLIAT_MACHINE_ID = "198.51.100.7",
       GOLIAT_ASSIGNMENT_ID = "a-1",
+      GOLIAT_API_TOKEN = "",
     }, f.spawned[1].env)
   end)
 

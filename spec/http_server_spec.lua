@@ -244,6 +244,172 @@ describe("host.http.serve", function()
     end)
   end)
 
+  describe("misbehaving on purpose (abort, truncate_at, body_repeat)", function()
+    -- Send one raw request and read until the server closes; returns the
+    -- bytes received and how the connection ended ("eof" or "reset").
+    -- (No finally() here: busted keeps one per test, and serve's closes
+    -- the server.)
+    local function raw(server, request)
+      local out_file = os.tmpname()
+      local script = [[
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(sys.argv[2].encode())
+data, end = b"", "eof"
+try:
+    while True:
+        got = s.recv(65536)
+        if not got:
+            break
+        data += got
+except ConnectionResetError:
+    end = "reset"
+sys.stdout.buffer.write(end.encode() + b"\n" + data)
+]]
+      local p = host.proc.spawn({ argv = { "python3", "-c", script,
+        tostring(server:port()), request }, stdout = out_file, stderr = "null" })
+      if not p then
+        os.remove(out_file)
+        pending("python3 is needed for the raw client")
+        return nil
+      end
+      local code = p:wait()
+      local out = host.fs.read(out_file)
+      os.remove(out_file)
+      assert.are.equal(0, code)
+      assert(out)
+      local how, bytes = out:match("^(%a+)\n(.*)$")
+      return bytes, how
+    end
+
+    local function rss_kib()
+      local status = host.fs.read("/proc/self/status")
+      return status and tonumber(status:match("VmRSS:%s*(%d+)"))
+    end
+
+    it("abort = true resets the connection without any reply, then serves on", function()
+      local server = serve({}, function(req)
+        if req.path == "/abort" then
+          return { status = 200, body = "never sent", abort = true }
+        end
+        return 200, "fine"
+      end)
+      local res, msg, code = host.http.request({ url = url(server, "/abort") })
+      assert.is_nil(res)
+      assert.is_string(msg)
+      assert.are.equal("transfer", code)
+      local bytes, how = raw(server, "GET /abort HTTP/1.1\r\nHost: x\r\n\r\n")
+      if not bytes then return end
+      assert.are.equal("", bytes)
+      assert.are.equal("reset", how)
+      assert.are.equal("fine", get(server, "/ok").body)
+    end)
+
+    it("truncate_at = n sends the whole Content-Length but n body bytes, then closes",
+      function()
+        local server = serve({}, function(req)
+          local n = tonumber(req.query:match("n=(%d+)"))
+          return { body = "0123456789", truncate_at = n,
+            headers = { ["Content-Type"] = "text/plain" } }
+        end)
+        local res, _, code = host.http.request({ url = url(server, "/?n=4") })
+        assert.is_nil(res)
+        assert.are.equal("transfer", code)
+        local bytes, how = raw(server, "GET /?n=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        if not bytes then return end
+        assert.are.equal("eof", how)
+        assert.matches("^HTTP/1%.1 200 OK\r\n", bytes)
+        assert.matches("\r\nContent%-Length: 10\r\n", bytes)
+        assert.matches("\r\n\r\n0123$", bytes)
+        -- 0: the head alone; beyond the body: all of it, then the close
+        bytes = raw(server, "GET /?n=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert.matches("\r\nContent%-Length: 10\r\n.*\r\n\r\n$", bytes)
+        bytes = raw(server, "GET /?n=99 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert.matches("\r\n\r\n0123456789$", bytes)
+      end)
+
+    it("body_repeat sends body then chunk count times, with the right Content-Length",
+      function()
+        local server = serve({}, function(req)
+          if req.path == "/none" then
+            return { body = "head", body_repeat = { chunk = "xyz", count = 0 } }
+          end
+          return { body = "ab", body_repeat = { chunk = "xyz", count = 100000 } }
+        end)
+        local res = get(server, "/")
+        assert.are.equal(200, res.status)
+        assert.are.equal("300002", res.headers["content-length"])
+        assert.is_true(res.body == "ab" .. ("xyz"):rep(100000), "body differs")
+        assert.are.equal("head", get(server, "/none").body)
+        -- the connection stays usable after a streamed reply
+        assert.are.equal(300002, #get(server, "/again").body)
+        res = get(server, "/", { method = "HEAD" })
+        assert.are.equal("300002", res.headers["content-length"])
+        assert.are.equal("", res.body)
+      end)
+
+    it("body_repeat streams 128 MiB without holding them in memory",
+      function()
+        local mib = 1024 * 1024
+        local server = serve({}, function()
+          return { body = "[", body_repeat = { chunk = ("7,"):rep(512), count = 128 * 1024 } }
+        end)
+        local before = rss_kib()
+        -- a client that gives up at 1 MiB: the server stops streaming
+        local res, _, code = host.http.request({ url = url(server, "/"), max_size = mib })
+        assert.is_nil(res)
+        assert.are.equal("too_large", code)
+        -- a client that takes all 128 MiB into a file
+        local file = os.tmpname()
+        res = get(server, "/", { output = file, max_size = 512 * mib, timeout = 120 })
+        local st = host.fs.stat(file)
+        os.remove(file)
+        assert.are.equal(200, res.status)
+        assert.are.equal(128 * mib + 1, st and st.size)
+        local after = rss_kib()
+        if before and after then
+          assert.is_true(after - before < 32 * 1024,
+            ("memory grew by %d KiB"):format(after - before))
+        end
+      end)
+
+    it("truncate_at cuts a body_repeat stream at n bytes", function()
+      local server = serve({}, function()
+        return { body = "ab", body_repeat = { chunk = "xyz", count = 1000 }, truncate_at = 9 }
+      end)
+      local res, _, code = host.http.request({ url = url(server, "/") })
+      assert.is_nil(res)
+      assert.are.equal("transfer", code)
+      local bytes = raw(server, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+      if not bytes then return end
+      assert.matches("\r\nContent%-Length: 3002\r\n", bytes)
+      assert.matches("\r\n\r\nabxyzxyzx$", bytes)
+    end)
+
+    it("turns invalid misbehaviour fields into a 500", function()
+      local level = host.log.set_level("error") -- keep the expected lines short
+      local bad = {
+        ["/abort-string"] = { abort = "yes" },
+        ["/truncate-negative"] = { body = "x", truncate_at = -1 },
+        ["/truncate-float"] = { body = "x", truncate_at = 1.5 },
+        ["/truncate-string"] = { body = "x", truncate_at = "1" },
+        ["/repeat-string"] = { body_repeat = "x" },
+        ["/repeat-empty"] = { body_repeat = { chunk = "", count = 1 } },
+        ["/repeat-no-count"] = { body_repeat = { chunk = "x" } },
+        ["/repeat-negative"] = { body_repeat = { chunk = "x", count = -1 } },
+        ["/repeat-chunk-number"] = { body_repeat = { chunk = 5, count = 1 } },
+        ["/repeat-overflow"] = { body_repeat = { chunk = "xx", count = math.maxinteger } },
+      }
+      local server = serve({}, function(req)
+        return bad[req.path]
+      end)
+      for path in pairs(bad) do
+        assert.are.equal(500, get(server, path).status, path)
+      end
+      host.log.set_level(level)
+    end)
+  end)
+
   describe("listening", function()
     it("binds 127.0.0.1 by default and port() gives the real port", function()
       local server = serve({}, function(req)

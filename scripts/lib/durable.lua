@@ -22,6 +22,10 @@ function M.outbox(host, dir, log)
   for _, name in ipairs(host.fs.list(dir) or {}) do
     local n = tonumber(name:match(NAME))
     if n and n > self.seq then self.seq = n end
+    if name:match("%.tmp%-%d+%-%d+$") then
+      -- an atomic write cut short by a crash: never a complete report
+      host.fs.remove(host.fs.join(dir, name))
+    end
   end
   return self
 end
