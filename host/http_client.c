@@ -249,29 +249,52 @@ static int push_failure(lua_State *co, http_req *req, CURLcode rc) {
   return host_fail(co, code_of(rc), "%s", what);
 }
 
-/* Set headers[name] = value on the table at the top of co, joining a
- * repeated header with ", ". */
-static void add_header(lua_State *co, const char *name, const char *value) {
-  if (lua_getfield(co, -1, name) == LUA_TSTRING) {
-    lua_pushliteral(co, ", ");
-    lua_pushstring(co, value);
-    lua_concat(co, 3);
-  } else {
-    lua_pop(co, 1);
-    lua_pushstring(co, value);
+/* Replace the array of strings at the top of co by its items joined with
+ * ", " (one pass: a header repeated many times costs linear time). */
+static void join_values(lua_State *co) {
+  int list = lua_gettop(co);
+  lua_Integer n = luaL_len(co, list);
+  luaL_Buffer b;
+  luaL_buffinit(co, &b);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (i > 1)
+      luaL_addstring(&b, ", ");
+    lua_rawgeti(co, list, i);
+    luaL_addvalue(&b);
   }
-  lua_setfield(co, -2, name);
+  luaL_pushresult(&b);
+  lua_replace(co, list);
 }
 
+/* Push {name = value}: names lower-case, repeated headers joined. */
 static void push_headers(lua_State *co, const buf *hdrs) {
-  lua_newtable(co);
+  lua_newtable(co); /* name -> array of values */
+  int lists = lua_gettop(co);
   size_t pos = 0;
   while (pos < hdrs->len) {
     const char *name = hdrs->data + pos;
     const char *value = name + strlen(name) + 1;
     pos = (size_t)(value - hdrs->data) + strlen(value) + 1;
-    add_header(co, name, value);
+    if (lua_getfield(co, lists, name) != LUA_TTABLE) {
+      lua_pop(co, 1);
+      lua_newtable(co);
+      lua_pushvalue(co, -1);
+      lua_setfield(co, lists, name);
+    }
+    lua_pushstring(co, value);
+    lua_rawseti(co, -2, luaL_len(co, -2) + 1);
+    lua_pop(co, 1);
   }
+  lua_newtable(co);
+  int out = lua_gettop(co);
+  lua_pushnil(co);
+  while (lua_next(co, lists)) {
+    join_values(co);
+    lua_pushvalue(co, -2);
+    lua_insert(co, -2);
+    lua_rawset(co, out);
+  }
+  lua_remove(co, lists);
 }
 
 /* Push the response table on co; returns 1. */
@@ -356,14 +379,16 @@ static int is_space(char c) {
 /* Append "name\0value\0" (name lower-cased, value trimmed). */
 static int store_header(http_req *req, const char *line, size_t len) {
   const char *colon = memchr(line, ':', len);
-  if (!colon || colon == line)
-    return 1; /* not a header: ignore */
+  if (!colon || colon == line || is_space(line[0]))
+    return 1; /* not a header, or an obsolete folded line: ignore */
   const char *v = colon + 1, *end = line + len;
   while (v < end && is_space(*v))
     v++;
   while (end > v && is_space(end[-1]))
     end--;
   size_t nlen = (size_t)(colon - line), vlen = (size_t)(end - v);
+  while (nlen > 0 && is_space(line[nlen - 1]))
+    nlen--; /* "Retry-After : 5" */
   buf *b = &req->hdrs;
   if (b->len + nlen + vlen + 2 > HEADERS_MAX ||
       !buf_reserve(b, nlen + vlen + 2, HEADERS_MAX))

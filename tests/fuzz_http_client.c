@@ -1,7 +1,8 @@
 /* fuzz_http_client.c: libFuzzer target for what host.http.request does
  * with the response headers a server sends: on_header() (status lines
  * reset the set, "name: value" lines are stored with the name lower-cased
- * and the value trimmed, 1 MiB cap on all of them) and push_headers()
+ * and trimmed at its end and the value trimmed (a line starting with
+ * whitespace, an obsolete folded line, is ignored), 1 MiB cap on all of them) and push_headers()
  * (the Lua table, repeated headers joined with ", ").
  *
  * Those functions are static in host/http_client.c, which this file
@@ -52,8 +53,10 @@ static const char CHECKER[] =
     "      exp, total = {}, 0\n"
     "    else\n"
     "      local c = line:find(':', 1, true)\n"
-    "      if c and c > 1 then\n"
-    "        local name = line:sub(1, c - 1):lower()\n"
+    "      local folded = line:find('^[ \\t\\r\\n]')\n"
+    "      if c and c > 1 and not folded then\n"
+    "        local name = (line:sub(1, c - 1):gsub('[ \\t\\r\\n]+$', ''))\n"
+    "        name = name:lower()\n"
     "        local value = trim(line:sub(c + 1))\n"
     "        total = total + #name + #value + 2\n"
     "        if total > max then outcome = 'too_large' goto done end\n"
