@@ -190,6 +190,25 @@ static int l_append(lua_State *L) {
   return 1;
 }
 
+/* Whether the folder part of path (before its last separator) exists and
+ * is not a folder. */
+static int parent_is_not_dir(const char *path) {
+  size_t n = strlen(path);
+  while (n > 0 && !is_sep(path[n - 1]))
+    n--;
+  if (n < 2)
+    return 0;
+  char *parent = malloc(n);
+  if (!parent)
+    return 0;
+  memcpy(parent, path, n - 1);
+  parent[n - 1] = '\0';
+  uv_stat_t st;
+  int yes = stat_path(parent, &st) == 0 && (st.st_mode & S_IFMT) != S_IFDIR;
+  free(parent);
+  return yes;
+}
+
 static int mkdir_one(const char *path) {
   uv_fs_t req;
   int rc = uv_fs_mkdir(NULL, &req, path, 0755, NULL);
@@ -199,6 +218,10 @@ static int mkdir_one(const char *path) {
     if (stat_path(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR)
       return 0;
   }
+  /* a file in the way of a parent: ENOTDIR as on POSIX (Windows says
+   * ENOENT) */
+  if (rc == UV_ENOENT && parent_is_not_dir(path))
+    rc = UV_ENOTDIR;
   return rc;
 }
 

@@ -18,6 +18,7 @@
 static const char usage[] =
     "usage: goliat-host SCRIPT [ARG...]\n"
     "       goliat-host --version | --help\n"
+    "       goliat-host --service NAME SCRIPT [ARG...]   (Windows service)\n"
     "\n"
     "Runs the Lua 5.4 SCRIPT with the `host` module (tasks, HTTP client and\n"
     "server, processes, timers, files, system) and `cjson`. The script's\n"
@@ -43,6 +44,21 @@ static int luaopen_host(lua_State *L) {
   host_open_http_server(L);
   return 1;
 }
+
+#ifdef GOLIAT_STATIC_MODULES
+/* C modules linked into the executable (the Windows build, which loads no
+ * shared Lua modules): name and luaopen_ function, listed by the build. */
+extern const luaL_Reg host_static_modules[];
+
+static void preload_static_modules(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const luaL_Reg *m = host_static_modules; m->name; m++) {
+    lua_pushcfunction(L, m->func);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pop(L, 1);
+}
+#endif
 
 /* Lua warnings ("@on"/"@off" control them) go to the log. */
 static void on_warning(void *ud, const char *msg, int tocont) {
@@ -169,6 +185,9 @@ static int run(int argc, char **argv) {
   lua_setwarnf(ctx.L, on_warning, &warnings_on);
   lua_warning(ctx.L, "@on", 0);
   luaL_openlibs(ctx.L);
+#ifdef GOLIAT_STATIC_MODULES
+  preload_static_modules(ctx.L);
+#endif
   luaL_requiref(ctx.L, "host", luaopen_host, 0);
   lua_pop(ctx.L, 1);
   set_module_path(ctx.L, argv[1]);
@@ -193,6 +212,7 @@ static int run(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  plat_args(&argc, &argv);
   if (argc < 2) {
     fputs(usage, stderr);
     return 2;
@@ -206,6 +226,8 @@ int main(int argc, char **argv) {
            uv_version_string(), curl_version());
     return 0;
   }
+  if (strcmp(argv[1], "--service") == 0)
+    return plat_service_main(argc, argv);
   if (argv[1][0] == '-' && argv[1][1] != '\0') {
     fprintf(stderr, "goliat-host: unknown option %s\n\n%s", argv[1], usage);
     return 2;

@@ -13,28 +13,63 @@ void plat_init(void);
 /* Broken-down UTC time of t; returns 0 on success. */
 int plat_gmtime(time_t t, struct tm *out);
 
-/* Spawn flags that make the child the root of a tree we can signal as a
- * whole (a new process group on POSIX). */
-unsigned plat_spawn_tree_flags(void);
+/* UTF-8 command-line arguments (Windows passes them in UTF-16; POSIX
+ * leaves argc and argv as they are). Called first thing in main(). */
+void plat_args(int *argc, char ***argv);
 
-typedef struct plat_tree plat_tree; /* per-child tree handle (a Job Object
-                                       on Windows), or NULL */
+/* goliat-host --service NAME SCRIPT [ARG...]: run SCRIPT as the Windows
+ * service NAME (platform_win.c). Elsewhere it prints why not and returns
+ * 2. Returns the process exit code. */
+int plat_service_main(int argc, char **argv);
 
-/* Adopt the freshly spawned child pid as the root of a tree. May return
- * NULL with *err set (a libuv error code). */
-plat_tree *plat_tree_attach(uv_process_t *child, int *err);
+/* ---- child processes ---- */
 
-/* Ask the tree to stop (SIGTERM to the group; CTRL_BREAK on Windows). */
-int plat_tree_terminate(plat_tree *tree, uv_process_t *child, int pid);
+typedef struct plat_child plat_child; /* a child being watched */
+typedef struct plat_tree plat_tree;   /* a child's tree when the platform
+                                         needs a handle for it (a Job Object
+                                         on Windows), or NULL */
 
-/* Kill every process of the tree at once (SIGKILL to the group; closing the
- * job with kill-on-close on Windows). */
-int plat_tree_kill(plat_tree *tree, uv_process_t *child, int pid);
+/* Called on the loop when the child has ended: status and term_signal as
+ * libuv reports them (term_signal is SIGKILL for a tree the host killed). */
+typedef void (*plat_exit_fn)(void *data, int64_t status, int term_signal);
+typedef void (*plat_closed_fn)(void *data);
+
+/* Start the child described by o (file, args, env, cwd, stdio and flags;
+ * o->exit_cb is not used: exit_fn(data, ...) is called instead). With
+ * new_tree, the child is the root of a tree the host can stop as a whole:
+ * on POSIX it leads a new session and process group; on Windows it starts
+ * suspended in a new process group (for Ctrl-Break), is put in a Job Object
+ * of its own and only then resumed, so no descendant can start outside the
+ * job. Returns 0 and sets *child and *tree, or returns a libuv error and
+ * there is nothing to close. */
+int plat_spawn(uv_loop_t *loop, const uv_process_options_t *o, int new_tree,
+               plat_exit_fn exit_fn, void *data, plat_child **child,
+               plat_tree **tree);
+
+int plat_child_pid(const plat_child *c);
+
+/* Stop watching the child (it keeps running) and free it; closed_fn(data)
+ * is called on the loop once that is done, and exit_fn never again. */
+void plat_child_close(plat_child *c, plat_closed_fn closed_fn);
+
+/* The tree of pid, a process that is not our child (host.proc.attach), if
+ * the platform can find it again (Windows: the named Job Object it was
+ * started in); NULL otherwise. */
+plat_tree *plat_tree_find(int pid);
+
+/* Below, child is NULL once the child's watch is closed, or for a process
+ * that is not ours (host.proc.attach); tree may be NULL. */
+
+/* Ask the tree to stop (SIGTERM to the group; Ctrl-Break on Windows). */
+int plat_tree_terminate(plat_tree *tree, plat_child *child, int pid);
+
+/* Kill every process of the tree at once (SIGKILL to the group;
+ * TerminateJobObject on Windows). */
+int plat_tree_kill(plat_tree *tree, plat_child *child, int pid);
 
 /* Send signal signum to the tree (POSIX); on Windows only SIGTERM/SIGKILL
- * and SIGINT/SIGBREAK mean anything. child is NULL for a process that is
- * not ours (host.proc.attach). */
-int plat_tree_signal(plat_tree *tree, uv_process_t *child, int pid, int signum);
+ * and SIGINT/SIGBREAK mean anything. */
+int plat_tree_signal(plat_tree *tree, plat_child *child, int pid, int signum);
 
 /* Whether any process of the tree is still alive. */
 int plat_tree_alive(plat_tree *tree, int pid);

@@ -22,18 +22,80 @@ int plat_gmtime(time_t t, struct tm *out) {
   return gmtime_r(&t, out) ? 0 : -1;
 }
 
-unsigned plat_spawn_tree_flags(void) {
-  return UV_PROCESS_DETACHED;
+void plat_args(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
 }
 
-plat_tree *plat_tree_attach(uv_process_t *child, int *err) {
-  (void)child;
-  *err = 0;
-  return NULL; /* the process group needs no handle */
+int plat_service_main(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  fputs("goliat-host: --service is for Windows; on Linux run the agent "
+        "under systemd (see examples/goliat-agent.service)\n",
+        stderr);
+  return 2;
 }
 
-int plat_tree_signal(plat_tree *tree, uv_process_t *child, int pid,
-                     int signum) {
+/* ---- child processes: libuv's uv_process_t ---- */
+
+struct plat_child {
+  uv_process_t handle;
+  plat_exit_fn exit_fn;
+  plat_closed_fn closed_fn;
+  void *data;
+};
+
+static void on_child_exit(uv_process_t *h, int64_t status, int term_signal) {
+  plat_child *c = h->data;
+  c->exit_fn(c->data, status, term_signal);
+}
+
+static void on_child_closed(uv_handle_t *h) {
+  plat_child *c = h->data;
+  if (c->closed_fn)
+    c->closed_fn(c->data);
+  free(c);
+}
+
+int plat_spawn(uv_loop_t *loop, const uv_process_options_t *o, int new_tree,
+               plat_exit_fn exit_fn, void *data, plat_child **child,
+               plat_tree **tree) {
+  plat_child *c = calloc(1, sizeof *c);
+  if (!c)
+    return UV_ENOMEM;
+  c->exit_fn = exit_fn;
+  c->data = data;
+  c->handle.data = c;
+  uv_process_options_t opts = *o;
+  opts.exit_cb = on_child_exit;
+  if (new_tree)
+    opts.flags |= UV_PROCESS_DETACHED; /* setsid: a new session and group */
+  int rc = uv_spawn(loop, &c->handle, &opts);
+  if (rc < 0) {
+    /* libuv needs the handle closed even when spawn failed */
+    uv_close((uv_handle_t *)&c->handle, on_child_closed);
+    return rc;
+  }
+  *child = c;
+  *tree = NULL; /* the process group needs no handle */
+  return 0;
+}
+
+int plat_child_pid(const plat_child *c) {
+  return c->handle.pid;
+}
+
+void plat_child_close(plat_child *c, plat_closed_fn closed_fn) {
+  c->closed_fn = closed_fn;
+  uv_close((uv_handle_t *)&c->handle, on_child_closed);
+}
+
+plat_tree *plat_tree_find(int pid) {
+  (void)pid;
+  return NULL;
+}
+
+int plat_tree_signal(plat_tree *tree, plat_child *child, int pid, int signum) {
   (void)tree;
   (void)child;
   if (kill(-(pid_t)pid, signum) == 0)
@@ -41,11 +103,11 @@ int plat_tree_signal(plat_tree *tree, uv_process_t *child, int pid,
   return -errno; /* libuv error codes are negated errno on POSIX */
 }
 
-int plat_tree_terminate(plat_tree *tree, uv_process_t *child, int pid) {
+int plat_tree_terminate(plat_tree *tree, plat_child *child, int pid) {
   return plat_tree_signal(tree, child, pid, SIGTERM);
 }
 
-int plat_tree_kill(plat_tree *tree, uv_process_t *child, int pid) {
+int plat_tree_kill(plat_tree *tree, plat_child *child, int pid) {
   return plat_tree_signal(tree, child, pid, SIGKILL);
 }
 

@@ -1,9 +1,10 @@
 /* proc.c: host.proc: child processes and their whole trees.
  *
  * A child is spawned (no shell) as the root of a tree the host can stop as a
- * whole (platform.h). Its exit arrives through libuv's exit callback, so it
- * is seen at once. The C state lives in a malloc'd struct shared by the Lua
- * object and the libuv handle; it is freed when both are gone.
+ * whole (platform.h). Its exit arrives through the platform's exit callback
+ * on the loop, so it is seen at once. The C state lives in a malloc'd struct
+ * shared by the Lua object and the platform's watch of the child; it is
+ * freed when both are gone.
  */
 #include "host.h"
 #include "log.h"
@@ -25,9 +26,9 @@ typedef struct waiter_node {
 } waiter_node;
 
 typedef struct proc {
-  uv_process_t handle;
+  plat_child *child; /* while its watch is open */
   host_ctx *ctx;
-  int refs; /* the Lua object + the libuv handle */
+  int refs; /* the Lua object + the child's watch (or the attach timer) */
   int pid;
   int exited;
   int64_t status;
@@ -87,12 +88,8 @@ static void proc_unref(proc *p) {
   free(p);
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  proc *p = h->data;
-  if (h == (uv_handle_t *)p->watch) {
-    free(h);
-    p->watch = NULL;
-  }
+/* The child's watch (or an attached process's timer) is closed. */
+static void on_closed(proc *p) {
   if (p->prev_live)
     p->prev_live->next_live = p->next_live;
   else if (live_procs == p)
@@ -100,6 +97,24 @@ static void on_handle_closed(uv_handle_t *h) {
   if (p->next_live)
     p->next_live->prev_live = p->prev_live;
   proc_unref(p);
+}
+
+static void on_child_closed(void *data) {
+  on_closed(data);
+}
+
+static void on_watch_closed(uv_handle_t *h) {
+  proc *p = h->data;
+  free(h);
+  p->watch = NULL;
+  on_closed(p);
+}
+
+static void close_child(proc *p) {
+  if (!p->child)
+    return;
+  plat_child_close(p->child, on_child_closed);
+  p->child = NULL;
 }
 
 static void free_term_poll(uv_handle_t *h) {
@@ -156,8 +171,8 @@ static void wake_all(proc *p) {
 
 /* ---- the tree, or the single process when it has no group of its own ---- */
 
-static uv_process_t *child_of(proc *p) {
-  return p->attached ? NULL : &p->handle;
+static plat_child *child_of(proc *p) {
+  return p->child;
 }
 
 static int do_signal(proc *p, int signum) {
@@ -192,7 +207,7 @@ static int tree_done(proc *p) {
 
 static void stop_watch(proc *p) {
   if (p->watch && !uv_is_closing((uv_handle_t *)p->watch))
-    uv_close((uv_handle_t *)p->watch, on_handle_closed);
+    uv_close((uv_handle_t *)p->watch, on_watch_closed);
 }
 
 /* The root has exited: wake the waiters unless a terminate() still waits
@@ -208,12 +223,12 @@ static void note_exit(proc *p) {
   }
 }
 
-static void on_exit_cb(uv_process_t *h, int64_t status, int term_signal) {
-  proc *p = h->data;
+static void on_child_exit(void *data, int64_t status, int term_signal) {
+  proc *p = data;
   p->exited = 1;
   p->status = status;
   p->term_signal = term_signal;
-  uv_close((uv_handle_t *)h, on_handle_closed);
+  close_child(p);
   note_exit(p);
 }
 
@@ -456,26 +471,18 @@ static int start(proc *p, spawn_args *a, const char *cwd, const char *out,
     return rc;
   uv_process_options_t o;
   memset(&o, 0, sizeof o);
-  o.exit_cb = on_exit_cb;
   o.file = a->argv[0];
   o.args = a->argv;
   o.env = a->env;
   o.cwd = cwd;
   o.flags = UV_PROCESS_WINDOWS_HIDE;
-  if (p->own_group)
-    o.flags |= plat_spawn_tree_flags();
   o.stdio_count = 3;
   o.stdio = stdio;
-  p->handle.data = p;
-  rc = uv_spawn(&p->ctx->loop, &p->handle, &o);
-  if (rc < 0) {
-    /* libuv needs the handle closed even when spawn failed */
-    p->refs++;
-    link_live(p);
-    uv_close((uv_handle_t *)&p->handle, on_handle_closed);
+  rc = plat_spawn(&p->ctx->loop, &o, p->own_group, on_child_exit, p, &p->child,
+                  &p->tree);
+  if (rc < 0)
     return rc;
-  }
-  p->pid = p->handle.pid;
+  p->pid = plat_child_pid(p->child);
   p->refs++;
   link_live(p);
   return 0;
@@ -518,12 +525,6 @@ static int l_spawn(lua_State *L) {
     return host_fail(L, uv_err_name(rc), "cannot start '%s': %s",
                      lua_tostring(L, -1), uv_strerror(rc));
   }
-  int terr = 0;
-  if (own_group)
-    p->tree = plat_tree_attach(&p->handle, &terr);
-  if (terr != 0)
-    host_log(LOG_WARN, "process %d: cannot track its tree: %s", p->pid,
-             uv_strerror(terr));
   lua_pushvalue(L, -1);
   return 1;
 }
@@ -653,6 +654,7 @@ static int l_attach(lua_State *L) {
   p->pid = (int)pid;
   p->attached = 1;
   p->own_group = 1;
+  p->tree = plat_tree_find(p->pid);
   p->watch = malloc(sizeof *p->watch);
   if (!p->watch)
     return luaL_error(L, "out of memory");
@@ -698,8 +700,8 @@ static void on_host_close(void *data) {
     p->waiters = NULL;
     if (p->attached)
       stop_watch(p);
-    else if (!uv_is_closing((uv_handle_t *)&p->handle))
-      uv_close((uv_handle_t *)&p->handle, on_handle_closed);
+    else
+      close_child(p);
   }
 }
 

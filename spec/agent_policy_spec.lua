@@ -70,6 +70,26 @@ describe("settings", function()
     end)
   end
 
+  it("finds the Python Windows users have, skipping the Store stub", function()
+    local f = fake_host.new { platform = "windows", env = {
+      GOLIAT_MONITORING_URL = DASH,
+      PATH = "C:/Users/u/AppData/Local/Microsoft/WindowsApps;C:/Python312",
+    } }
+    f.files["C:/Users/u/AppData/Local/Microsoft/WindowsApps/python.exe"] = ""
+    f.files["C:/Python312/python.exe"] = ""
+    local s = assert(agent.load_settings(f.host))
+    assert.same({ "C:/Python312/python.exe", "-m", "goliat", "study" },
+      s.study_command)
+  end)
+
+  it("falls back to the py launcher on Windows", function()
+    local f = fake_host.new { platform = "windows", env = {
+      GOLIAT_MONITORING_URL = DASH, PATH = "C:/Windows" } }
+    f.files["C:/Windows/py.exe"] = ""
+    local s = assert(agent.load_settings(f.host))
+    assert.same({ "py", "-3", "-m", "goliat", "study" }, s.study_command)
+  end)
+
   it("rejects a study command with a non-string element", function()
     local f = new_fake { GOLIAT_STUDY_COMMAND = '["python", 3]' }
     local _, err = agent.load_settings(f.host)

@@ -19,6 +19,9 @@ describe("host.fs", function()
   end
 
   local function ln_s(target, name)
+    if H.windows then
+      pending("symbolic links: creating one needs a privilege on Windows")
+    end
     assert.equal(0, (H.run({ argv = { "ln", "-s", target, name } })))
   end
 
@@ -150,7 +153,9 @@ describe("host.fs", function()
       assert.is_true(math.type(st.size) == "integer")
       assert.is_true(math.abs(st.mtime - host.time.now()) < 60)
       assert.equal("directory", fs.stat(dir).type)
-      assert.equal("other", fs.stat("/dev/null").type)
+      if not H.windows then -- no such device file there
+        assert.equal("other", fs.stat("/dev/null").type)
+      end
     end)
 
     it("stat of a missing path returns nil, msg, 'ENOENT' (broken if it raises)",
@@ -173,11 +178,13 @@ describe("host.fs", function()
   describe("list", function()
     it("returns the entry names sorted, without . and .. (broken if unsorted or "
       .. "with dot entries)", function()
-        for _, name in ipairs({ "b", "c", "a", ".hidden", "B" }) do
+        -- (Windows' file names are case-insensitive: "B" would be "b")
+        local upper = H.windows and "D" or "B"
+        for _, name in ipairs({ "b", "c", "a", ".hidden", upper }) do
           assert.is_true(fs.write_atomic(path(name), name))
         end
         assert.is_true(fs.mkdir_p(path("sub")))
-        assert.same({ ".hidden", "B", "a", "b", "c", "sub" }, fs.list(dir))
+        assert.same({ ".hidden", upper, "a", "b", "c", "sub" }, fs.list(dir))
       end)
 
     it("of an empty folder is an empty table (broken if it returns nil)", function()

@@ -45,7 +45,26 @@ function M.which(host, name)
   return nil
 end
 
+-- The Microsoft Store's python.exe stub opens the Store instead of Python.
+local function store_stub(path)
+  return path:lower():find("[/\\]microsoft[/\\]windowsapps[/\\]") ~= nil
+end
+
+-- python -m goliat study, with the Python users have: on Windows the first
+-- real python.exe on PATH, else the py launcher; elsewhere python, or
+-- python3 where there is no python.
 function M.default_study_command(host)
+  if host.sys.platform() == "windows" then
+    for dir in (host.sys.getenv("PATH") or ""):gmatch("[^;]+") do
+      local exe = host.fs.join(dir, "python.exe")
+      local st = host.fs.stat(exe)
+      if st and st.type ~= "directory" and not store_stub(exe) then
+        return { exe, "-m", "goliat", "study" }
+      end
+    end
+    if M.which(host, "py") then return { "py", "-3", "-m", "goliat", "study" } end
+    return { "python", "-m", "goliat", "study" }
+  end
   local python = "python"
   if not M.which(host, "python") and M.which(host, "python3") then
     python = "python3"

@@ -5,6 +5,10 @@ local host = require "host"
 
 local M = {}
 
+-- Windows (the suite under wine): no POSIX tools, no /proc, and the C
+-- runtime's tmpnam names a file in the root of the drive.
+M.windows = host.sys.platform() == "windows"
+
 -- The goliat-host binary under test: ctest sets GOLIAT_HOST; run by hand,
 -- the host running this suite is arg[-1].
 function M.host_binary()
@@ -19,8 +23,22 @@ function M.host_binary()
   return "./build/goliat-host"
 end
 
--- A fresh empty folder under /tmp.
+local tmp_count = 0
+
+-- A fresh empty folder under /tmp (%TEMP% on Windows).
 function M.tmpdir()
+  if M.windows then
+    local base = host.sys.getenv("TEMP") or host.sys.getenv("TMP") or "."
+    repeat
+      tmp_count = tmp_count + 1
+      local name = host.fs.join(base, string.format("goliat-spec-%d-%d-%d",
+        host.sys.pid(), tmp_count, math.random(1e6)))
+      if not host.fs.exists(name) then
+        assert(host.fs.mkdir_p(name))
+        return name
+      end
+    until false
+  end
   local name = os.tmpname() -- creates the file: the name is ours
   assert(os.remove(name))
   assert(host.fs.mkdir_p(name))
@@ -46,6 +64,18 @@ end
 
 -- rm -rf, without following links whatever host.fs.stat does with them.
 function M.rm_rf(path)
+  if M.windows then
+    local st = host.fs.stat(path)
+    if st and st.type == "directory" then
+      for _, name in ipairs(assert(host.fs.list(path))) do
+        M.rm_rf(host.fs.join(path, name))
+      end
+    end
+    if st then
+      assert(host.fs.remove(path))
+    end
+    return
+  end
   local code = M.run({ argv = { "rm", "-rf", path } })
   assert(code == 0, "rm -rf " .. path .. " failed")
 end
@@ -66,6 +96,9 @@ end
 -- for a long time where PID 1 does not reap them (some containers), and a
 -- zombie has stopped running all the same.
 function M.alive(pid)
+  if M.windows then
+    return host.proc.alive(pid)
+  end
   local code = M.run({ argv = { "kill", "-0", tostring(pid) }, stderr = "null" })
   if code ~= 0 then
     return false

@@ -1,0 +1,464 @@
+-- Windows only (tests/windows/wine.sh runs it under wine; elsewhere it is
+-- pending): process trees in Job Objects, with goliat-host.exe itself as
+-- child and grandchild (no POSIX tools), Ctrl-Break, environment, files
+-- and paths with spaces and non-ASCII characters, HTTP on 127.0.0.1,
+-- timers, and the service mode. Where wine cannot do what Windows does,
+-- the test is pending with the reason (GOLIAT_WINE is set by wine.sh).
+local host = require "host"
+local cjson = require "cjson"
+local H = require "support.helpers"
+
+if not H.windows then
+  describe("Windows", function()
+    it("runs on Windows only (tests/windows/wine.sh)", function()
+      pending("not Windows: run bash tests/windows/wine.sh")
+    end)
+  end)
+  return
+end
+
+local wine = (host.sys.getenv("GOLIAT_WINE") or "") ~= ""
+local exe = H.host_binary()
+local fs = host.fs
+
+-- A folder name with spaces and characters outside ASCII and the ANSI
+-- code page.
+local ODD = "dir with spaces ü € 漢字"
+
+local function write(path, text)
+  assert(fs.write_atomic(path, text))
+  return path
+end
+
+-- Wait (bounded) until file holds a pid; return it.
+local function read_pid(file, timeout)
+  local pid
+  assert(H.wait_until(function()
+    local s = fs.read(file)
+    pid = s and tonumber(s:match("^(%d+)"))
+    return pid ~= nil
+  end, timeout or 20), "no pid in " .. file)
+  return pid
+end
+
+describe("Windows", function()
+  local dir
+  before_each(function()
+    dir = H.tmpdir()
+  end)
+  after_each(function()
+    H.rm_rf(dir)
+  end)
+
+  local function path(...)
+    return fs.join(dir, ...)
+  end
+
+  -- Scripts for children: a grandchild that ignores Ctrl-Break and sleeps,
+  -- and a child that starts it first thing, then does the same.
+  local function tree_scripts(grandchild_new_group)
+    write(path("grandchild.lua"), [[
+      local host = require "host"
+      host.sys.on_signal("SIGBREAK", function() end)
+      host.fs.write_atomic(arg[1], host.sys.pid() .. "\n")
+      host.time.sleep(120)
+    ]])
+    write(path("child.lua"), string.format([[
+      local host = require "host"
+      local g = assert(host.proc.spawn { argv = { host.sys.exepath(),
+        arg[1], arg[2] }, new_group = %s })
+      host.sys.on_signal("SIGBREAK", function() end)
+      host.fs.write_atomic(arg[3], host.sys.pid() .. "\n")
+      host.time.sleep(120)
+    ]], tostring(grandchild_new_group)))
+    return path("child.lua")
+  end
+
+  local function start_tree(grandchild_new_group)
+    local child = tree_scripts(grandchild_new_group)
+    local p = assert(host.proc.spawn { argv = { exe, child,
+      path("grandchild.lua"), path("grandchild.pid"), path("child.pid") } })
+    local gpid = read_pid(path("grandchild.pid"))
+    local cpid = read_pid(path("child.pid"))
+    assert.equal(p.pid, cpid)
+    assert.is_true(H.alive(gpid))
+    return p, gpid
+  end
+
+  describe("process trees (Job Objects)", function()
+    it("kill() ends the child and the grandchild it started first thing "
+      .. "(broken if the grandchild escapes the job)", function()
+        local p, gpid = start_tree(false)
+        assert.is_true(p:kill())
+        assert.same({ nil, "SIGKILL" }, { p:wait() })
+        assert.is_true(H.wait_gone(gpid, 5), "the grandchild survived")
+      end)
+
+    it("terminate() ends a tree that ignores Ctrl-Break, grandchild included, "
+      .. "after the grace period (broken if only the root is stopped)", function()
+        local p, gpid = start_tree(false)
+        local t0 = host.time.monotonic()
+        local code, sig = p:terminate(1)
+        assert.is_nil(code)
+        assert.equal("SIGKILL", sig)
+        assert.is_true(host.time.monotonic() - t0 < 15)
+        assert.is_false(H.alive(gpid), "the grandchild survived")
+      end)
+
+    it("kill() also ends a grandchild that leads a tree of its own (nested "
+      .. "job) (broken if nested jobs are not covered)", function()
+        local p, gpid = start_tree(true)
+        assert.is_true(p:kill())
+        p:wait()
+        assert.is_true(H.wait_gone(gpid, 5), "the grandchild survived")
+      end)
+
+    it("a restarted host finds the tree again by its root's pid and kills "
+      .. "it whole (broken if attach can only stop the root)", function()
+        local p, gpid = start_tree(false)
+        write(path("agent2.lua"), string.format([[
+          local host = require "host"
+          local p = assert(host.proc.attach(%d))
+          assert(p:kill())
+          print("killed")
+        ]], p.pid))
+        local r = H.run_host({ path("agent2.lua") }, { timeout = 20 })
+        assert.equal(0, r.code, r.stderr)
+        assert.equal("killed\n", r.stdout)
+        assert.is_true(H.wait_gone(p.pid, 5), "the root survived")
+        assert.is_true(H.wait_gone(gpid, 5), "the grandchild survived")
+        p:wait()
+      end)
+
+    it("Ctrl-Break reaches the child's SIGBREAK handler, which ends it "
+      .. "cleanly (broken if terminate() only kills)", function()
+        if wine then
+          pending("wine 8 cannot send Ctrl-Break to a process group")
+        end
+        write(path("brk.lua"), [[
+          local host = require "host"
+          local done = false
+          host.sys.on_signal("SIGBREAK", function(name)
+            host.fs.write_atomic(arg[1], name)
+            done = true
+          end)
+          host.fs.write_atomic(arg[2], host.sys.pid() .. "\n")
+          while not done do host.time.sleep(0.05) end
+        ]])
+        local p = assert(host.proc.spawn { argv = { exe, path("brk.lua"),
+          path("got"), path("pid") } })
+        read_pid(path("pid"))
+        assert.same({ 0 }, { p:terminate(20) })
+        assert.equal("SIGBREAK", fs.read(path("got")))
+      end)
+  end)
+
+  describe("processes", function()
+    it("returns the exit code of a goliat-host child (broken if it is lost)",
+      function()
+        write(path("exit.lua"), "os.exit(7)")
+        local p = assert(host.proc.spawn { argv = { exe, path("exit.lua") } })
+        assert.same({ 7 }, { p:wait() })
+      end)
+
+    it("fails with ENOENT for a program that does not exist (broken if it "
+      .. "raises or starts something else)", function()
+        local p, msg, code = host.proc.spawn { argv = { "no-such-program-x" } }
+        assert.is_nil(p)
+        assert.is_string(msg)
+        assert.equal("ENOENT", code)
+      end)
+
+    it("passes arguments with spaces, quotes, backslashes and non-ASCII "
+      .. "characters unchanged (broken if quoting or UTF-16 is wrong)", function()
+        local args = { "plain", "with space", 'a "quoted" word', [[C:\dir\]],
+          [[back\\slash\"]], "", "ü € 漢字", "tab\there" }
+        write(path("args.lua"), [[
+          local cjson = require "cjson"
+          local out = { }
+          for i = 2, #arg do out[#out + 1] = arg[i] end
+          require("host").fs.write_atomic(arg[1], cjson.encode(out))
+        ]])
+        local argv = { exe, path("args.lua"), path("args.json") }
+        for _, a in ipairs(args) do argv[#argv + 1] = a end
+        local p = assert(host.proc.spawn { argv = argv })
+        assert.same({ 0 }, { p:wait() })
+        local json = assert(fs.read(path("args.json")))
+        assert.same(args, cjson.decode(json))
+      end)
+
+    it("runs a script in a folder with spaces and non-ASCII characters, "
+      .. "with its lib/ module, cwd, environment and output file (broken if "
+      .. "a path or value is read in the ANSI code page)", function()
+        local odd = path(ODD)
+        assert(fs.mkdir_p(fs.join(odd, "lib")))
+        write(fs.join(odd, "lib", "oddmod.lua"), 'return "module ü"')
+        write(fs.join(odd, "main ü.lua"), [[
+          local host = require "host"
+          print((require "oddmod"))
+          print(arg[1])
+          print(host.sys.cwd())
+          print(os.getenv("GOLIAT_ODD"), host.sys.getenv("GOLIAT_ODD"))
+        ]])
+        local out = fs.join(odd, "out ü.txt")
+        local p = assert(host.proc.spawn { argv = { exe,
+          fs.join(odd, "main ü.lua"), "arg ü €" }, cwd = odd,
+          env = { GOLIAT_ODD = "value ü € 漢字" }, stdout = out,
+          stderr = "stdout" })
+        assert.same({ 0 }, { p:wait() })
+        assert.equal(table.concat({ "module ü", "arg ü €", (odd:gsub("/", "\\")),
+          "value ü € 漢字\tvalue ü € 漢字", "" }, "\n"), fs.read(out))
+      end)
+  end)
+
+  describe("environment", function()
+    after_each(function()
+      host.sys.setenv("GOLIAT_WIN_SPEC", nil)
+    end)
+
+    it("round-trips a non-ASCII value through setenv, getenv, os.getenv and "
+      .. "environ (broken if the C runtime's copy is read)", function()
+        assert.is_true(host.sys.setenv("GOLIAT_WIN_SPEC", "ü € 漢字"))
+        assert.equal("ü € 漢字", host.sys.getenv("GOLIAT_WIN_SPEC"))
+        assert.equal("ü € 漢字", os.getenv("GOLIAT_WIN_SPEC"))
+        assert.equal("ü € 漢字", host.sys.environ().GOLIAT_WIN_SPEC)
+      end)
+
+    it("names are case-insensitive, as Windows has them (broken if PATH "
+      .. "and Path differ)", function()
+        assert.equal(host.sys.getenv("PATH"), host.sys.getenv("Path"))
+      end)
+  end)
+
+  describe("files and paths", function()
+    it("host.fs works in a folder with spaces and non-ASCII characters "
+      .. "(broken if a call converts paths to the ANSI code page)", function()
+        local odd = path(ODD)
+        assert.is_true(fs.mkdir_p(odd))
+        local f = fs.join(odd, "file €.txt")
+        assert.is_true(fs.write_atomic(f, "a\nb"))
+        assert.is_true(fs.append(f, "\nc"))
+        assert.equal("a\nb\nc", fs.read(f))
+        assert.same({ "file €.txt" }, fs.list(odd))
+        assert.same({ ODD }, fs.list(dir))
+        assert.equal("file", fs.stat(f).type)
+        assert.equal(5, fs.stat(f).size)
+        assert.is_true(fs.remove(f))
+        assert.is_true(fs.remove(odd))
+      end)
+
+    it("Lua's io.open, os.rename (replacing the target), os.remove and "
+      .. "dofile take UTF-8 paths (broken without the UTF-8 C runtime calls)",
+      function()
+        assert(fs.mkdir_p(path(ODD)))
+        local a, b = path(ODD, "a ü.lua"), path(ODD, "b ü.lua")
+        local fh = assert(io.open(a, "wb"))
+        fh:write("return 42")
+        fh:close()
+        write(b, "old")
+        assert.is_true(os.rename(a, b))
+        assert.equal(42, dofile(b))
+        assert.is_true(os.remove(b))
+        assert.is_false(fs.exists(b))
+        assert.is_nil(io.open(a, "rb"))
+      end)
+  end)
+
+  describe("HTTP on 127.0.0.1", function()
+    it("serves and requests, with a UTF-8 body and an output file in a "
+      .. "non-ASCII folder (broken if Winsock or Schannel setup fails)",
+      function()
+        local server = assert(host.http.serve({ port = 0 }, function(req)
+          return 200, req.method .. " " .. req.body .. " ü",
+            { ["X-Odd"] = "yes" }
+        end))
+        local url = "http://127.0.0.1:" .. server:port() .. "/x"
+        local res = assert(host.http.request { url = url, body = "€ 漢字" })
+        assert.equal(200, res.status)
+        assert.equal("POST € 漢字 ü", res.body)
+        assert.equal("yes", res.headers["x-odd"])
+        assert(fs.mkdir_p(path(ODD)))
+        local out = path(ODD, "body ü")
+        res = assert(host.http.request { url = url, output = out })
+        assert.equal(200, res.status)
+        assert.equal("GET  ü", fs.read(out))
+        server:close()
+        local _, _, code = host.http.request { url = url, timeout = 5 }
+        assert.equal("connect", code)
+      end)
+  end)
+
+  describe("timers and signals", function()
+    it("sleeps at least as long as asked, tasks side by side (broken if the "
+      .. "timer resolution or the loop is wrong)", function()
+        local t0 = host.time.monotonic()
+        local a = host.task.spawn(function() host.time.sleep(0.3) end)
+        local b = host.task.spawn(function() host.time.sleep(0.3) end)
+        a:join()
+        b:join()
+        local elapsed = host.time.monotonic() - t0
+        assert.is_true(elapsed >= 0.29, "returned after " .. elapsed)
+        assert.is_true(elapsed < 3, "took " .. elapsed)
+        assert.is_true(math.abs(host.time.now() - os.time()) < 5)
+      end)
+
+    it("accepts handlers for Ctrl-C, Ctrl-Break and console close "
+      .. "(SIGINT, SIGBREAK, SIGHUP) (broken if one is refused)", function()
+        for _, name in ipairs({ "SIGINT", "SIGBREAK", "SIGHUP" }) do
+          local h = assert(host.sys.on_signal(name, function() end))
+          h:close()
+        end
+      end)
+  end)
+
+  describe("the agent (scripts/agent.lua)", function()
+    local cluster = require "support.cluster"
+    local dash, agent
+
+    after_each(function()
+      if agent then cluster.stop(agent.proc) end
+      if dash then cluster.stop(dash.proc) end
+      agent, dash = nil, nil
+    end)
+
+    -- A stand-in for `python -m goliat study CONFIG` run by goliat-host:
+    -- it may start a grandchild, and it ignores Ctrl-Break.
+    local function start(extra_env)
+      write(path("sleeper.lua"), 'require("host").time.sleep(300)')
+      write(path("study.lua"), [[
+        local host = require "host"
+        local cjson = require "cjson"
+        local cfg = cjson.decode(assert(host.fs.read(arg[#arg])))
+        print("study stand-in: " .. arg[#arg])
+        host.sys.on_signal("SIGBREAK", function() end)
+        if cfg.pid_file then
+          host.fs.write_atomic(cfg.pid_file, host.sys.pid() .. "\n")
+        end
+        if cfg.child_pid_file then
+          local g = assert(host.proc.spawn { argv = { host.sys.exepath(),
+            cfg.sleeper }, new_group = false })
+          host.fs.write_atomic(cfg.child_pid_file, g.pid .. "\n")
+        end
+        host.time.sleep(cfg.duration_s or 0)
+        os.exit(cfg.exit_code or 0)
+      ]])
+      dash = cluster.start_dashboard()
+      local env = { GOLIAT_STUDY_COMMAND = cjson.encode({ exe, path("study.lua") }) }
+      for k, v in pairs(extra_env or {}) do env[k] = v end
+      local work = path("work")
+      assert(fs.mkdir_p(work))
+      agent = cluster.start_agent(cluster.agent_env(dash.url, work, env), work)
+      return work
+    end
+
+    it("runs an assignment's study and reports how it ended (broken if the "
+      .. "study command, the wrapper or the report fails on Windows)", function()
+        local work = start()
+        cluster.queue(dash, { exit_code = 0, duration_s = 0.5 }, { id = "w1" })
+        cluster.queue(dash, { exit_code = 3 }, { id = "w2", split_index = 1 })
+        local reports = cluster.reports_at_least(dash, 2, 60)
+        assert(reports, "no reports: " .. tostring(fs.read(agent.log)))
+        assert.equal("finished", reports[1].type)
+        assert.equal("w1", reports[1].assignment_id)
+        assert.equal("fatal_error", reports[2].type)
+        assert.equal(3, reports[2].exit_code)
+        assert.matches("study stand%-in", fs.read(fs.join(work, "study_1.log")))
+      end)
+
+    it("stops a study over its time limit with its grandchild and reports "
+      .. "it (broken if part of the study's tree survives)", function()
+        local pid_file, child_file = path("study.pid"), path("child.pid")
+        start({ GOLIAT_STUDY_TIMEOUT = "3", GOLIAT_STUDY_GRACE = "1" })
+        cluster.queue(dash, { duration_s = 300, pid_file = pid_file,
+          child_pid_file = child_file, sleeper = path("sleeper.lua") },
+          { id = "stubborn" })
+        local reports = cluster.reports_at_least(dash, 1, 60)
+        assert(reports, "no report: " .. tostring(fs.read(agent.log)))
+        assert.equal("fatal_error", reports[1].type)
+        assert.matches("timed out", reports[1].message)
+        local study, child = read_pid(pid_file), read_pid(child_file)
+        assert.is_true(H.wait_gone(study, 5), "the study survived")
+        assert.is_true(H.wait_gone(child, 5), "the study's child survived")
+      end)
+  end)
+
+  describe("service mode (goliat-host --service)", function()
+    local enabled = host.sys.getenv("GOLIAT_TEST_SERVICE") == "1"
+
+    -- sc.exe's exit code; tried again while it fails (a fresh wine prefix
+    -- refuses to start services for its first seconds)
+    local function sc(...)
+      local code
+      for _ = 1, 20 do
+        local p = assert(host.proc.spawn { argv = { "sc", ... },
+          stdout = path("sc.log"), stderr = "stdout" })
+        code = p:wait()
+        if code == 0 then break end
+        host.time.sleep(1)
+      end
+      return code, fs.read(path("sc.log"))
+    end
+
+    local function service_state(name)
+      local out = path("sc.txt")
+      fs.remove(out)
+      local p = assert(host.proc.spawn { argv = { "sc", "query", name },
+        stdout = out })
+      p:wait()
+      return (fs.read(out) or ""):match("STATE%s*:%s*%d+%s+(%u+)")
+    end
+
+    it("runs the script, restarts it after it exits, and turns a service "
+      .. "stop into its SIGBREAK handler (broken if stop kills it or a crash "
+      .. "ends the service)", function()
+        if not enabled then
+          pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-spec-" .. host.sys.pid()
+        local out = path("service.out")
+        write(path("svc.lua"), [[
+          local host = require "host"
+          local out = arg[1]
+          local runs = select(2, (host.fs.read(out) or ""):gsub("start", ""))
+          host.fs.append(out, "start " .. host.sys.cwd() .. "\n")
+          if runs == 0 then os.exit(3) end -- a crash: the service restarts it
+          local stop = false
+          host.sys.on_signal("SIGBREAK", function(sig)
+            host.fs.append(out, "got " .. sig .. "\n")
+            stop = true
+          end)
+          while not stop do host.time.sleep(0.1) end
+          host.fs.append(out, "end\n")
+        ]])
+        local bin = string.format('"%s" --service %s "%s" "%s"', exe, name,
+          path("svc.lua"), out)
+        local code, log = sc("create", name, "binPath=", bin)
+        assert.equal(0, code, log)
+        finally(function()
+          host.proc.spawn({ argv = { "sc", "stop", name }, stdout = "null" }):wait()
+          H.wait_until(function() return service_state(name) == "STOPPED" end, 20)
+          sc("delete", name)
+        end)
+        code, log = sc("start", name)
+        assert.equal(0, code, log)
+        assert.is_true(H.wait_until(function()
+          local s = fs.read(out) or ""
+          return select(2, s:gsub("start", "")) >= 2
+        end, 30), "not restarted: " .. tostring(fs.read(out)))
+        host.time.sleep(0.5) -- let it install its handler
+        code, log = sc("stop", name)
+        assert.equal(0, code, log)
+        assert.is_true(H.wait_until(function()
+          return service_state(name) == "STOPPED"
+        end, 30), "the service did not stop")
+        local exe_dir = exe:match("^(.*)[\\/]")
+        local text = fs.read(out)
+        assert.matches("^start " .. exe_dir:gsub("%p", "%%%0") .. "\n", text)
+        assert.matches("got SIGBREAK\nend\n$", text)
+        local svc_log = fs.read(fs.join(exe_dir, name .. ".log")) or ""
+        assert.matches("exited with code 3; starting it again", svc_log, 1, true)
+        assert.matches("exited with code 0; service stopped", svc_log, 1, true)
+        fs.remove(fs.join(exe_dir, name .. ".log"))
+      end)
+  end)
+end)
