@@ -2,8 +2,8 @@
  * with the response headers a server sends: on_header() (status lines
  * reset the set, "name: value" lines are stored with the name lower-cased
  * and trimmed at its end and the value trimmed (a line starting with
- * whitespace, an obsolete folded line, is ignored), 1 MiB cap on all of them) and push_headers()
- * (the Lua table, repeated headers joined with ", ").
+ * whitespace, an obsolete folded line, is ignored), 1 MiB cap on all of them)
+ * and push_headers() (the Lua table, repeated headers joined with ", ").
  *
  * Those functions are static in host/http_client.c, which this file
  * includes as it is, so the real code is fuzzed without a seam in it and
