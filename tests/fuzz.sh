@@ -13,19 +13,7 @@ seconds=${1:-30}
 build="build-fuzz"
 targets=(fuzz_http_server fuzz_http_client)
 
-missing=()
-for p in clang libclang-rt-14-dev; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  if [ "$(id -u)" != 0 ]; then
-    echo "run as root (or install these packages first)" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+bash tests/install-packages.sh clang libclang-rt-14-dev
 
 cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DGOLIAT_FUZZ=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -33,19 +33,7 @@ if [ ! -f "$exe" ]; then
   echo "wine.sh: $exe not found: run bash host/windows/build.sh first" >&2
   exit 1
 fi
-missing=()
-for p in wine64 lua-busted; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "wine.sh: install ${missing[*]} first (or run as root)" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
+bash tests/install-packages.sh --no-recommends wine64 lua-busted
 wine=$(command -v wine64 || command -v wine || echo /usr/lib/wine/wine64)
 wineserver=$(command -v wineserver || echo "${wine%/*}/wineserver")
 
