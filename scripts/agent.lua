@@ -1,10 +1,14 @@
 -- GOLIAT worker agent: run by `goliat-host scripts/agent.lua` on each VM.
 --
 -- It registers with the monitoring dashboard, keeps a heartbeat, takes one
--- assignment at a time, downloads its split config, runs the GOLIAT study
--- and reports how it ended (../shared/PROTOCOL.md sections 1 to 3). Reports
+-- assignment at a time, gets its split config, runs the GOLIAT study (again
+-- when it ran out of memory) and reports how it ended (PROTOCOL.md). Reports
 -- go through an outbox on disk and the running study is recorded in a state
 -- file, so an agent that dies and restarts loses neither.
+--
+-- Dashboards hand out work in different ways; each way is one module under
+-- protocol/ (the planned API, and the deployed dashboard's super studies),
+-- all with the same few functions. This file keeps the steps.
 --
 -- Operators: the settings come first, then the policy in small named steps.
 -- After an edit, run the spec suite (README.md) to check it.
@@ -13,23 +17,46 @@ local cjson = require "cjson.safe"
 local settings_lib = require "lib.settings"
 local durable = require "lib.durable"
 
+-- The dashboard APIs the agent speaks, in the order auto-detection tries
+-- them. A new API is one more module here.
+local PROTOCOLS = {
+  require "protocol.assignment",   -- GET /api/assignment (the planned API)
+  require "protocol.super_study",  -- super studies (the deployed dashboard)
+}
+
 ------------------------------------------------------------------------------
 -- Settings. Each can be overridden from the environment (variable named on
 -- the right); a value that does not parse stops the agent at start-up.
 ------------------------------------------------------------------------------
 local DEFAULTS = {
   monitoring_url = nil,        -- GOLIAT_MONITORING_URL (required)
-  machine_id = nil,            -- GOLIAT_MACHINE_ID (default: primary IPv4)
+  protocol = "auto",           -- GOLIAT_PROTOCOL: auto, assignment (the
+                               --   planned API) or super-study
+  super_study = nil,           -- GOLIAT_SUPER_STUDY: names, comma-separated
+                               --   (default: any, oldest first)
+  machine_id = nil,            -- GOLIAT_MACHINE_ID (default: the public IP
+                               --   as GOLIAT finds it, else the local one)
+  public_ip_url = "https://api.ipify.org", -- GOLIAT_PUBLIC_IP_URL ("" = off)
+  public_ip_timeout = 3,       -- seconds: the first heartbeat waits for it
+  hostname = nil,              -- GOLIAT_HOSTNAME sent in heartbeats
+                               --   (default: the system's host name)
   api_token = nil,             -- GOLIAT_API_TOKEN (never logged)
   heartbeat_interval = 5,      -- GOLIAT_HEARTBEAT_INTERVAL, seconds
   poll_interval = 10,          -- GOLIAT_POLL_INTERVAL, seconds
   study_command = nil,         -- GOLIAT_STUDY_COMMAND, JSON array of strings
                                --   default: python -m goliat study
   work_dir = nil,              -- GOLIAT_WORK_DIR (default: current directory)
+  project_dir = nil,           -- GOLIAT_PROJECT_DIR: the GOLIAT project
+                               --   (configs/, data/); the study runs there
+                               --   (default: the work dir)
   study_timeout = nil,         -- GOLIAT_STUDY_TIMEOUT: longest a study may
                                --   run, seconds (default: no limit)
   study_grace = 30,            -- GOLIAT_STUDY_GRACE: SIGTERM to the study's
                                --   tree, then kill after this many seconds
+  oom_retries = 3,             -- GOLIAT_OOM_RETRIES: reruns of a study that
+  oom_exit_code = 42,          --   exits with this code (out of memory)
+  claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
+                               --   claim and checking that it is ours
 
   -- Retry policy: after n consecutive failures wait a random time between
   -- 0 and min(retry_cap, retry_base * 2^(n-1)) (full jitter), but never less
@@ -120,8 +147,9 @@ end
 -- and redirects are not followed (so it cannot leak to another host).
 ------------------------------------------------------------------------------
 
--- One dashboard call. Returns the decoded JSON object, or nil, message and
--- the Retry-After delay (seconds) when the server asked for one.
+-- One dashboard call. Returns the decoded JSON (an object or an array),
+-- or nil, message and the Retry-After delay (seconds) when the server asked
+-- for one; the response itself comes last whenever there was one.
 function Agent:call(method, path, body)
   local headers = { ["Accept"] = "application/json" }
   if body then headers["Content-Type"] = "application/json" end
@@ -141,16 +169,16 @@ function Agent:call(method, path, body)
   end
   if res.status == 429 or res.status == 503 then
     return nil, "HTTP " .. res.status, settings_lib.retry_after(
-      res.headers["retry-after"], self.host.time.now())
+      res.headers["retry-after"], self.host.time.now()), res
   end
   if res.status < 200 or res.status > 299 then
-    return nil, "HTTP " .. res.status
+    return nil, "HTTP " .. res.status, nil, res
   end
   local data = cjson.decode(res.body or "")
   if type(data) ~= "table" then
-    return nil, "reply is not a JSON object"
+    return nil, "reply is not a JSON object", nil, res
   end
-  return data
+  return data, nil, nil, res
 end
 
 ------------------------------------------------------------------------------
@@ -178,49 +206,89 @@ function Agent:heartbeat_loop()
 end
 
 ------------------------------------------------------------------------------
--- Step 2: poll for an assignment while idle.
+-- Step 2: find work while idle, through the dashboard's protocol module
+-- (protocol/*.lua). With GOLIAT_PROTOCOL=auto the agent asks each API in
+-- turn (PROTOCOLS above) and uses the first the dashboard answers; it asks
+-- again when the dashboard stops answering the one in use.
 ------------------------------------------------------------------------------
-function Agent:poll()
-  local path = "/api/assignment?machineId=" ..
-    settings_lib.url_encode(self.s.machine_id)
-  local reply, err, retry_after = self:call("GET", path)
-  if not reply then
-    return nil, err, retry_after
+
+-- The protocol module named `name`, one instance per agent.
+function Agent:protocol_for(name)
+  self.protocols = self.protocols or {}
+  if not self.protocols[name] then
+    for _, p in ipairs(PROTOCOLS) do
+      if p.name == name then self.protocols[name] = p.new(self) end
+    end
   end
-  if reply.assigned ~= true then
-    return false
+  return self.protocols[name]
+end
+
+-- Returns the protocol, why it was chosen, and any work its probe received;
+-- or nil, why not, retry_after.
+function Agent:detect_protocol()
+  if self.s.protocol ~= "auto" then
+    return self:protocol_for(self.s.protocol), "GOLIAT_PROTOCOL"
   end
-  return reply.assignment == nil and cjson.null or reply.assignment
+  local reasons = {}
+  for _, p in ipairs(PROTOCOLS) do
+    local verdict, why, extra = p.probe(self)
+    if not verdict then return nil, why, extra end
+    reasons[#reasons + 1] = why
+    if verdict == "yes" then
+      return self:protocol_for(p.name), table.concat(reasons, " and "), extra
+    end
+  end
+  return nil, "the dashboard answers none of the known APIs: " ..
+    table.concat(reasons, "; ")
+end
+
+-- Work (a table), false when there is none (and maybe what the agent waits
+-- for), or nil, error, retry_after.
+function Agent:find_work()
+  if not self.protocol then
+    local p, why, extra = self:detect_protocol()
+    if not p then return nil, why, extra end
+    self.protocol = p
+    self.log.info("dashboard protocol: %s (%s)", p.name, why)
+    if extra ~= nil then return extra end
+  end
+  local work, err, retry_after, foreign = self.protocol:find_work()
+  if work == nil and foreign and self.s.protocol == "auto" then
+    self.log.warn("the dashboard no longer answers the %s API (%s): " ..
+      "detecting its protocol again", self.protocol.name, tostring(err))
+    self.protocol = nil
+  end
+  return work, err, retry_after
+end
+
+-- A heartbeat now: sent before a claim or a report, so that the dashboard
+-- has this machine's worker row (a reset may have deleted it).
+function Agent:register()
+  return self:heartbeat()
+end
+
+-- Where a split config goes: <GOLIAT project>/configs/<name>.
+function Agent:config_path(name)
+  return self.host.fs.join(self.s.project_dir, "configs", name)
+end
+
+-- What the agent waits for (say, an operator's reset), logged when it
+-- changes rather than on every poll.
+function Agent:note_waiting(note)
+  if note ~= self.waiting then
+    if note then self.log.warn("%s", note) end
+    self.waiting = note
+  end
 end
 
 ------------------------------------------------------------------------------
--- Step 3: check the assignment and download its config.
+-- Step 3: run the study and wait for it. The study runs under a small
+-- wrapper (study_wrapper.lua) that records its exit code in a file, and the
+-- agent records the study in its state file: if the agent dies, the next
+-- one takes the study back (recover) instead of starting it again. A study
+-- that ran out of memory (oom_exit_code) runs again, up to oom_retries
+-- times, with the same config.
 ------------------------------------------------------------------------------
-
--- Returns a clean copy {id, split_index, config_url, ...} or nil, why.
-function M.validate_assignment(a)
-  if type(a) ~= "table" then
-    return nil, "assignment is not a JSON object"
-  end
-  if type(a.id) ~= "string" or a.id == "" then
-    return nil, "assignment has no valid 'id'"
-  end
-  local index = math.type(a.split_index) and math.tointeger(a.split_index)
-  if not index or index < 0 then
-    return nil, "'split_index' is not a non-negative integer"
-  end
-  local url = a.config_url
-  if type(url) ~= "string" or not settings_lib.is_http_url(url) then
-    return nil, "'config_url' is not an http(s) URL"
-  end
-  return {
-    id = a.id,
-    split_index = index,
-    config_url = url,
-    super_study_id = type(a.super_study_id) == "string"
-      and a.super_study_id or nil,
-  }
-end
 
 -- Files of an assignment in the work dir, named from split_index only.
 function Agent:file(a, pattern)
@@ -228,49 +296,6 @@ function Agent:file(a, pattern)
     string.format(pattern, a.split_index))
 end
 
--- One download attempt; the file appears only once it is complete JSON.
-function Agent:download_once(a, path)
-  local res, err = self.host.http.request {
-    url = a.config_url,
-    timeout = self.s.download_timeout,
-    max_size = self.s.max_config_bytes,
-  }
-  if not res then return nil, err end
-  if res.status ~= 200 then return nil, "HTTP " .. res.status end
-  if type(cjson.decode(res.body)) ~= "table" then
-    return nil, "config is not a JSON object or array"
-  end
-  return self.host.fs.write_atomic(path, res.body)
-end
-
--- Retries with backoff for download_retry_for seconds: the dashboard will
--- not hand this assignment out again.
-function Agent:download(a)
-  local path = self:file(a, "assigned_config_%d.json")
-  local clock = self.host.time
-  local give_up_at = clock.monotonic() + self.s.download_retry_for
-  while true do
-    local ok, err = self:download_once(a, path)
-    if ok then
-      self:note_success("config download")
-      return path
-    end
-    local n = self:note_failure("config download", err)
-    local delay = self:backoff(n)
-    if self.stopping or clock.monotonic() + delay > give_up_at then
-      return nil, string.format("config download failed %d time(s): %s",
-        n, err)
-    end
-    clock.sleep(delay)
-  end
-end
-
-------------------------------------------------------------------------------
--- Step 4: run the study and wait for it. The study runs under a small
--- wrapper (study_wrapper.lua) that records its exit code in a file, and the
--- agent records the study in its state file: if the agent dies, the next
--- one takes the study back (recover) instead of starting it again.
-------------------------------------------------------------------------------
 function Agent:study_env(a)
   return {
     GOLIAT_WEBGUI_ENABLED = "true",
@@ -281,7 +306,32 @@ function Agent:study_env(a)
   }
 end
 
-function Agent:run_study(a, config_path)
+-- Runs the study until it ends other than out of memory, or the reruns are
+-- used up. `run` continues after a restart: {attempt = n, started_at =
+-- wall clock of the first start, outcome = how attempt n ended, if known}.
+function Agent:run_study(a, config_path, run)
+  run = run or {}
+  local attempt = run.attempt or 1
+  local started_at = run.started_at or self.host.time.now()
+  local outcome = run.outcome
+  while true do
+    outcome = outcome or self:run_attempt(a, config_path, attempt, started_at)
+    outcome.attempts = attempt
+    if outcome.exit_code ~= self.s.oom_exit_code or outcome.timed_out or
+        self.stopping or attempt > self.s.oom_retries then
+      return outcome
+    end
+    self.log.warn("assignment %s: the study ran out of memory (exit code " ..
+      "%d) on attempt %d of %d: running it again", a.id, outcome.exit_code,
+      attempt, self.s.oom_retries + 1)
+    attempt, outcome = attempt + 1, nil
+    -- a restart from here on starts this attempt, not the last one again
+    self:save_state { assignment = a, config_path = config_path,
+      attempt = attempt, started_at = started_at }
+  end
+end
+
+function Agent:run_attempt(a, config_path, attempt, started_at)
   local h = self.host
   local exit_file = self:file(a, "study_%d.exit.json")
   local log_path = self:file(a, "study_%d.log")
@@ -289,12 +339,13 @@ function Agent:run_study(a, config_path)
   local argv = { self.s.host_exe, self.s.wrapper_script, exit_file }
   for _, word in ipairs(self.s.study_command) do argv[#argv + 1] = word end
   argv[#argv + 1] = config_path
-  self.log.info("assignment %s: starting %s (output in %s)", a.id,
-    table.concat(self.s.study_command, " ") .. " " .. config_path, log_path)
+  self.log.info("assignment %s: starting %s in %s (attempt %d, output in %s)",
+    a.id, table.concat(self.s.study_command, " ") .. " " .. config_path,
+    self.s.project_dir, attempt, log_path)
   local proc, err = h.proc.spawn {
     argv = argv,
     env = self:study_env(a),
-    cwd = self.s.work_dir,
+    cwd = self.s.project_dir,
     stdout = log_path,
     stderr = "stdout",
   }
@@ -306,7 +357,9 @@ function Agent:run_study(a, config_path)
     pid = proc.pid,
     start_time = h.proc.start_time(proc.pid),
     exit_file = exit_file,
-    started_at = h.time.now(),
+    config_path = config_path,
+    attempt = attempt,
+    started_at = started_at,
   }
   self:save_state(state)
   return self:watch_study(proc, state)
@@ -360,7 +413,7 @@ function Agent:read_exit_file(path)
 end
 
 ------------------------------------------------------------------------------
--- Step 5: report how the assignment ended (PROTOCOL.md, "What the agent
+-- Step 4: report how the assignment ended (PROTOCOL.md, "What the agent
 -- itself reports"). Reports go to the outbox on disk first and leave it
 -- only after a 2xx reply.
 ------------------------------------------------------------------------------
@@ -379,8 +432,24 @@ function Agent:outcome_message(outcome)
     return "study killed by " .. outcome.signal
   elseif outcome.exit_code == 0 then
     return "study finished"
+  elseif outcome.exit_code == self.s.oom_exit_code then
+    return string.format("study ran out of memory (exit code %d)",
+      outcome.exit_code)
   end
   return string.format("study exited with code %s", tostring(outcome.exit_code))
+end
+
+-- The message, plus the number of attempts when the study was run again
+-- after running out of memory.
+function Agent:outcome_text(outcome)
+  local text = self:outcome_message(outcome)
+  local n = outcome.attempts or 1
+  if n > 1 then
+    text = string.format("%s on attempt %d of %d (the %s ran out of memory)",
+      text, n, self.s.oom_retries + 1,
+      n == 2 and "first attempt" or ("first " .. (n - 1) .. " attempts"))
+  end
+  return text
 end
 
 function Agent:report_body(assignment_id, outcome, duration)
@@ -388,7 +457,7 @@ function Agent:report_body(assignment_id, outcome, duration)
     not self.stopping and outcome.exit_code == 0
   local message = {
     type = ok and "finished" or "fatal_error",
-    message = self.log.redact(self:outcome_message(outcome)),
+    message = self.log.redact(self:outcome_text(outcome)),
     assignment_id = assignment_id or cjson.null,
     exit_code = math.tointeger(outcome.exit_code) or cjson.null,
     duration_s = math.floor(math.max(0, duration) * 1000 + 0.5) / 1000,
@@ -401,12 +470,20 @@ function Agent:report_body(assignment_id, outcome, duration)
   }
 end
 
--- Send one outbox item until a 2xx, or until `deadline` (monotonic).
+-- Send one outbox item until a 2xx, or until `deadline` (monotonic). A
+-- heartbeat goes first, so that the dashboard knows the worker (on the
+-- deployed dashboard a report from an unknown machine can complete another
+-- machine's assignment).
 function Agent:deliver(file, item, deadline)
   local clock = self.host.time
   local what = item.body.message and item.body.message.assignment_id
   while true do
-    local ok, err, retry_after = self:call("POST", item.path, item.body)
+    local ok, err, retry_after = self:register()
+    if ok then
+      ok, err, retry_after = self:call("POST", item.path, item.body)
+    else
+      err = "heartbeat before the report failed: " .. tostring(err)
+    end
     if ok then
       self:note_success("report")
       self.outbox:done(file)
@@ -448,41 +525,55 @@ function Agent:finish(a_id, outcome, duration)
 end
 
 ------------------------------------------------------------------------------
--- One assignment from start to end. Never drops it silently: every way out
--- sends a report. Returns whether a study ran.
+-- One piece of work from start to end. Never drops it silently: once it is
+-- taken, every way out sends a report. Returns whether a study ran, or
+-- "lost" when another worker took it first.
 ------------------------------------------------------------------------------
-function Agent:handle(raw)
+function Agent:handle(work)
   local clock = self.host.time
   local started = clock.monotonic()
-  local a, why = M.validate_assignment(raw)
   local outcome
-  if not a then
-    local id = type(raw) == "table" and type(raw.id) == "string" and raw.id
-    self.log.error("rejected assignment %s: %s", tostring(id or "?"), why)
-    outcome = { error = "invalid assignment: " .. why }
-    a = { id = id or nil }
+  if work.invalid then
+    self.log.error("rejected assignment %s: %s", tostring(work.id or "?"),
+      work.invalid)
+    outcome = { error = work.invalid }
   else
     -- on disk from now on: a restart in the middle still reports it
-    self:save_state { assignment = a, started_at = self.host.time.now() }
-    self.log.info("assignment %s (split %d): downloading config",
-      a.id, a.split_index)
-    local path, err = self:download(a)
-    if not path then
-      outcome = { error = err }
-    elseif self.stopping then
-      outcome = { error = "agent stopped by " .. self.stopping ..
-        " before the study started" }
-    else
-      outcome = self:run_study(a, path)
+    local state = { assignment = work, started_at = clock.now() }
+    self:save_state(state)
+    local taken, why = self.protocol:take(work)
+    if not taken then
+      durable.clear_state(self.host, self.state_file)
+      if taken == false then
+        self.log.info("%s: choosing other work", why)
+      else
+        self:note_failure("claim", why)
+      end
+      return "lost"
     end
+    self:save_state(state) -- now with what taking it told (the worker row)
+    outcome = self:prepare_and_run(work, state.started_at)
   end
-  self:finish(a.id, outcome, clock.monotonic() - started)
+  self:finish(work.id, outcome, clock.monotonic() - started)
   return outcome.exit_code ~= nil or outcome.signal ~= nil
+end
+
+function Agent:prepare_and_run(work, started_at)
+  local path, err = self:protocol_for(work.protocol):prepare(work)
+  if not path then
+    return { error = err }
+  elseif self.stopping then
+    return { error = "agent stopped by " .. self.stopping ..
+      " before the study started" }
+  end
+  return self:run_study(work, path, { started_at = started_at })
 end
 
 -- After a restart: the study named in the state file either ended while
 -- the agent was down (its exit file says how), still runs (take it back),
--- or is gone without a trace (report it lost). Never starts it again.
+-- or is gone without a trace (report it lost). Never starts it again, but
+-- for the next out-of-memory rerun, or work claimed and not yet started
+-- that the dashboard still shows as ours.
 function Agent:recover()
   local h = self.host
   local state = durable.load_state(h, self.state_file, self.log)
@@ -490,21 +581,42 @@ function Agent:recover()
   local a = state.assignment
   self.busy = true
   local outcome = self:read_exit_file(state.exit_file)
+  local run = { attempt = math.tointeger(state.attempt) or 1,
+    started_at = tonumber(state.started_at) }
   if outcome then
     self.log.info("assignment %s: the study ended while the agent was down",
       tostring(a.id))
+    run.outcome = outcome
+  elseif not state.pid and run.attempt > 1 and state.config_path then
+    self.log.info("assignment %s: the agent restarted between two " ..
+      "out-of-memory reruns", tostring(a.id))
+  elseif not state.pid and self:still_ours(a) then
+    self.log.info("assignment %s: claimed before the restart and still " ..
+      "ours on the dashboard: starting its study", tostring(a.id))
+    outcome = self:prepare_and_run(a, run.started_at)
   elseif not state.pid then
     outcome = { error = "the agent restarted before the study started" }
   elseif self:same_process(state) then
     self.log.info("assignment %s: taking back the running study (pid %d)",
       tostring(a.id), state.pid)
-    outcome = self:watch_study(assert(h.proc.attach(state.pid)), state)
+    run.outcome = self:watch_study(assert(h.proc.attach(state.pid)), state)
   else
     outcome = { error = "study lost: it was no longer running when the " ..
       "agent restarted and left no exit code" }
   end
-  self:finish(a.id, outcome, h.time.now() - (state.started_at or h.time.now()))
+  if not outcome then
+    outcome = self:run_study(a, state.config_path, run)
+  end
+  self:finish(a.id, outcome, h.time.now() - (run.started_at or h.time.now()))
   self.busy = false
+end
+
+-- Whether work claimed before a restart (super studies) is still this
+-- worker's, so that its study can start after all.
+function Agent:still_ours(a)
+  local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
+  if not (p and p.held_by_us and type(a.id) == "string") then return false end
+  return p:held_by_us(a)
 end
 
 -- Whether the state's pid is still the study's wrapper (not a reused pid).
@@ -519,18 +631,25 @@ function Agent:work_loop()
   self:flush_outbox()
   self:recover()
   while not self.stopping do
-    local assignment, err, retry_after = self:poll()
+    local step = self.protocol and self.protocol.name .. " poll" or
+      "dashboard protocol detection"
+    local work, err, retry_after = self:find_work()
     local delay = self:jittered(self.s.poll_interval)
-    if assignment == nil then
-      local n = self:note_failure("assignment poll", err)
+    if work == nil then
+      local n = self:note_failure(step, err)
       delay = math.max(delay, self:backoff(n, retry_after))
     else
-      self:note_success("assignment poll")
-      if assignment then
+      self:note_success(step)
+      self:note_waiting(not work and err or nil)
+      if work then
         self.busy = true
-        local ran = self:handle(assignment)
+        local ran = self:handle(work)
         self.busy = false
-        if ran then delay = 1 end -- soon ask for the next one
+        if ran == "lost" then
+          delay = math.random() * 2 -- soon, but not in step with the others
+        elseif ran then
+          delay = 1 -- soon ask for the next one
+        end
       end
     end
     if not self.stopping then self.host.time.sleep(delay) end
@@ -538,7 +657,7 @@ function Agent:work_loop()
 end
 
 ------------------------------------------------------------------------------
--- Step 6: stopping (SIGINT, SIGTERM, Ctrl-Break, service stop). The study's
+-- Step 5: stopping (SIGINT, SIGTERM, Ctrl-Break, service stop). The study's
 -- whole process tree is terminated and the assignment reported as failed.
 ------------------------------------------------------------------------------
 function Agent:stop(signal)
@@ -582,10 +701,12 @@ end
 
 function Agent:start()
   local h = self.host
-  self.facts = settings_lib.host_facts(h)
-  self.log.info("goliat agent %s for %s, machine id %s, work dir %s",
-    h.version or "?", self.s.monitoring_url, self.s.machine_id,
-    self.s.work_dir)
+  self.facts = settings_lib.host_facts(h, self.s.hostname)
+  self.log.info("goliat agent %s for %s, protocol %s, work dir %s, " ..
+    "project dir %s", h.version or "?", self.s.monitoring_url,
+    self.s.protocol, self.s.work_dir, self.s.project_dir)
+  self.log.info("machine id %s (%s)", self.s.machine_id,
+    self.s.machine_id_source)
   local signals = h.sys.platform() == "windows"
     and { "SIGINT", "SIGBREAK", "SIGHUP" } or { "SIGINT", "SIGTERM" }
   for _, name in ipairs(signals) do
@@ -608,6 +729,10 @@ function M.main(host)
     return
   end
   math.randomseed(host.sys.pid(), math.floor(host.time.now() * 1000))
+  -- once, before the first heartbeat: the id does not change while the
+  -- agent runs
+  settings.machine_id, settings.machine_id_source =
+    settings_lib.machine_id(host, settings)
   M.new(host, settings):start()
 end
 

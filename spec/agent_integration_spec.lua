@@ -33,7 +33,7 @@ describe("the agent with the example dashboard", function()
     -- the config is on disk under the documented name, and the study ran
     -- with it and wrote its output to the assignment's log
     assert.matches('"exit_code":0', host.fs.read(host.fs.join(work,
-      "assigned_config_4.json")))
+      "configs", "assigned_config_4.json")))
     local log = assert(host.fs.read(host.fs.join(work, "study_4.log")))
     assert.matches("assignment ok%-1", log)
     assert.matches("step 2/2", log)

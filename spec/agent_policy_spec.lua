@@ -50,8 +50,13 @@ describe("settings", function()
     local s = assert(agent.load_settings(f.host))
     assert.equals(5, s.heartbeat_interval)
     assert.equals(10, s.poll_interval)
-    assert.equals("198.51.100.7", s.machine_id) -- primary non-loopback IPv4
+    assert.equals("auto", s.protocol)
+    assert.equals("https://api.ipify.org", s.public_ip_url)
+    assert.equals(3, s.oom_retries)
+    assert.is_nil(s.super_study)                -- any super study
     assert.equals("/work", s.work_dir)          -- the current directory
+    assert.equals("/work", s.project_dir)       -- the work dir
+    assert.equals("fake-vm", s.hostname)
     assert.equals("goliat", s.study_command[3])
     assert.is_nil(s.api_token)
   end)
@@ -142,15 +147,17 @@ describe("an assignment", function()
     f:run_until(function() return #f:reports() >= 1 end, 600)
   end)
 
-  it("is downloaded to <work dir>/assigned_config_<split_index>.json", function()
-    assert.same({ "/work/agent/assigned_config_3.json" }, data_writes(f))
-    assert.equals('{"study": "x"}', f.files["/work/agent/assigned_config_3.json"])
-  end)
+  it("is downloaded to <project dir>/configs/assigned_config_<split_index>.json",
+    function()
+      assert.same({ "/work/agent/configs/assigned_config_3.json" }, data_writes(f))
+      assert.equals('{"study": "x"}',
+        f.files["/work/agent/configs/assigned_config_3.json"])
+    end)
 
-  it("runs the study command with the config path, in the work dir", function()
+  it("runs the study command with the config path, in the project dir", function()
     local p = f.spawned[1]
     assert.same({ "python", "-m", "goliat", "study",
-      "/work/agent/assigned_config_3.json" }, study_argv(p))
+      "/work/agent/configs/assigned_config_3.json" }, study_argv(p))
     -- under the wrapper that records the exit code beside the study
     assert.same({ "/opt/goliat/goliat-host", "/work/scripts/study_wrapper.lua",
       "/work/agent/study_3.exit.json" }, { table.unpack(p.argv, 1, 3) })
@@ -299,7 +306,8 @@ describe("backoff", function()
     f:run_for(600)
     local warns = 0
     for _, l in ipairs(f.logs) do
-      if l.level == "warn" and l.text:match("^assignment poll failed") then
+      if l.level == "warn" and
+          l.text:match("^dashboard protocol detection failed") then
         warns = warns + 1
       end
     end

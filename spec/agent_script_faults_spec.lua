@@ -25,9 +25,9 @@ end
 describe("an edit of agent.lua", function()
   it("that does not load is reported with file and line at start-up", function()
     local script = edited_scripts(function(text)
-      return (text:gsub("function Agent:poll%(%)", "function Agent:poll(( -- typo", 1))
+      return (text:gsub("function Agent:find_work%(%)", "function Agent:find_work(( -- typo", 1))
     end)
-    local line = line_of(host.fs.read(script), "function Agent:poll((")
+    local line = line_of(host.fs.read(script), "function Agent:find_work((")
     local r = H.run_host({ script }, { env = { GOLIAT_MONITORING_URL = "http://127.0.0.1:9" } })
     assert.is_true(r.code ~= 0)
     assert.matches("agent%.lua:" .. line .. ":", r.stderr)
@@ -36,8 +36,8 @@ describe("an edit of agent.lua", function()
   it("that spins without yielding is stopped with file and line; the agent goes on",
     function()
       local script = edited_scripts(function(text)
-        return (text:gsub("function Agent:poll%(%)\n",
-          "local spun_once\nfunction Agent:poll()\n" ..
+        return (text:gsub("function Agent:find_work%(%)\n",
+          "local spun_once\nfunction Agent:find_work()\n" ..
           "  if not spun_once then spun_once = true; while true do end end\n", 1))
       end)
       local line = line_of(host.fs.read(script), "while true do end")

@@ -16,7 +16,17 @@ M.ENV = {
   work_dir = "GOLIAT_WORK_DIR",
   study_timeout = "GOLIAT_STUDY_TIMEOUT",
   study_grace = "GOLIAT_STUDY_GRACE",
+  protocol = "GOLIAT_PROTOCOL",
+  super_study = "GOLIAT_SUPER_STUDY",
+  project_dir = "GOLIAT_PROJECT_DIR",
+  oom_retries = "GOLIAT_OOM_RETRIES",
+  public_ip_url = "GOLIAT_PUBLIC_IP_URL",
+  hostname = "GOLIAT_HOSTNAME",
+  claim_settle = "GOLIAT_CLAIM_SETTLE",
 }
+
+-- Settings whose empty value means "off" rather than "use the default".
+local EMPTY_MEANS_OFF = { public_ip_url = true }
 
 function M.is_http_url(s)
   local scheme, rest = s:match("^(%a[%w+.-]*)://(.+)$")
@@ -81,6 +91,42 @@ function M.primary_ipv4(host)
   return nil
 end
 
+-- Whether s is an IPv4 or IPv6 address (what a public-IP service answers).
+function M.is_ip(s)
+  local parts = { s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+  if #parts == 4 then
+    for _, p in ipairs(parts) do
+      if tonumber(p) > 255 then return false end
+    end
+    return true
+  end
+  return #s <= 45 and s:find(":", 1, true) ~= nil and
+    s:match("^[%x:.]+$") ~= nil
+end
+
+-- The machine id GOLIAT itself uses (PROTOCOL.md section 5): the public IP
+-- address, else the local address, else the host name. GOLIAT_MACHINE_ID
+-- overrides all of them. Returns the id and where it came from.
+function M.machine_id(host, s)
+  if s.machine_id then return s.machine_id, "GOLIAT_MACHINE_ID" end
+  local why = "the public IP lookup is off (GOLIAT_PUBLIC_IP_URL is empty)"
+  if s.public_ip_url then
+    local res, err = host.http.request { url = s.public_ip_url,
+      timeout = s.public_ip_timeout, connect_timeout = s.public_ip_timeout,
+      max_size = 1024 }
+    local ip = res and res.status == 200 and res.body:match("^%s*(.-)%s*$")
+    if ip and M.is_ip(ip) then
+      return ip, "public IP address from " .. s.public_ip_url
+    end
+    why = "the public IP lookup failed: " .. tostring(err or
+      (res.status ~= 200 and "HTTP " .. res.status) or
+      "the reply is not an IP address")
+  end
+  local address = M.primary_ipv4(host)
+  if address then return address, "local address; " .. why end
+  return host.sys.hostname(), "host name, no IPv4 address; " .. why
+end
+
 local function positive_seconds(name, value)
   local n = tonumber(value)
   if not n or n <= 0 or n ~= n or n == math.huge then
@@ -113,6 +159,47 @@ local function study_command(name, value)
   return cmd
 end
 
+local function count(name, value)
+  local n = math.tointeger(tonumber(value))
+  if not n or n < 0 then
+    return nil, string.format("%s must be a whole number >= 0, got '%s'",
+      name, value)
+  end
+  return n
+end
+
+local PROTOCOLS = { auto = true, assignment = true, ["super-study"] = true }
+
+local function protocol(name, value)
+  if not PROTOCOLS[value] then
+    return nil, string.format("%s must be auto, assignment or super-study, " ..
+      "got '%s'", name, value)
+  end
+  return value
+end
+
+-- "a, b,c" -> { "a", "b", "c" }
+local function name_list(name, value)
+  local list = {}
+  for item in value:gmatch("[^,]+") do
+    item = item:match("^%s*(.-)%s*$")
+    if item ~= "" then list[#list + 1] = item end
+  end
+  if #list == 0 then
+    return nil, name .. " must name at least one super study"
+  end
+  return list
+end
+
+local function public_ip_url(name, value)
+  if value == "" then return false end
+  if not M.is_http_url(value) then
+    return nil, string.format("%s must be an http:// or https:// URL, or " ..
+      "empty to skip the public IP lookup", name)
+  end
+  return value
+end
+
 local function monitoring_url(name, value)
   local url = value:gsub("/+$", "")
   if not M.is_http_url(url) then
@@ -137,6 +224,11 @@ local PARSERS = {
   study_command = study_command,
   study_timeout = positive_seconds,
   study_grace = seconds_or_zero,
+  protocol = protocol,
+  super_study = name_list,
+  oom_retries = count,
+  public_ip_url = public_ip_url,
+  claim_settle = seconds_or_zero,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.
@@ -154,7 +246,7 @@ function M.load(host, defaults)
   for k, v in pairs(defaults) do s[k] = v end
   for key, var in pairs(M.ENV) do
     local value = host.sys.getenv(var)
-    if value and value ~= "" then
+    if value and (value ~= "" or EMPTY_MEANS_OFF[key]) then
       local parse = PARSERS[key]
       if parse then
         local parsed, err = parse(var, value)
@@ -169,14 +261,21 @@ function M.load(host, defaults)
       "dashboard's base URL, e.g. https://dashboard.example.org"
   end
   s.study_command = s.study_command or M.default_study_command(host)
-  s.machine_id = s.machine_id or M.primary_ipv4(host) or host.sys.hostname()
   s.work_dir = absolute(host, s.work_dir or ".")
+  s.project_dir = absolute(host, s.project_dir or s.work_dir)
+  s.hostname = s.hostname or host.sys.hostname()
   s.host_exe = s.host_exe or host.sys.exepath()
   s.wrapper_script = s.wrapper_script or
     host.fs.join(scripts_dir(host), "study_wrapper.lua")
   local ok, err = host.fs.mkdir_p(s.work_dir)
   if not ok then
     return nil, "GOLIAT_WORK_DIR: cannot create " .. s.work_dir .. ": " ..
+      tostring(err)
+  end
+  local configs = host.fs.join(s.project_dir, "configs")
+  ok, err = host.fs.mkdir_p(configs)
+  if not ok then
+    return nil, "GOLIAT_PROJECT_DIR: cannot create " .. configs .. ": " ..
       tostring(err)
   end
   return s
@@ -213,9 +312,9 @@ function M.redacting_log(log, token)
 end
 
 -- Facts sent with each heartbeat (PROTOCOL.md section 3).
-function M.host_facts(host)
+function M.host_facts(host, hostname)
   local facts = {
-    hostname = host.sys.hostname(),
+    hostname = hostname or host.sys.hostname(),
     cpuCores = host.sys.cpu_count(),
     totalRamGB = math.floor(host.sys.total_memory() / 2 ^ 30 * 10 + 0.5) / 10,
   }

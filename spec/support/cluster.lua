@@ -48,6 +48,7 @@ function M.agent_env(url, work_dir, extra)
   local env = {
     GOLIAT_MONITORING_URL = url,
     GOLIAT_MACHINE_ID = "spec-worker",
+    GOLIAT_PUBLIC_IP_URL = "", -- never a lookup beyond loopback
     GOLIAT_WORK_DIR = work_dir,
     GOLIAT_HEARTBEAT_INTERVAL = "0.5",
     GOLIAT_POLL_INTERVAL = "0.5",

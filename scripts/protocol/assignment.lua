@@ -1,0 +1,139 @@
+-- The planned API (PROTOCOL.md section 1): the dashboard hands out work on
+-- `GET /api/assignment`, and the split config is downloaded from the
+-- assignment's `config_url`. Handing out is taking: an assignment received
+-- is ours, and the agent must report it whatever happens.
+--
+-- Every protocol module has the same shape (see "Step 2" in agent.lua):
+--   probe(agent)        -> "yes", why[, work] | "no", why | nil, err, retry_after
+--   new(agent)          -> an object with:
+--     :find_work()      -> work | false[, note] | nil, err, retry_after, foreign
+--     :take(work)       -> true | false, why | nil, err
+--     :prepare(work)    -> path of the config file | nil, err
+--     .beat_before_report  send a heartbeat before each report
+local cjson = require "cjson.safe"
+local settings_lib = require "lib.settings"
+
+local M = { name = "assignment" }
+M.__index = M
+
+-- A clean copy {id, split_index, config_url, ...} of the raw assignment, or
+-- nil and why it is not valid.
+function M.validate(a)
+  if type(a) ~= "table" then
+    return nil, "assignment is not a JSON object"
+  end
+  if type(a.id) ~= "string" or a.id == "" then
+    return nil, "assignment has no valid 'id'"
+  end
+  local index = math.type(a.split_index) and math.tointeger(a.split_index)
+  if not index or index < 0 then
+    return nil, "'split_index' is not a non-negative integer"
+  end
+  local url = a.config_url
+  if type(url) ~= "string" or not settings_lib.is_http_url(url) then
+    return nil, "'config_url' is not an http(s) URL"
+  end
+  return {
+    protocol = M.name,
+    id = a.id,
+    split_index = index,
+    config_url = url,
+    super_study_id = type(a.super_study_id) == "string"
+      and a.super_study_id or nil,
+  }
+end
+
+function M.new(agent)
+  return setmetatable({ agent = agent, beat_before_report = false }, M)
+end
+
+-- One poll. An invalid assignment comes back as {invalid = why, id = ...}
+-- so that the agent reports it instead of dropping it.
+local function poll(agent)
+  local path = "/api/assignment?machineId=" ..
+    settings_lib.url_encode(agent.s.machine_id)
+  local reply, err, retry_after, res = agent:call("GET", path)
+  if not reply then
+    return nil, err, retry_after, res and res.status == 404
+  end
+  if res.body:match("^%s*%[") then
+    return nil, "reply is a JSON array, not an object"
+  end
+  if reply.assigned ~= true then
+    return false
+  end
+  local work, why = M.validate(reply.assignment)
+  if not work then
+    local raw = reply.assignment
+    local id = type(raw) == "table" and type(raw.id) == "string" and raw.id
+    return { invalid = "invalid assignment: " .. why, id = id or nil }
+  end
+  return work
+end
+
+-- The dashboard speaks this API when the poll answers with a JSON object.
+-- The poll may hand out work: it is passed on, never dropped.
+function M.probe(agent)
+  local work, err, retry_after, foreign = poll(agent)
+  if work ~= nil then
+    return "yes", "GET /api/assignment answered", work
+  end
+  if foreign then
+    return "no", "GET /api/assignment answered HTTP 404"
+  end
+  return nil, err, retry_after
+end
+
+function M:find_work()
+  return poll(self.agent)
+end
+
+-- Handing out was taking.
+function M.take()
+  return true
+end
+
+-- One download attempt; the file appears only once it is complete JSON.
+local function download_once(agent, work, path)
+  local h = agent.host
+  local res, err = h.http.request {
+    url = work.config_url,
+    timeout = agent.s.download_timeout,
+    max_size = agent.s.max_config_bytes,
+  }
+  if not res then return nil, err end
+  if res.status ~= 200 then return nil, "HTTP " .. res.status end
+  if type(cjson.decode(res.body)) ~= "table" then
+    return nil, "config is not a JSON object or array"
+  end
+  return h.fs.write_atomic(path, res.body)
+end
+
+-- Downloads the config to <project>/configs/assigned_config_<split>.json,
+-- retrying with backoff for download_retry_for seconds: the dashboard will
+-- not hand this assignment out again.
+function M:prepare(work)
+  local agent = self.agent
+  local path = agent:config_path(string.format("assigned_config_%d.json",
+    work.split_index))
+  local clock = agent.host.time
+  local give_up_at = clock.monotonic() + agent.s.download_retry_for
+  agent.log.info("assignment %s (split %d): downloading config", work.id,
+    work.split_index)
+  while true do
+    local ok, err = download_once(agent, work, path)
+    if ok then
+      agent:note_success("config download")
+      return path
+    end
+    local n = agent:note_failure("config download", err)
+    local delay = agent:backoff(n)
+    if agent.stopping or clock.monotonic() + delay > give_up_at then
+      return nil, string.format("config download failed %d time(s): %s",
+        n, err)
+    end
+    clock.sleep(delay)
+  end
+end
+
+return M

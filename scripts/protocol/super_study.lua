@@ -1,0 +1,345 @@
+-- The deployed GOLIAT dashboard (PROTOCOL.md section 4): work is organised
+-- in super studies whose assignments a worker claims. The module shape is
+-- described in protocol/assignment.lua.
+--
+-- The dashboard's traps, and what this module does about each:
+-- * A claim is never refused: the last claim wins the row. After claiming,
+--   wait `claim_settle` seconds, read the stored status again and run the
+--   assignment only if it is still RUNNING under this worker.
+-- * The derived view (GET /api/super-studies/<id>) shows PENDING for work
+--   that runs under an idle or stale worker: work is chosen from the stored
+--   status (GET /api/super-studies/<id>/assignments) only.
+-- * `fatal_error` leaves the assignment RUNNING, and the next `finished`
+--   completes any one RUNNING assignment of the worker: while one of its
+--   assignments is RUNNING and no study of ours runs, this worker takes no
+--   new work, until an operator resets the worker on the dashboard.
+-- * A claim or report from a machine without a worker row can create or
+--   complete the wrong rows: a heartbeat goes first (agent:register()).
+-- * Machines sending the same hostname share one worker row, whose IP
+--   flips: warned about.
+local cjson = require "cjson.safe"
+local settings_lib = require "lib.settings"
+
+local M = { name = "super-study" }
+M.__index = M
+
+local enc = settings_lib.url_encode
+
+local function is_json_array(res)
+  return res ~= nil and res.body:match("^%s*%[") ~= nil
+end
+
+-- The dashboard speaks this API when the list of super studies is a JSON
+-- array.
+function M.probe(agent)
+  local list, err, retry_after, res = agent:call("GET", "/api/super-studies")
+  if list and is_json_array(res) then
+    return "yes", "GET /api/super-studies answered a JSON array"
+  end
+  if list or (res and res.status == 404) then
+    return "no", "GET /api/super-studies did not answer a JSON array"
+  end
+  return nil, err, retry_after
+end
+
+function M.new(agent)
+  return setmetatable({
+    agent = agent,
+    beat_before_report = true,
+    worker_id = nil,  -- our worker row on the dashboard, once a claim told
+    configs = {},     -- assignment id -> splitConfig, from the last read
+    said = {},        -- warnings given once
+  }, M)
+end
+
+function M:warn_once(key, fmt, ...)
+  if self.said[key] then return end
+  self.said[key] = true
+  self.agent.log.warn(fmt, ...)
+end
+
+-- The worker row an assignment of the stored view runs under (its id or
+-- nil), and the row itself.
+local function worker_of(a)
+  local w = type(a.worker) == "table" and a.worker or nil
+  return (w and w.id) or (a.workerId ~= cjson.null and a.workerId) or nil, w
+end
+
+-- Whether an assignment of the stored view runs under this machine's
+-- worker: the row a claim told us about, or a row with our machine id.
+function M:ours(a)
+  local id, w = worker_of(a)
+  if id ~= nil and self.worker_id ~= nil and id == self.worker_id then
+    return true
+  end
+  return w ~= nil and w.ipAddress == self.agent.s.machine_id
+end
+
+-- Machines that send the same hostname share one worker row; its IP then
+-- flips to whichever beat last.
+function M:check_shared_row(a)
+  local id, w = worker_of(a)
+  if w and self.worker_id ~= nil and id == self.worker_id and
+      type(w.ipAddress) == "string" and w.ipAddress ~= self.agent.s.machine_id
+  then
+    self:warn_once("shared " .. tostring(id),
+      "the dashboard shows this agent's worker %s under IP %s, not %s: " ..
+      "another machine sends the same hostname (%s) and shares its row. " ..
+      "Give each VM its own hostname (or set GOLIAT_HOSTNAME)",
+      tostring(id), w.ipAddress, self.agent.s.machine_id,
+      tostring(self.agent.s.hostname))
+  end
+end
+
+-- The super studies to work on, oldest first. Returns the list, or nil,
+-- err, retry_after, foreign (this dashboard does not speak the API).
+function M:studies()
+  local agent = self.agent
+  local paths = {}
+  for _, name in ipairs(agent.s.super_study or {}) do
+    paths[#paths + 1] = { "/api/super-studies?name=" .. enc(name), name }
+  end
+  if #paths == 0 then paths[1] = { "/api/super-studies" } end
+  local out = {}
+  for _, p in ipairs(paths) do
+    local list, err, retry_after, res = agent:call("GET", p[1])
+    if not list then
+      return nil, err, retry_after, res and res.status == 404
+    end
+    if not is_json_array(res) then
+      return nil, "GET /api/super-studies did not answer a JSON array",
+        nil, true
+    end
+    if p[2] and #list == 0 then
+      self:warn_once("missing " .. p[2], "super study '%s' " ..
+        "(GOLIAT_SUPER_STUDY) is not on the dashboard (yet)", p[2])
+    end
+    for _, st in ipairs(list) do
+      if type(st) == "table" and type(st.id) == "string" then
+        out[#out + 1] = st
+        st.position = #out
+      end
+    end
+  end
+  -- the dashboard lists newest first: work on the oldest first
+  table.sort(out, function(a, b)
+    local ca, cb = a.createdAt, b.createdAt
+    if type(ca) == "string" and type(cb) == "string" and ca ~= cb then
+      return ca < cb
+    end
+    return a.position > b.position
+  end)
+  return out
+end
+
+-- Whether a super study can hold work for us or a RUNNING assignment of
+-- ours, judged from the ids and statuses its list entry carries.
+local function worth_reading(st)
+  if type(st.assignments) ~= "table" then return true end
+  for _, a in ipairs(st.assignments) do
+    if type(a) == "table" and (a.status == "PENDING" or a.status == "RUNNING")
+    then
+      return true
+    end
+  end
+  return false
+end
+
+-- A super study's assignments with their stored status, sorted by index.
+function M:assignments(study_id)
+  local list, err, retry_after, res = self.agent:call("GET",
+    "/api/super-studies/" .. enc(study_id) .. "/assignments")
+  if not list then return nil, err, retry_after end
+  if not is_json_array(res) then
+    return nil, "the assignments of super study " .. study_id ..
+      " are not a JSON array"
+  end
+  local out = {}
+  for _, a in ipairs(list) do
+    if type(a) == "table" then
+      out[#out + 1] = a
+      self.configs[a.id or ""] = a.splitConfig
+      self:check_shared_row(a)
+    end
+  end
+  table.sort(out, function(a, b)
+    return (tonumber(a.index) or math.huge) < (tonumber(b.index) or math.huge)
+  end)
+  return out
+end
+
+-- The work an assignment stands for, or nil and why it cannot be run.
+local function work_of(a, st)
+  local index = math.type(a.index) and math.tointeger(a.index)
+  if type(a.id) ~= "string" or a.id == "" then
+    return nil, "it has no valid 'id'"
+  elseif not index or index < 0 then
+    return nil, "its 'index' is not a non-negative integer"
+  elseif type(st.name) ~= "string" or st.name == "" then
+    return nil, "its super study has no name"
+  end
+  return { protocol = M.name, id = a.id, split_index = index,
+    super_study_id = st.id, super_study_name = st.name }
+end
+
+-- Chooses the lowest-index PENDING assignment of the oldest super study,
+-- from the stored status. While an assignment is RUNNING under this worker
+-- (a failed one: nothing of ours runs while we look for work), returns
+-- false and what it waits for.
+function M:find_work()
+  local studies, err, retry_after, foreign = self:studies()
+  if not studies then return nil, err, retry_after, foreign end
+  local candidate, held
+  for _, st in ipairs(studies) do
+    if worth_reading(st) then
+      local list, aerr, aretry = self:assignments(st.id)
+      if not list then return nil, aerr, aretry end
+      for _, a in ipairs(list) do
+        if a.status == "RUNNING" and self:ours(a) and not held then
+          held = { a = a, st = st }
+        elseif a.status == "PENDING" and not candidate then
+          local work, why = work_of(a, st)
+          if work then
+            candidate = work
+          else
+            self:warn_once("invalid " .. tostring(a.id), "skipping " ..
+              "assignment %s of super study %s: %s", tostring(a.id),
+              tostring(st.name), why)
+          end
+        end
+      end
+    end
+  end
+  if held then
+    self.held = held.a.id
+    return false, string.format("assignment %s (index %s of super study " ..
+      "%s) is still RUNNING under this worker on the dashboard after it " ..
+      "failed; taking no new work until an operator resets this worker " ..
+      "there (a new report could complete the wrong assignment)",
+      tostring(held.a.id), tostring(held.a.index), tostring(held.st.name))
+  end
+  if self.held then
+    -- the operator's reset deleted our worker row: forget it
+    self.agent.log.info("assignment %s is no longer RUNNING under this " ..
+      "worker (the worker was reset on the dashboard): taking work again",
+      tostring(self.held))
+    self.held, self.worker_id = nil, nil
+  end
+  return candidate or false
+end
+
+-- The stored view of one assignment, or nil, err.
+function M:read_back(work)
+  local list, err = self:assignments(work.super_study_id)
+  if not list then return nil, err end
+  for _, a in ipairs(list) do
+    if a.id == work.id then return a end
+  end
+  return nil, "assignment " .. work.id .. " is no longer on the dashboard"
+end
+
+-- Claims the assignment and makes sure it is really ours: the dashboard
+-- never refuses a claim, so agents that claim the same assignment at the
+-- same time all get 200, and only the last one holds it. Once every claim
+-- made on the same reading has landed (claim_settle), the stored status
+-- tells who holds it.
+function M:take(work)
+  local agent = self.agent
+  local ok, err = agent:register()
+  if not ok then
+    return nil, "heartbeat before the claim failed: " .. tostring(err)
+  end
+  local reply, cerr = agent:call("POST", "/api/assignments/" ..
+    enc(work.id) .. "/claim", { machineId = agent.s.machine_id })
+  if reply then
+    local id = reply.workerId
+    if type(reply.worker) == "table" and reply.worker.id ~= nil then
+      id = reply.worker.id
+    end
+    if id ~= nil and id ~= cjson.null then self.worker_id = id end
+  else
+    agent.log.warn("claim of assignment %s: %s; checking whether it " ..
+      "went through", work.id, tostring(cerr))
+  end
+  agent.host.time.sleep(agent.s.claim_settle)
+  local a, rerr
+  for try = 1, 5 do
+    a, rerr = self:read_back(work)
+    if a or agent.stopping then break end
+    agent.host.time.sleep(agent:backoff(try))
+  end
+  if not a then
+    return nil, "cannot check the claim of assignment " .. work.id .. ": " ..
+      tostring(rerr)
+  end
+  if a.status == "RUNNING" and self:ours(a) then
+    work.worker_id = self.worker_id
+    return true
+  end
+  local id, w = worker_of(a)
+  return false, string.format("assignment %s went to another worker (%s, " ..
+    "status %s): it was claimed at the same time", work.id,
+    tostring(w and w.ipAddress or id), tostring(a.status))
+end
+
+-- Whether work claimed before an agent restart is still RUNNING under this
+-- worker (then its study may start after all).
+function M:held_by_us(work)
+  if self.worker_id == nil and work.worker_id ~= nil then
+    self.worker_id = work.worker_id
+  end
+  if type(work.super_study_id) ~= "string" or not self.agent:register() then
+    return false
+  end
+  local a = self:read_back(work)
+  return a ~= nil and a.status == "RUNNING" and self:ours(a)
+end
+
+-- A name safe as part of a file name: the super study's name comes from
+-- the dashboard and must not reach outside configs/.
+local function file_part(name)
+  local safe = name:gsub("[^%w%-_.]", "_"):gsub("^%.+", "_")
+  return safe
+end
+
+-- Writes the assignment's splitConfig (an object, or a JSON string holding
+-- one) to <project>/configs/<super study>_assignment_<index>.json, where a
+-- relative `extends` resolves as it does for `goliat worker`.
+function M:prepare(work)
+  local agent = self.agent
+  local cfg = self.configs[work.id]
+  if cfg == nil then
+    local a, err = self:read_back(work)
+    if not a then return nil, err end
+    cfg = a.splitConfig
+  end
+  local text
+  if type(cfg) == "string" then
+    text = cfg
+    cfg = cjson.decode(cfg)
+  end
+  if type(cfg) ~= "table" or (text and text:match("^%s*%[")) then
+    return nil, "invalid assignment: its splitConfig is not a JSON object " ..
+      "(or a JSON string holding one)"
+  end
+  text = text or cjson.encode(cfg)
+  local path = agent:config_path(string.format("%s_assignment_%d.json",
+    file_part(work.super_study_name), work.split_index))
+  local ok, err = agent.host.fs.write_atomic(path, text)
+  if not ok then
+    return nil, "cannot write the config " .. path .. ": " .. tostring(err)
+  end
+  local extends = cfg.extends
+  if type(extends) == "string" and not extends:match("^[/\\]") and
+      not extends:match("^%a:") and
+      not agent.host.fs.exists(agent:config_path(extends)) then
+    agent.log.warn("assignment %s: its config extends %s, which is not in " ..
+      "%s: GOLIAT will not find it", work.id, cfg.extends,
+      agent:config_path(""))
+  end
+  agent.log.info("assignment %s (index %d of super study %s): config " ..
+    "written to %s", work.id, work.split_index, work.super_study_name, path)
+  return path
+end
+
+return M
