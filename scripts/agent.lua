@@ -20,8 +20,8 @@ local durable = require "lib.durable"
 -- The dashboard APIs the agent speaks, in the order auto-detection tries
 -- them. A new API is one more module here.
 local PROTOCOLS = {
-  require "protocol.assignment",   -- GET /api/assignment (the planned API)
-  require "protocol.super_study",  -- super studies (the deployed dashboard)
+  (require "protocol.assignment"),   -- GET /api/assignment (the planned API)
+  (require "protocol.super_study"),  -- super studies (the deployed dashboard)
 }
 
 ------------------------------------------------------------------------------
@@ -586,7 +586,7 @@ function Agent:recover()
   if outcome then
     self.log.info("assignment %s: the study ended while the agent was down",
       tostring(a.id))
-    run.outcome = outcome
+    run.outcome, outcome = outcome, nil
   elseif not state.pid and run.attempt > 1 and state.config_path then
     self.log.info("assignment %s: the agent restarted between two " ..
       "out-of-memory reruns", tostring(a.id))

@@ -216,7 +216,8 @@ function M:find_work()
       "%s) is still RUNNING under this worker on the dashboard after it " ..
       "failed; taking no new work until an operator resets this worker " ..
       "there (a new report could complete the wrong assignment)",
-      tostring(held.a.id), tostring(held.a.index), tostring(held.st.name))
+      tostring(held.a.id), tostring(math.tointeger(held.a.index) or
+      held.a.index), tostring(held.st.name))
   end
   if self.held then
     -- the operator's reset deleted our worker row: forget it

@@ -1,0 +1,548 @@
+-- Policy specs for the deployed dashboard's super studies (PROTOCOL.md
+-- section 4), out-of-memory reruns and the machine id: the real
+-- scripts/agent.lua against the fake host and a scripted dashboard.
+local cjson = require "cjson"
+local agent = require "agent"
+local fake_host = require "support.fake_host"
+local P = require "support.policy"
+local super = require "support.super_dashboard"
+
+local function fake(env)
+  local e = { GOLIAT_PUBLIC_IP_URL = "" }
+  for k, v in pairs(env or {}) do e[k] = v end
+  return P.new_fake(e)
+end
+
+local function count(list, pred)
+  local n = 0
+  for _, x in ipairs(list) do if pred(x) then n = n + 1 end end
+  return n
+end
+
+local function log_lines(f, pattern)
+  return count(f.logs, function(l) return l.text:match(pattern) end)
+end
+
+local function claims_by(d, ip)
+  return count(d.claims, function(c) return c.ip == ip end)
+end
+
+local ME = "198.51.100.7"
+
+describe("protocol detection", function()
+  it("chooses super studies when /api/assignment is a 404 page and " ..
+    "/api/super-studies a JSON array, and says why", function()
+      local f = fake()
+      local d = super.new(f)
+      d:add_study("sweep", { { a = 1 } })
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      local text = f:log_text()
+      assert.matches("dashboard protocol: super%-study %(GET /api/assignment " ..
+        "answered HTTP 404 and GET /api/super%-studies answered a JSON array%)",
+        text)
+    end)
+
+  it("chooses the planned API when the poll answers JSON", function()
+    local f = fake()
+    P.dashboard(f)
+    P.start(f)
+    f:run_for(30)
+    assert.matches("dashboard protocol: assignment", f:log_text())
+    assert.equals(0, #f:requests_to("/api/super%-studies"))
+  end)
+
+  it("detects again when the dashboard starts answering differently", function()
+    local f = fake()
+    local planned = true
+    local d = super.new(f, { override = function(req, path)
+      if planned and path == "/api/assignment" then
+        return P.json(200, { assigned = false })
+      end
+      if planned and path:match("^/api/super") then
+        return P.json(404, { error = "not found" })
+      end
+      if req.url:match("/api/heartbeat$") and planned then
+        return P.json(200, { success = true })
+      end
+    end })
+    d:add_study("later", { { a = 1 } })
+    P.start(f)
+    f:run_for(60)
+    assert.matches("dashboard protocol: assignment", f:log_text())
+    assert.equals(0, #f.spawned)
+    planned = false -- the dashboard is replaced by the deployed one
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 300))
+    assert.matches("no longer answers the assignment API", f:log_text())
+    assert.matches("dashboard protocol: super%-study", f:log_text())
+  end)
+
+  it("with GOLIAT_PROTOCOL=super-study never asks /api/assignment", function()
+    local f = fake { GOLIAT_PROTOCOL = "super-study" }
+    local d = super.new(f)
+    d:add_study("s", { { a = 1 } })
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    assert.equals(0, #f:requests_to("/api/assignment%?"))
+  end)
+
+  it("keeps trying, with backoff, while the dashboard answers neither", function()
+    local f = fake()
+    f.http_handler = function() return P.json(404, { error = "nope" }) end
+    P.start(f)
+    f:run_for(600)
+    assert.is_nil(f.exit_code)
+    assert.equals(1, log_lines(f, "^dashboard protocol detection failed: " ..
+      "the dashboard answers none of the known APIs"))
+    assert.is_true(#f:requests_to("/api/assignment%?") < 60)
+  end)
+end)
+
+describe("choosing work", function()
+  it("takes the lowest-index PENDING assignment of the oldest super study",
+    function()
+      local f = fake()
+      local d = super.new(f)
+      local old = d:add_study("old", { { n = 0 }, { n = 1 }, { n = 2 } })
+      d:add_study("new", { { n = 9 } })
+      old.assignments[1].status = "COMPLETED"
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      assert.equals(old.assignments[2].id, d.claims[1].id)
+      assert.equals(old.assignments[2].id, f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+    end)
+
+  it("works only on the super studies of GOLIAT_SUPER_STUDY, in their order " ..
+    "of age", function()
+      local f = fake { GOLIAT_SUPER_STUDY = "b, c" }
+      local d = super.new(f)
+      d:add_study("a", { { n = 1 } })
+      local b = d:add_study("b", { { n = 2 } })
+      local c = d:add_study("c", { { n = 3 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 10 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 2 end, 600))
+      f:run_for(60)
+      assert.same({ b.assignments[1].id, c.assignments[1].id },
+        { d.claims[1].id, d.claims[2].id })
+      assert.equals(2, #d.claims)
+      assert.equals("PENDING", d.studies[1].assignments[1].status)
+    end)
+
+  it("says once that a named super study is not on the dashboard", function()
+    local f = fake { GOLIAT_SUPER_STUDY = "missing" }
+    local d = super.new(f)
+    d:add_study("other", { { n = 1 } })
+    P.start(f)
+    f:run_for(120)
+    assert.equals(1, log_lines(f, "super study 'missing'.-is not on the dashboard"))
+    assert.equals(0, #d.claims)
+  end)
+
+  it("goes by the stored status, not the derived view: work RUNNING under " ..
+    "an idle worker is not taken", function()
+      local f = fake()
+      local d = super.new(f)
+      local st = d:add_study("s", { { n = 0 }, { n = 1 } })
+      d:claim(st.assignments[1].id, "203.0.113.9")
+      d:worker_by_ip("203.0.113.9").status = "IDLE" -- derived view: PENDING
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      assert.equals(st.assignments[2].id, f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+      assert.equals(0, claims_by(d, ME) - 1)
+      for _, r in ipairs(d.reads) do
+        assert.is_nil(r.path:match("^/api/super%-studies/[^/]+$"),
+          "read the derived view")
+      end
+    end)
+end)
+
+describe("claiming", function()
+  it("sends a heartbeat right before every claim and every report", function()
+    local f = fake()
+    local d = super.new(f)
+    d:add_study("s", { { n = 0 }, { n = 1 } })
+    f.spawn_handler = function() return { exit_code = 0, after = 5 } end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 2 end, 600))
+    local trace = d:trace()
+    local checked = 0
+    for i, line in ipairs(trace) do
+      if line:match("/claim$") or line == "POST /api/gui-update" then
+        assert.equals("POST /api/heartbeat", trace[i - 1], "before " .. line)
+        checked = checked + 1
+      end
+    end
+    assert.equals(4, checked)
+  end)
+
+  it("runs nothing that another worker claimed in the meantime, and goes " ..
+    "on with other work", function()
+      local f = fake()
+      local d = super.new(f)
+      local st = d:add_study("s", { { n = 0 }, { n = 1 } })
+      local first = st.assignments[1].id
+      local stolen = false
+      d.opts.override = function(req, path)
+        -- a rival's claim lands just after ours, on the same reading
+        if path:match("/claim$") and req.url:match(first) and not stolen then
+          stolen = true
+          f:spawn("rival", function()
+            f.host.time.sleep(0.5)
+            d:claim(first, "203.0.113.9")
+          end)
+        end
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 120))
+      f:run_for(30)
+      assert.is_true(stolen)
+      assert.equals(1, #f.spawned)
+      assert.equals(st.assignments[2].id, f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+      assert.matches("went to another worker", f:log_text())
+      -- nothing is reported for the lost one
+      for _, r in ipairs(f:reports()) do
+        assert.equals(st.assignments[2].id, r.message.assignment_id)
+      end
+    end)
+
+  it("checks the claim only after claim_settle seconds", function()
+    local f = fake { GOLIAT_CLAIM_SETTLE = "7" }
+    local d = super.new(f)
+    d:add_study("s", { { n = 0 } })
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 120))
+    local claimed_at = d.claims[1].at
+    local checked_at
+    for _, r in ipairs(d.reads) do
+      if r.at > claimed_at and r.path:match("/assignments$") then
+        checked_at = checked_at or r.at
+      end
+    end
+    assert.equals(7, checked_at - claimed_at)
+  end)
+
+  it("warns when the dashboard shows this worker under another IP (a " ..
+    "shared hostname)", function()
+      local f = fake()
+      local d = super.new(f)
+      d:add_study("s", { { n = 0 }, { n = 1 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 30 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      -- another VM with the same hostname beats after each of ours: the
+      -- shared row flips to its IP
+      local inner = f.http_handler
+      f.http_handler = function(req)
+        local res = inner(req)
+        if req.url:match("/api/heartbeat$") then
+          d:worker_by_ip(ME).ipAddress = "192.0.2.44"
+        end
+        return res
+      end
+      f:run_for(120)
+      assert.equals(1, log_lines(f, "under IP 192%.0%.2%.44, not " ..
+        ME:gsub("%.", "%%.") .. ": another machine sends the same hostname"))
+    end)
+end)
+
+describe("the split config", function()
+  for form, value in pairs {
+    object = { extends = "base_config.json", n = 5 },
+    ["JSON string"] = '{"extends": "base_config.json", "n": 5}',
+  } do
+    it("given as " .. form .. " is written atomically to <project>/configs/" ..
+      "<super study>_assignment_<index>.json", function()
+        local f = fake { GOLIAT_PROJECT_DIR = "/proj" }
+        local d = super.new(f)
+        local st = d:add_study("sweep 1", { { n = 0 }, value })
+        st.assignments[1].status = "COMPLETED"
+        f.files["/proj/configs/base_config.json"] = "{}"
+        P.start(f)
+        assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+        local path = "/proj/configs/sweep_1_assignment_1.json"
+        local p = f.spawned[1]
+        assert.equals(path, p.argv[#p.argv])
+        assert.equals("/proj", p.cwd)
+        local cfg = cjson.decode(f.files[path])
+        assert.equals(5, cfg.n)
+        assert.equals("base_config.json", cfg.extends)
+        assert.equals(0, log_lines(f, "extends"))
+      end)
+  end
+
+  it("warns when the base config it extends is missing", function()
+    local f = fake { GOLIAT_PROJECT_DIR = "/proj" }
+    local d = super.new(f)
+    d:add_study("s", { { extends = "base_config.json" } })
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    assert.equals(1, log_lines(f, "extends base_config%.json, which is not in"))
+  end)
+
+  it("that is not an object is reported as fatal_error and nothing runs",
+    function()
+      local f = fake()
+      local d = super.new(f)
+      d:add_study("s", { "[1, 2]" })
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+      local m = f:reports()[1].message
+      assert.equals("fatal_error", m.type)
+      assert.matches("splitConfig is not a JSON object", m.message)
+      assert.equals(0, #f.spawned)
+    end)
+
+  it("keeps a hostile super study name inside configs/", function()
+    local f = fake()
+    local d = super.new(f)
+    d:add_study("../../etc/x", { { n = 0 } })
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    local p = f.spawned[1]
+    assert.equals("/work/agent/configs/__.._etc_x_assignment_0.json",
+      p.argv[#p.argv])
+  end)
+end)
+
+describe("after a failure", function()
+  local f, d, st
+  before_each(function()
+    f = fake()
+    d = super.new(f)
+    st = d:add_study("s", { { n = 0 }, { n = 1 } })
+    f.spawn_handler = function(opts)
+      local config = opts.argv[#opts.argv]
+      if config:match("_0%.json$") and #f.spawned == 1 then
+        return { exit_code = 3, after = 10 }
+      end
+      return { exit_code = 0, after = 10 }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+    f:run_for(600)
+  end)
+
+  it("takes no new work while the failed assignment is RUNNING under this " ..
+    "worker, and says so once", function()
+      assert.equals("fatal_error", f:reports()[1].message.type)
+      assert.equals(1, #d.claims)
+      assert.equals(1, #f.spawned)
+      assert.equals("RUNNING", st.assignments[1].status)
+      assert.equals(1, log_lines(f, "still RUNNING under this worker"))
+      assert.is_true(#f:requests_to("/api/heartbeat$") > 100, "keeps beating")
+    end)
+
+  it("resumes by itself after the operator's reset, with a heartbeat first",
+    function()
+      d:reset(d:worker_by_ip(ME))
+      assert.is_true(f:run_until(function() return #f:reports() >= 3 end, 600))
+      assert.matches("worker was reset on the dashboard", f:log_text())
+      -- both assignments ran again and the dashboard completed each once
+      assert.equals(3, #f.spawned)
+      assert.equals("COMPLETED", st.assignments[1].status)
+      assert.equals("COMPLETED", st.assignments[2].status)
+      local trace = d:trace()
+      for i, line in ipairs(trace) do
+        if line:match("/claim$") then
+          assert.equals("POST /api/heartbeat", trace[i - 1])
+        end
+      end
+    end)
+end)
+
+describe("out-of-memory reruns", function()
+  local function run_with_codes(codes, env)
+    local f = fake(env)
+    local d = super.new(f)
+    d:add_study("s", { { n = 0 } })
+    f.spawn_handler = function()
+      return { exit_code = codes[#f.spawned] or 0, after = 20 }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 3600))
+    f:run_for(100)
+    return f, d
+  end
+
+  it("run the study again on exit 42, without a new claim, and report once " ..
+    "with the number of attempts", function()
+      local f, d = run_with_codes { 42, 42, 0 }
+      assert.equals(3, #f.spawned)
+      assert.equals(1, #d.claims)
+      assert.equals(1, #f:reports())
+      local m = f:reports()[1].message
+      assert.equals("finished", m.type)
+      assert.equals(0, m.exit_code)
+      assert.matches("attempt 3 of 4", m.message)
+      assert.same(f.spawned[1].argv, f.spawned[3].argv) -- the same config
+      assert.is_true(m.duration_s >= 60)
+    end)
+
+  it("stop after GOLIAT_OOM_RETRIES reruns and report the failure", function()
+    local f = run_with_codes({ 42, 42, 42, 42 }, { GOLIAT_OOM_RETRIES = "2" })
+    assert.equals(3, #f.spawned)
+    local m = f:reports()[1].message
+    assert.equals("fatal_error", m.type)
+    assert.equals(42, m.exit_code)
+    assert.matches("ran out of memory %(exit code 42%) on attempt 3 of 3", m.message)
+  end)
+
+  it("never rerun another failure", function()
+    local f = run_with_codes { 3 }
+    assert.equals(1, #f.spawned)
+  end)
+
+  it("keep their count across an agent killed between two attempts", function()
+    local f = fake { GOLIAT_PROTOCOL = "super-study" }
+    local d = super.new(f)
+    d:add_study("s", { { n = 0 } })
+    local codes = { 42, 42, 42, 42, 42 }
+    f.spawn_handler = function()
+      return { exit_code = codes[#f.spawned], after = 20 }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 2 end, 600))
+    f:kill_agent() -- while attempt 2 runs
+    f:run_for(30)  -- it ends (42) with no agent
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 3600))
+    assert.equals(4, #f.spawned) -- attempts 3 and 4 after the restart
+    assert.equals(1, #d.claims)
+    local m = f:reports()[1].message
+    assert.matches("attempt 4 of 4", m.message)
+    assert.equals(1, f.attached == nil and 1 or 0) -- attempt 2 had ended
+  end)
+
+  it("work in the planned API too", function()
+    local f = fake()
+    P.dashboard(f, { queue = { P.assignment() },
+      configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+    f.spawn_handler = function()
+      return { exit_code = #f.spawned == 1 and 42 or 0, after = 5 }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+    assert.equals(2, #f.spawned)
+    assert.equals("finished", f:reports()[1].message.type)
+    assert.matches("attempt 2 of 4", f:reports()[1].message.message)
+  end)
+end)
+
+describe("an agent restarted during a claim", function()
+  it("starts the study when the dashboard still shows the work as its own",
+    function()
+      local f = fake { GOLIAT_CLAIM_SETTLE = "10" }
+      local d = super.new(f)
+      d:add_study("s", { { n = 0 } })
+      P.start(f)
+      assert.is_true(f:run_until(function() return #d.claims == 1 end, 60))
+      f:run_for(2)
+      f:kill_agent() -- between the claim and its check
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(1, #f.spawned)
+      assert.equals(1, #d.claims)
+      assert.equals("finished", f:reports()[1].message.type)
+    end)
+end)
+
+describe("the machine id", function()
+  local function start_with(env, ip_reply)
+    local f = P.new_fake(env)
+    P.dashboard(f)
+    local inner = f.http_handler
+    f.http_handler = function(req, ff)
+      if req.url:match("^https://api%.ipify%.org") then return ip_reply(req) end
+      return inner(req, ff)
+    end
+    P.start(f)
+    f:run_for(12)
+    local beat = cjson.decode(f:requests_to("/api/heartbeat$")[1].body)
+    return f, beat.machineId
+  end
+
+  it("is the public IP address by default, asked with a short timeout",
+    function()
+      local f, id = start_with({}, function(req)
+        assert.is_nil(req.headers.Authorization)
+        return { status = 200, body = "203.0.113.77\n" }
+      end)
+      assert.equals("203.0.113.77", id)
+      assert.matches("machine id 203%.0%.113%.77 %(public IP address from " ..
+        "https://api%.ipify%.org%)", f:log_text())
+      assert.equals(1, #f:requests_to("ipify"))
+    end)
+
+  for name, reply in pairs {
+    ["unreachable"] = function() return nil, "could not resolve", "resolve" end,
+    ["answering HTML"] = function() return { status = 200, body = "<html>" } end,
+    ["answering 500"] = function() return { status = 500, body = "x" } end,
+  } do
+    it("falls back to the local address when the lookup is " .. name, function()
+      local f, id = start_with({}, reply)
+      assert.equals(ME, id)
+      assert.matches("machine id " .. ME:gsub("%.", "%%.") ..
+        " %(local address; the public IP lookup failed", f:log_text())
+    end)
+  end
+
+  it("skips the lookup when GOLIAT_PUBLIC_IP_URL is empty", function()
+    local f, id = start_with({ GOLIAT_PUBLIC_IP_URL = "" }, function()
+      error("asked")
+    end)
+    assert.equals(ME, id)
+    assert.equals(0, #f:requests_to("ipify"))
+  end)
+
+  it("is GOLIAT_MACHINE_ID when set, without a lookup", function()
+    local f, id = start_with({ GOLIAT_MACHINE_ID = "vm-12" }, function()
+      error("asked")
+    end)
+    assert.equals("vm-12", id)
+    assert.matches("machine id vm%-12 %(GOLIAT_MACHINE_ID%)", f:log_text())
+    assert.equals(0, #f:requests_to("ipify"))
+  end)
+
+  it("does not change while the agent runs", function()
+    local n = 0
+    local f = start_with({}, function()
+      n = n + 1
+      return { status = 200, body = "203.0.113." .. n }
+    end)
+    f:run_for(120)
+    for _, r in ipairs(f:requests_to("/api/heartbeat$")) do
+      assert.equals("203.0.113.1", cjson.decode(r.body).machineId)
+    end
+    assert.equals(1, n)
+  end)
+end)
+
+describe("settings of this issue", function()
+  for var, bad in pairs {
+    GOLIAT_PROTOCOL = "graphql",
+    GOLIAT_OOM_RETRIES = "-1",
+    GOLIAT_PUBLIC_IP_URL = "ftp://x",
+    GOLIAT_SUPER_STUDY = " , ",
+    GOLIAT_CLAIM_SETTLE = "soon",
+  } do
+    it("rejects " .. var .. "='" .. bad .. "', naming it", function()
+      local f = fake_host.new { env = { GOLIAT_MONITORING_URL = P.DASH,
+        [var] = bad } }
+      local s, err = agent.load_settings(f.host)
+      assert.is_nil(s)
+      assert.matches(var, err)
+    end)
+  end
+
+  it("reads the super study list and the project dir", function()
+    local f = fake_host.new { env = { GOLIAT_MONITORING_URL = P.DASH,
+      GOLIAT_SUPER_STUDY = " near field ,far", GOLIAT_PROJECT_DIR = "proj",
+      GOLIAT_HOSTNAME = "vm-a" } }
+    local s = assert(agent.load_settings(f.host))
+    assert.same({ "near field", "far" }, s.super_study)
+    assert.equals("/work/proj", s.project_dir)
+    assert.equals("vm-a", s.hostname)
+    assert.is_true(f.dirs["/work/proj/configs"])
+  end)
+end)
