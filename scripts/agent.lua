@@ -224,7 +224,7 @@ function Agent:protocol_for(name)
 end
 
 -- Returns the protocol, why it was chosen, and any work its probe received;
--- or nil, why not, retry_after.
+-- or nil, why not, retry_after and the step that failed.
 function Agent:detect_protocol()
   if self.s.protocol ~= "auto" then
     return self:protocol_for(self.s.protocol), "GOLIAT_PROTOCOL"
@@ -232,33 +232,35 @@ function Agent:detect_protocol()
   local reasons = {}
   for _, p in ipairs(PROTOCOLS) do
     local verdict, why, extra = p.probe(self)
-    if not verdict then return nil, why, extra end
+    if not verdict then return nil, why, extra, p.name .. " poll" end
     reasons[#reasons + 1] = why
     if verdict == "yes" then
       return self:protocol_for(p.name), table.concat(reasons, " and "), extra
     end
   end
   return nil, "the dashboard answers none of the known APIs: " ..
-    table.concat(reasons, "; ")
+    table.concat(reasons, "; "), nil, "dashboard protocol detection"
 end
 
 -- Work (a table), false when there is none (and maybe what the agent waits
--- for), or nil, error, retry_after.
+-- for), or nil, error, retry_after and the name of the step that failed.
 function Agent:find_work()
   if not self.protocol then
-    local p, why, extra = self:detect_protocol()
-    if not p then return nil, why, extra end
+    local p, why, extra, step = self:detect_protocol()
+    if not p then return nil, why, extra, step end
     self.protocol = p
     self.log.info("dashboard protocol: %s (%s)", p.name, why)
-    if extra ~= nil then return extra end
+    self:note_success("dashboard protocol detection")
+    if extra ~= nil then return extra, nil, nil, p.name .. " poll" end
   end
+  local name = self.protocol.name
   local work, err, retry_after, foreign = self.protocol:find_work()
   if work == nil and foreign and self.s.protocol == "auto" then
     self.log.warn("the dashboard no longer answers the %s API (%s): " ..
-      "detecting its protocol again", self.protocol.name, tostring(err))
+      "detecting its protocol again", name, tostring(err))
     self.protocol = nil
   end
-  return work, err, retry_after
+  return work, err, retry_after, name .. " poll"
 end
 
 -- A heartbeat now: sent before a claim or a report, so that the dashboard
@@ -631,9 +633,7 @@ function Agent:work_loop()
   self:flush_outbox()
   self:recover()
   while not self.stopping do
-    local step = self.protocol and self.protocol.name .. " poll" or
-      "dashboard protocol detection"
-    local work, err, retry_after = self:find_work()
+    local work, err, retry_after, step = self:find_work()
     local delay = self:jittered(self.s.poll_interval)
     if work == nil then
       local n = self:note_failure(step, err)

@@ -303,8 +303,7 @@ describe("logging a failing step", function()
     f:run_for(900)
     local warns = {}
     for _, l in ipairs(f.logs) do
-      if l.level == "warn" and
-          l.text:match("^dashboard protocol detection failed") then
+      if l.level == "warn" and l.text:match("^assignment poll failed") then
         table.insert(warns, l.text)
       end
     end

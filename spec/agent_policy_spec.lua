@@ -306,8 +306,7 @@ describe("backoff", function()
     f:run_for(600)
     local warns = 0
     for _, l in ipairs(f.logs) do
-      if l.level == "warn" and
-          l.text:match("^dashboard protocol detection failed") then
+      if l.level == "warn" and l.text:match("^assignment poll failed") then
         warns = warns + 1
       end
     end

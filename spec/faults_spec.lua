@@ -398,7 +398,7 @@ describe("the agent against a misbehaving dashboard", function()
         assert.equals("finished", r[1].type)
         assert.equals(6, faulted(dash, "."))
         assert.matches('"the real one"', assert(host.fs.read(host.fs.join(work,
-          "assigned_config_3.json"))))
+          "configs", "assigned_config_3.json"))))
         local log = log_of(agent)
         assert.matches("assignment poll failed: [^\n]*larger than", log)
         assert.matches("config download failed: [^\n]*larger than", log)
@@ -479,7 +479,7 @@ describe("the agent against a misbehaving dashboard", function()
       assert.equals("finished", r[1].type)
       assert.equals(id, r[1].assignment_id)
       -- the study got the whole config, and no partial file is left
-      local text = assert(host.fs.read(host.fs.join(work, "assigned_config_2.json")))
+      local text = assert(host.fs.read(host.fs.join(work, "configs", "assigned_config_2.json")))
       assert.same(config, cjson.decode(text))
       for _, path in ipairs(files_under(work)) do
         assert.is_nil(path:match("%.tmp"), path)

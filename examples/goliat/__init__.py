@@ -11,4 +11,9 @@ and exits with the code the config asks for. Config fields, all optional:
   child_pid_file start a grandchild (a sleeping python) and write its pid
   child_ignores_sigterm  the grandchild ignores SIGTERM
   ignore_sigterm ignore SIGTERM (so only a kill stops it)
+  exit_codes     one exit code per run, e.g. [42, 42, 0]: the runs are
+                 counted in count_file (required with it)
+  runs_file      append "<assignment id> <machine id> <exit code>" there
+  post_finished  post GOLIAT's own `finished` at the end (default true, as
+                 GOLIAT does even after errors; false imitates a crash)
 """

@@ -33,6 +33,22 @@ def write_pid(path, pid):
     os.replace(path + ".tmp", path)
 
 
+def exit_code(config):
+    """exit_code, or the next of exit_codes (one per run, counted in
+    count_file): [42, 42, 0] runs out of memory twice, then succeeds."""
+    codes = config.get("exit_codes")
+    if not codes:
+        return int(config.get("exit_code", 0))
+    count_file = config["count_file"]
+    try:
+        with open(count_file, encoding="utf-8") as f:
+            runs = int(f.read() or 0)
+    except FileNotFoundError:
+        runs = 0
+    write_pid(count_file, runs + 1)
+    return int(codes[min(runs, len(codes) - 1)])
+
+
 def main(argv):
     if len(argv) != 3 or argv[1] != "study":
         print("usage: python -m goliat study CONFIG", file=sys.stderr)
@@ -59,11 +75,16 @@ def main(argv):
         time.sleep(duration / steps)
         post({"type": "overall_progress", "current": i, "total": steps})
         print(f"step {i}/{steps}", flush=True)
-    code = int(config.get("exit_code", 0))
+    code = exit_code(config)
+    if config.get("runs_file"):
+        with open(config["runs_file"], "a", encoding="utf-8") as f:
+            f.write(f"{os.environ.get('GOLIAT_ASSIGNMENT_ID')} "
+                    f"{os.environ.get('GOLIAT_MACHINE_ID')} {code}\n")
     if code != 0:
         post({"type": "status", "message": f"study failed ({code})",
               "log_type": "error"})
-    post({"type": "finished", "message": "study done"})
+    if config.get("post_finished", True):
+        post({"type": "finished", "message": "study done"})
     return code
 
 
