@@ -1,12 +1,21 @@
 -- A development dashboard for the worker agent: PROTOCOL.md section 1 on
 -- 127.0.0.1, plus a few /dev/ calls to queue assignments and see what
--- arrived. It prints every call it receives.
+-- arrived. It prints every call it receives. With `--mode super-study` it
+-- serves instead the deployed dashboard's super-study API (PROTOCOL.md
+-- section 4), awkward parts included: see "The deployed dashboard" below.
 --
 --   goliat-host examples/dashboard.lua [options]
 --     --port N               listen on N (default 8080; 0 picks a free port)
 --     --port-file PATH       write the port there once listening
 --     --demo N               queue N demo assignments (the 2nd exits with 3)
 --     --exit-after-reports N exit once N agent reports have arrived
+--     --mode MODE            "planned" (default: PROTOCOL.md section 1) or
+--                            "super-study" (the deployed dashboard, section 4)
+--     --stale-after S        super-study mode: a worker not seen for S seconds
+--                            (default 300) becomes stale
+--     --super-study NAME:N   create the super study NAME with N demo
+--                            assignments (splitConfig {"exit_code": 0,
+--                            "duration_s": 2, "steps": 2}) at start-up
 --
 -- Development calls:
 --   POST /dev/assignments  {"config": {...}, "split_index": 0, "delay_s": 0}
@@ -50,26 +59,52 @@
 --       the short form: the next 3 API calls get 503. A new POST /dev/fail
 --       replaces the faults before it.
 --   POST /dev/clear        stop misbehaving
+--   POST /dev/mode         {"mode": "planned"|"super-study"} switches the
+--       protocol at run time (to test that an agent notices)
+--   POST /dev/super-studies {"name": "...", "assignments": [<splitConfig>,
+--       ...], "as_string": false}: creates a super study whose assignments
+--       have those splitConfigs (stored as JSON strings when as_string is
+--       true); replies with the study and its assignments (any mode)
+--   POST /dev/reset-worker {"machineId": "..."}: what the operator's
+--       DELETE /api/workers/<id> does, for the machine's current worker
+--   GET /dev/events also lists `super_studies` (stored statuses),
+--       `workers` (stale rows too) and `claims` ({assignmentId, machineId,
+--       at})
 local host = require "host"
 local cjson = require "cjson.safe"
 
-local opts = { port = 8080, demo = 0 }
+local MODES_OF_SERVICE = { planned = true, ["super-study"] = true }
+
+local opts = { port = 8080, demo = 0, mode = "planned", stale_after = 300 }
 do
+  local function usage(...)
+    io.stderr:write("dashboard: ", ...)
+    io.stderr:write("\n")
+    os.exit(2)
+  end
   local args = { ... }
   local i = 1
   while i <= #args do
     local name, value = args[i], args[i + 1]
+    if value == nil then usage(name, " needs a value") end
     if name == "--port" then opts.port = tonumber(value)
     elseif name == "--port-file" then opts.port_file = value
     elseif name == "--demo" then opts.demo = tonumber(value)
     elseif name == "--exit-after-reports" then opts.exit_after = tonumber(value)
+    elseif name == "--mode" then
+      if not MODES_OF_SERVICE[value] then usage("unknown mode ", value) end
+      opts.mode = value
+    elseif name == "--stale-after" then
+      opts.stale_after = tonumber(value)
+      if not opts.stale_after or opts.stale_after <= 0 then
+        usage("--stale-after needs a positive number of seconds")
+      end
+    elseif name == "--super-study" then
+      local study, n = value:match("^(.+):(%d+)$")
+      if not study then usage("--super-study needs NAME:N") end
+      opts.super_study = { name = study, count = tonumber(n) }
     else
-      io.stderr:write("dashboard: unknown option ", tostring(name), "\n")
-      os.exit(2)
-    end
-    if value == nil then
-      io.stderr:write("dashboard: ", name, " needs a value\n")
-      os.exit(2)
+      usage("unknown option ", tostring(name))
     end
     i = i + 2
   end
@@ -87,6 +122,7 @@ local state = {
   faults = {},       -- what POST /dev/fail asked for, in order
   generation = 0,    -- bumped by /dev/fail, /dev/clear and stopping
   next_id = 1,
+  mode = opts.mode,  -- "planned" or "super-study" (POST /dev/mode)
 }
 local base_url
 
@@ -143,15 +179,41 @@ end
 
 -- PROTOCOL.md section 1 ----------------------------------------------------
 
+-- Heartbeats and GUI updates are noted the same way in both modes.
+local function note_heartbeat(body)
+  table.insert(state.heartbeats, { machineId = body.machineId,
+    at = host.time.now(), facts = body })
+  say("heartbeat from %s", body.machineId)
+end
+
+local function note_gui_update(body)
+  table.insert(state.gui_updates, { machineId = body.machineId,
+    message = body.message, at = host.time.now() })
+  local m = body.message
+  if m.assignment_id ~= nil then
+    state.reports = state.reports + 1
+    say("REPORT from %s: %s for assignment %s: %s (exit code %s)",
+      body.machineId, m.type, tostring(m.assignment_id),
+      tostring(m.message), tostring(math.tointeger(m.exit_code) or m.exit_code))
+    if opts.exit_after and state.reports >= opts.exit_after then
+      host.task.spawn(function()
+        host.time.sleep(0.2)
+        say("received %d report(s): exiting", state.reports)
+        os.exit(0)
+      end)
+    end
+  else
+    say("gui update from %s: %s", body.machineId, cjson.encode(m))
+  end
+end
+
 local function heartbeat(req)
   local body = cjson.decode(req.body)
   if type(body) ~= "table" or type(body.machineId) ~= "string"
       or body.machineId == "" then
     return bad_request("missing or invalid machineId")
   end
-  table.insert(state.heartbeats, { machineId = body.machineId,
-    at = host.time.now(), facts = body })
-  say("heartbeat from %s", body.machineId)
+  note_heartbeat(body)
   return json_reply(200, { success = true, timestamp = iso_now() })
 end
 
@@ -180,24 +242,7 @@ local function gui_update(req)
       or type(body.message.type) ~= "string" then
     return bad_request("invalid payload")
   end
-  table.insert(state.gui_updates, { machineId = body.machineId,
-    message = body.message, at = host.time.now() })
-  local m = body.message
-  if m.assignment_id ~= nil then
-    state.reports = state.reports + 1
-    say("REPORT from %s: %s for assignment %s: %s (exit code %s)",
-      body.machineId, m.type, tostring(m.assignment_id),
-      tostring(m.message), tostring(math.tointeger(m.exit_code) or m.exit_code))
-    if opts.exit_after and state.reports >= opts.exit_after then
-      host.task.spawn(function()
-        host.time.sleep(0.2)
-        say("received %d report(s): exiting", state.reports)
-        os.exit(0)
-      end)
-    end
-  else
-    say("gui update from %s: %s", body.machineId, cjson.encode(m))
-  end
+  note_gui_update(body)
   return json_reply(200, { success = true })
 end
 
@@ -212,6 +257,660 @@ local function config(id)
     body = c.body }
 end
 
+-- The deployed dashboard: super studies (PROTOCOL.md section 4) -----------
+--
+-- Served in --mode super-study. A faithful stand-in, quirks included: a
+-- claim never refuses, `finished` completes whichever RUNNING assignment of
+-- the worker comes first, `fatal_error` leaves the assignment RUNNING, the
+-- heartbeat matches workers by hostname too (the row's ipAddress flips),
+-- and a gui-update from a machine without a worker row falls back to any
+-- recent worker with a RUNNING assignment. Nothing here refuses on behalf
+-- of the agent: the agent must cope.
+--
+-- Routes (super-study mode only; in planned mode they are JSON 404s):
+--   GET    /api/super-studies[?name=N]         newest first, brief assignments
+--   POST   /api/super-studies                  {name, assignments: [...]}
+--   GET    /api/super-studies/<id>/assignments stored status, `worker`
+--   GET    /api/super-studies/<id>             derived status per assignment
+--   POST   /api/assignments/<id>/claim         {machineId}; never refuses
+--   POST   /api/heartbeat, /api/gui-update     with the effects below
+--   DELETE /api/workers/<id>                   the operator's reset
+--   GET    /api/workers                        the workers that are not stale
+-- Any other /api/ path (GET /api/assignment among them) gets Next.js's HTML
+-- 404 page. A body that is not JSON gets 500, as deployed.
+--
+-- Staleness is applied eagerly: before every call, each worker not seen
+-- for --stale-after seconds is marked stale (and stays so). "The most
+-- recent" worker of a machine is the one seen last. Ids are "ss1", "as1",
+-- "w1"; timestamps ISO-8601 with milliseconds.
+
+local GUI_FALLBACK_S = 120 -- the gui-update fallback's "recent worker" window
+
+local ss = {
+  studies = {},        -- in creation order
+  study_by_id = {},
+  assignments = {},    -- in storage (creation) order, all studies
+  assignment_by_id = {},
+  workers = {},        -- in creation order; a reset deletes the row
+  worker_by_id = {},
+  claims = {},         -- { assignmentId, machineId, at }
+  counters = { ss = 0, as = 0, w = 0, seq = 0 },
+}
+
+local function new_id(kind)
+  ss.counters[kind] = ss.counters[kind] + 1
+  ss.counters.seq = ss.counters.seq + 1
+  return kind .. ss.counters[kind], ss.counters.seq
+end
+
+-- ISO-8601 with milliseconds: later times sort after earlier ones.
+local function iso_ms(t)
+  local s = math.floor(t)
+  return os.date("!%Y-%m-%dT%H:%M:%S", s) ..
+    string.format(".%03dZ", math.min(999, math.floor((t - s) * 1000)))
+end
+
+-- JSON for this section. lua-cjson 2.1.0 encodes an empty table as {} and
+-- has no nil: values are built with these markers instead.
+local ARRAY = {}  -- metatable: a JSON array, [] when empty
+local OBJECT = {} -- metatable: {names, values}, keys in order, nil is null
+local RAW = {}    -- metatable: {text}, JSON text inserted as it is
+
+local function array(t) return setmetatable(t or {}, ARRAY) end
+local function raw(text) return setmetatable({ text = text }, RAW) end
+
+-- An ordered object of src's fields `names` (missing ones are null).
+local function object(names, src)
+  local o = setmetatable({ names = {}, values = {} }, OBJECT)
+  for i, k in ipairs(names) do
+    o.names[i], o.values[i] = k, src and src[k]
+  end
+  return o
+end
+
+-- Set (or add) field k of an ordered object.
+local function set(o, k, v)
+  for i, name in ipairs(o.names) do
+    if name == k then o.values[i] = v; return o end
+  end
+  o.names[#o.names + 1] = k
+  o.values[#o.names] = v
+  return o
+end
+
+local function to_json(v)
+  if v == nil or v == cjson.null then return "null" end
+  if type(v) ~= "table" then return cjson.encode(v) or "null" end
+  local mt, parts = getmetatable(v), {}
+  if mt == RAW then return v.text end
+  if mt == OBJECT then
+    for i, k in ipairs(v.names) do
+      parts[i] = cjson.encode(k) .. ":" .. to_json(v.values[i])
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  local n, keys = 0, {}
+  for k in pairs(v) do n = n + 1; keys[n] = k end
+  if mt == ARRAY or (n > 0 and n == #v) then
+    for i = 1, #v do parts[i] = to_json(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  for i, k in ipairs(keys) do
+    parts[i] = cjson.encode(tostring(k)) .. ":" .. to_json(v[k])
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function ss_reply(status, value)
+  return { status = status, headers = { ["Content-Type"] = "application/json" },
+    body = to_json(value) }
+end
+
+local function ss_error(status, text, details)
+  local e = { error = text, details = details }
+  return ss_reply(status, object(details and { "error", "details" }
+    or { "error" }, e))
+end
+
+-- What Next.js answers for a route it does not have.
+local NEXT_404 = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"/>' ..
+  '<title>404: This page could not be found.</title></head><body>' ..
+  '<div style="font-family:system-ui,sans-serif;text-align:center">' ..
+  '<h1>404</h1><h2>This page could not be found.</h2></div></body></html>'
+
+local function next_404()
+  return { status = 404, body = NEXT_404, headers = {
+    ["Content-Type"] = "text/html; charset=utf-8",
+    ["X-Powered-By"] = "Next.js" } }
+end
+
+local function is_array(t)
+  if type(t) ~= "table" then return false end
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n == #t
+end
+
+local function nonempty(s)
+  return type(s) == "string" and s ~= "" and s or nil
+end
+
+local WORKER_FIELDS = { "id", "ipAddress", "hostname", "status", "lastSeen",
+  "createdAt", "isStale", "gpuName", "cpuCores", "totalRamGB" }
+local WORKER_BRIEF = { "id", "ipAddress", "hostname", "isStale", "gpuName",
+  "cpuCores", "totalRamGB" }
+local WORKER_LIST = { "id", "ipAddress", "hostname", "status", "lastSeen",
+  "createdAt" }
+local ASSIGNMENT_FIELDS = { "id", "index", "status", "splitConfig",
+  "progress", "currentStage", "eta", "startedAt", "completedAt", "workerId",
+  "superStudyId" }
+local STUDY_FIELDS = { "id", "name", "description", "status",
+  "totalAssignments", "completedAssignments", "masterProgress", "createdAt",
+  "updatedAt", "baseConfigPath" }
+local STATUSES = { PENDING = true, RUNNING = true, COMPLETED = true,
+  FAILED = true, CANCELLED = true }
+
+-- Workers --------------------------------------------------------------
+
+local function refresh_stale(now)
+  for _, w in ipairs(ss.workers) do
+    if not w.isStale and now - w.seen_at > opts.stale_after then
+      w.isStale = true
+      say("worker %s (%s) is stale: not seen for %.0f s", w.id, w.ipAddress,
+        now - w.seen_at)
+    end
+  end
+end
+
+-- The most recently seen worker that pred() accepts.
+local function most_recent(pred)
+  local best
+  for _, w in ipairs(ss.workers) do
+    if pred(w) and (not best or w.seen_at > best.seen_at or
+        (w.seen_at == best.seen_at and w.seq > best.seq)) then
+      best = w
+    end
+  end
+  return best
+end
+
+local function worker_of(machine)
+  return most_recent(function(w)
+    return not w.isStale and w.ipAddress == machine
+  end)
+end
+
+local function touch(w, now)
+  w.seen_at, w.lastSeen = now, iso_ms(now)
+end
+
+local function new_worker(machine, now, hostname)
+  local id, seq = new_id("w")
+  local w = { id = id, seq = seq, ipAddress = machine, hostname = hostname,
+    status = "IDLE", isStale = false, created_at = now,
+    createdAt = iso_ms(now) }
+  touch(w, now)
+  table.insert(ss.workers, w)
+  ss.worker_by_id[id] = w
+  return w
+end
+
+local function running_of(w)
+  local list = {}
+  for _, a in ipairs(ss.assignments) do
+    if a.workerId == w.id and a.status == "RUNNING" then
+      list[#list + 1] = a
+    end
+  end
+  return list
+end
+
+local function ids_of(list)
+  local ids = {}
+  for i, a in ipairs(list) do ids[i] = a.id end
+  return #ids > 0 and table.concat(ids, ", ") or "none"
+end
+
+-- Assignments and super studies ----------------------------------------
+
+-- splitConfig as served: a JSON string holding an object comes back parsed.
+local function split_config(a)
+  if type(a.splitConfig) == "string" then
+    local v = cjson.decode(a.splitConfig)
+    if type(v) == "table" then return v end
+  end
+  return a.splitConfig
+end
+
+-- The worker /assignments shows: a stale worker is replaced by the active
+-- worker with the same ipAddress, when there is one.
+local function shown_worker(a)
+  local w = a.workerId and ss.worker_by_id[a.workerId]
+  if w and w.isStale then
+    w = worker_of(w.ipAddress) or w
+  end
+  return w
+end
+
+local function derived_status(a)
+  if a.status ~= "RUNNING" then return a.status end
+  local w = a.workerId and ss.worker_by_id[a.workerId]
+  if not w then return "PENDING" end
+  if w.isStale or w.status == "IDLE" then
+    return a.completedAt and "COMPLETED" or "PENDING"
+  end
+  if w.status == "ERROR" then return "FAILED" end
+  return "RUNNING"
+end
+
+-- An assignment as stored (splitConfig as stored too when raw_config).
+local function assignment_json(a, raw_config)
+  local o = object(ASSIGNMENT_FIELDS, a)
+  if not raw_config then set(o, "splitConfig", split_config(a)) end
+  return o
+end
+
+-- The super study's counters (and COMPLETED status) follow its assignments;
+-- status, when given, is set first (a claim sets RUNNING).
+local function recount(s, now, status)
+  local before = s.status
+  s.status = status or s.status
+  local done = 0
+  for _, a in ipairs(s.list) do
+    if a.status == "COMPLETED" then done = done + 1 end
+  end
+  s.totalAssignments, s.completedAssignments = #s.list, done
+  s.masterProgress = #s.list > 0 and done * 100 / #s.list or 0
+  if #s.list > 0 and done == #s.list then
+    s.status = "COMPLETED"
+  elseif s.status == "COMPLETED" then
+    s.status = "PENDING"
+    for _, a in ipairs(s.list) do
+      if a.status == "RUNNING" then s.status = "RUNNING" end
+    end
+  end
+  s.updatedAt = iso_ms(now)
+  if s.status ~= before then
+    say("super study %s (%s): %s -> %s (%d/%d completed)", s.name, s.id,
+      before, s.status, done, #s.list)
+  end
+end
+
+-- Create a super study; specs is a list of {splitConfig, status}.
+local function create_study(name, description, specs, base_config)
+  local now = host.time.now()
+  local id, seq = new_id("ss")
+  local s = { id = id, seq = seq, name = name, description = description,
+    status = "PENDING", totalAssignments = #specs, completedAssignments = 0,
+    masterProgress = 0, createdAt = iso_ms(now), updatedAt = iso_ms(now),
+    baseConfigPath = base_config ~= nil and
+      ("super-studies/" .. id .. "/base_config.json") or nil,
+    baseConfig = base_config, list = {} }
+  for i, spec in ipairs(specs) do
+    local a = { id = new_id("as"), index = i - 1,
+      status = spec.status or "PENDING", splitConfig = spec.splitConfig,
+      progress = 0, superStudyId = id }
+    s.list[i] = a
+    table.insert(ss.assignments, a)
+    ss.assignment_by_id[a.id] = a
+  end
+  table.insert(ss.studies, s)
+  ss.study_by_id[id] = s
+  recount(s, now)
+  say("super study %s (%s) created: %d assignment(s): %s", name, id, #s.list,
+    ids_of(s.list))
+  return s
+end
+
+-- A study with its assignments, each shown by view(a).
+local function study_json(s, view)
+  local list = array()
+  for i, a in ipairs(s.list) do list[i] = view(a) end
+  return set(object(STUDY_FIELDS, s), "assignments", list)
+end
+
+local function full_view(a) return assignment_json(a) end
+
+-- The operator's reset: all of w's assignments back to PENDING, row deleted.
+local function reset_worker(w, how)
+  local now, n, touched = host.time.now(), 0, {}
+  for _, a in ipairs(ss.assignments) do
+    if a.workerId == w.id then
+      a.status, a.progress, a.workerId = "PENDING", 0, nil
+      a.startedAt, a.completedAt = nil, nil
+      n = n + 1
+      touched[a.superStudyId] = true
+    end
+  end
+  for _, s in ipairs(ss.studies) do
+    if touched[s.id] then recount(s, now) end
+  end
+  for i, row in ipairs(ss.workers) do
+    if row == w then table.remove(ss.workers, i); break end
+  end
+  ss.worker_by_id[w.id] = nil
+  say("worker %s reset by operator%s: %d assignment(s) back to PENDING",
+    w.id, how or "", n)
+  return n
+end
+
+-- Routes ---------------------------------------------------------------
+
+-- The body as JSON; nil and a 500 reply when it is not JSON (as deployed).
+local function ss_body(req, what)
+  local body, err = cjson.decode(req.body)
+  if body == nil then
+    return nil, ss_error(500, "Failed to process " .. what, tostring(err))
+  end
+  return type(body) == "table" and body or {}
+end
+
+local function ss_heartbeat(req)
+  local body, failed = ss_body(req, "heartbeat")
+  if not body then return failed end
+  local machine = nonempty(body.machineId)
+  if not machine then return ss_error(400, "machineId is required") end
+  note_heartbeat(body)
+  local now = host.time.now()
+  local hostname = nonempty(body.hostname)
+  local w = worker_of(machine)
+  if not w and hostname then
+    w = most_recent(function(row)
+      return not row.isStale and row.hostname == hostname
+    end)
+    if w then
+      say("worker %s: hostname %s shared: ipAddress %s -> %s", w.id,
+        hostname, w.ipAddress, machine)
+      w.ipAddress = machine
+    end
+  end
+  if not w then
+    w = new_worker(machine, now, hostname)
+    local moved = {}
+    for _, a in ipairs(ss.assignments) do
+      local old = a.workerId and ss.worker_by_id[a.workerId]
+      if a.status == "RUNNING" and old and old.isStale
+          and old.ipAddress == machine then
+        a.workerId = w.id
+        moved[#moved + 1] = a
+      end
+    end
+    say("worker %s created for %s (hostname %s)%s", w.id, machine,
+      tostring(hostname), #moved > 0 and ("; RUNNING assignment(s) " ..
+      ids_of(moved) .. " moved to it from stale worker(s)") or "")
+  end
+  touch(w, now)
+  if hostname then w.hostname = hostname end
+  if math.tointeger(body.cpuCores) then w.cpuCores = math.tointeger(body.cpuCores) end
+  if type(body.totalRamGB) == "number" then w.totalRamGB = body.totalRamGB end
+  if type(body.gpuName) == "string" then w.gpuName = body.gpuName end
+  return ss_reply(200, object({ "success", "timestamp" },
+    { success = true, timestamp = iso_ms(now) }))
+end
+
+local function ss_gui_update(req)
+  local body, failed = ss_body(req, "GUI update")
+  if not body then return failed end
+  local machine = nonempty(body.machineId)
+  if not machine then return ss_error(400, "machineId is required") end
+  local m = body.message
+  if type(m) ~= "table" or type(m.type) ~= "string" then
+    return ss_error(400, "message.type is required")
+  end
+  note_gui_update(body)
+  local now = host.time.now()
+  local w = worker_of(machine)
+  if not w then
+    -- the deployed dashboard's dangerous fallback
+    local best
+    for _, row in ipairs(ss.workers) do
+      if now - row.created_at <= GUI_FALLBACK_S and #running_of(row) > 0
+          and (not best or row.seq > best.seq) then
+        best = row
+      end
+    end
+    w = best
+    if not w then
+      say("gui update from %s: no worker row: recorded only", machine)
+      return ss_reply(200, object({ "success" }, { success = true }))
+    end
+    say("gui update from %s: no worker row of its own: FELL BACK to worker " ..
+      "%s (%s), created %.0f s ago", machine, w.id, w.ipAddress,
+      now - w.created_at)
+  end
+  local running = running_of(w)
+  local function worker_status(status)
+    if w.status ~= status then
+      say("worker %s (%s): %s -> %s by %s", w.id, w.ipAddress, w.status,
+        status, m.type)
+      w.status = status
+    end
+  end
+  if m.type == "overall_progress" or m.type == "stage_progress" then
+    worker_status("RUNNING")
+    for _, a in ipairs(running) do
+      if m.type == "overall_progress" then
+        local cur, total = tonumber(m.current), tonumber(m.total)
+        if cur and total and total > 0 then a.progress = cur * 100 / total end
+      elseif m.name ~= nil then
+        a.currentStage = tostring(m.name)
+      end
+    end
+  elseif m.type == "finished" then
+    worker_status("IDLE")
+    local a = running[1] -- the first one found, whichever it is
+    if a then
+      a.status, a.completedAt = "COMPLETED", iso_ms(now)
+      local note = ""
+      if m.assignment_id ~= nil and tostring(m.assignment_id) ~= a.id then
+        note = string.format(" (but the report was for %s!)",
+          tostring(m.assignment_id))
+      end
+      say("assignment %s COMPLETED by finished from %s%s", a.id, machine, note)
+      recount(ss.study_by_id[a.superStudyId], now)
+    else
+      say("finished from %s: worker %s has no RUNNING assignment", machine,
+        w.id)
+    end
+  elseif m.type == "fatal_error" then
+    worker_status("ERROR")
+    say("fatal_error from %s: assignment(s) %s stay RUNNING (shown FAILED)",
+      machine, ids_of(running))
+  end
+  return ss_reply(200, object({ "success" }, { success = true }))
+end
+
+local function ss_claim(req, id)
+  local body, failed = ss_body(req, "claim")
+  if not body then return failed end
+  local machine = nonempty(body.machineId)
+  if not machine then return ss_error(400, "machineId is required") end
+  local now = host.time.now()
+  local w = worker_of(machine)
+  if not w then
+    w = new_worker(machine, now, nil)
+    say("worker %s created for %s by a claim (no hostname)", w.id, machine)
+  end
+  local a = ss.assignment_by_id[id]
+  if not a then
+    say("claim of unknown assignment %s by %s: 500 (worker %s stays)", id,
+      machine, w.id)
+    return ss_error(500, "Failed to claim assignment",
+      "Record to update not found: no assignment " .. id)
+  end
+  local note = ""
+  if a.status == "RUNNING" and a.workerId and a.workerId ~= w.id then
+    note = " (taken over from " .. a.workerId .. ")"
+  elseif a.status ~= "PENDING" then
+    note = " (was " .. a.status .. ")"
+  end
+  a.workerId, a.status, a.startedAt = w.id, "RUNNING", iso_ms(now)
+  w.status = "RUNNING"
+  touch(w, now)
+  local s = ss.study_by_id[a.superStudyId]
+  recount(s, now, "RUNNING")
+  table.insert(ss.claims, { assignmentId = a.id, machineId = machine,
+    at = now })
+  say("claim of %s (index %d of %s) by %s: RUNNING under %s%s", a.id, a.index,
+    s.name, machine, w.id, note)
+  return ss_reply(200, set(assignment_json(a), "worker",
+    object(WORKER_FIELDS, w)))
+end
+
+local function ss_list_studies(req)
+  local name = query_param(req.query, "name")
+  local list = array()
+  for _, s in ipairs(ss.studies) do
+    if name == nil or s.name == name then list[#list + 1] = s end
+  end
+  table.sort(list, function(a, b)
+    if a.createdAt ~= b.createdAt then return a.createdAt > b.createdAt end
+    return a.seq > b.seq
+  end)
+  for i, s in ipairs(list) do
+    list[i] = study_json(s, function(a)
+      return object({ "id", "status", "workerId" }, a)
+    end)
+  end
+  return ss_reply(200, list)
+end
+
+local function ss_study_assignments(id)
+  local s = ss.study_by_id[id]
+  local list = array()
+  for i, a in ipairs(s and s.list or {}) do
+    local w = shown_worker(a)
+    list[i] = set(assignment_json(a), "worker", w and object(WORKER_BRIEF, w))
+  end
+  return ss_reply(200, list)
+end
+
+local function ss_study(id)
+  local s = ss.study_by_id[id]
+  if not s then return ss_error(404, "Super study not found") end
+  return ss_reply(200, study_json(s, function(a)
+    local w = a.workerId and ss.worker_by_id[a.workerId]
+    return set(set(assignment_json(a), "status", derived_status(a)), "worker",
+      w and object(WORKER_FIELDS, w))
+  end))
+end
+
+local function ss_create_study(req)
+  local body, failed = ss_body(req, "super study")
+  if not body then return failed end
+  if not nonempty(body.name) or not is_array(body.assignments) then
+    return ss_error(400, "name and assignments are required")
+  end
+  local specs = {}
+  for i, one in ipairs(body.assignments) do
+    if type(one) ~= "table" or one.splitConfig == nil then
+      return ss_error(400, "assignment " .. (i - 1) .. " needs a splitConfig")
+    end
+    if one.status ~= nil and not STATUSES[one.status] then
+      return ss_error(400, "assignment " .. (i - 1) .. ": invalid status")
+    end
+    specs[i] = { splitConfig = one.splitConfig, status = one.status }
+  end
+  local s = create_study(body.name, nonempty(body.description), specs,
+    body.baseConfig)
+  return ss_reply(200, study_json(s, full_view))
+end
+
+local function ss_delete_worker(id)
+  local w = ss.worker_by_id[id]
+  if not w then return ss_error(404, "Worker not found") end
+  reset_worker(w)
+  return ss_reply(200, object({ "success" }, { success = true }))
+end
+
+local function ss_list_workers()
+  local list = array()
+  for _, w in ipairs(ss.workers) do
+    if not w.isStale then list[#list + 1] = w end
+  end
+  table.sort(list, function(a, b)
+    if a.seen_at ~= b.seen_at then return a.seen_at > b.seen_at end
+    return a.seq > b.seq
+  end)
+  for i, w in ipairs(list) do list[i] = object(WORKER_LIST, w) end
+  return ss_reply(200, list)
+end
+
+-- The reply of a super-study mode call, or nil for the calls both modes
+-- share (/configs/, /dev/).
+local function super_study_route(req)
+  local p, m = req.path, req.method
+  if not p:match("^/api/") then return nil end
+  if m == "POST" and p == "/api/heartbeat" then return ss_heartbeat(req) end
+  if m == "POST" and p == "/api/gui-update" then return ss_gui_update(req) end
+  if m == "GET" and p == "/api/super-studies" then return ss_list_studies(req) end
+  if m == "POST" and p == "/api/super-studies" then return ss_create_study(req) end
+  if m == "GET" and p == "/api/workers" then return ss_list_workers() end
+  local id = p:match("^/api/super%-studies/([^/]+)/assignments$")
+  if m == "GET" and id then return ss_study_assignments(id) end
+  id = p:match("^/api/super%-studies/([^/]+)$")
+  if m == "GET" and id then return ss_study(id) end
+  id = p:match("^/api/assignments/([^/]+)/claim$")
+  if m == "POST" and id then return ss_claim(req, id) end
+  id = p:match("^/api/workers/([^/]+)$")
+  if m == "DELETE" and id then return ss_delete_worker(id) end
+  return next_404() -- /api/assignment among them: the deployed has none
+end
+
+-- Development calls for super studies (any mode) -----------------------
+
+local function dev_mode(req)
+  local spec = cjson.decode(req.body)
+  if type(spec) ~= "table" or not MODES_OF_SERVICE[spec.mode] then
+    return bad_request('expected {"mode": "planned"|"super-study"}')
+  end
+  say("mode: %s (was %s)", spec.mode, state.mode)
+  state.mode = spec.mode
+  return json_reply(200, { success = true, mode = state.mode })
+end
+
+local function dev_super_studies(req)
+  local spec = cjson.decode(req.body)
+  if type(spec) ~= "table" or not is_array(spec.assignments) then
+    return bad_request('expected {"name": "...", "assignments": [...]}')
+  end
+  local specs = {}
+  for i, split in ipairs(spec.assignments) do
+    specs[i] = { splitConfig = spec.as_string == true and
+      cjson.encode(split) or split }
+  end
+  local name = nonempty(spec.name) or ("dev-study-" .. (ss.counters.ss + 1))
+  local s = create_study(name, nonempty(spec.description), specs)
+  return ss_reply(200, study_json(s, full_view))
+end
+
+local function dev_reset_worker(req)
+  local spec = cjson.decode(req.body)
+  local machine = type(spec) == "table" and nonempty(spec.machineId)
+  if not machine then return bad_request("missing machineId") end
+  local w = worker_of(machine)
+  if not w then
+    return json_reply(404, { error = "no worker for " .. machine,
+      code = "NOT_FOUND" })
+  end
+  local n = reset_worker(w, " (POST /dev/reset-worker)")
+  return json_reply(200, { success = true, workerId = w.id, reset = n })
+end
+
+-- The super-study part of GET /dev/events (stored state, stale rows too).
+local function super_study_events()
+  local studies, workers, claims = array(), array(), array()
+  for i, s in ipairs(ss.studies) do
+    studies[i] = study_json(s, function(a) return assignment_json(a, true) end)
+  end
+  for i, w in ipairs(ss.workers) do workers[i] = object(WORKER_FIELDS, w) end
+  for i, c in ipairs(ss.claims) do
+    claims[i] = object({ "assignmentId", "machineId", "at" }, c)
+  end
+  return studies, workers, claims
+end
+
 -- Development calls ----------------------------------------------------------
 
 local function dev_assignments(req)
@@ -221,14 +920,27 @@ local function dev_assignments(req)
 end
 
 local function dev_events()
-  return json_reply(200, {
+  local studies, workers, claims = super_study_events()
+  local ev = {
     heartbeats = state.heartbeats,
     gui_updates = state.gui_updates,
     handed = state.handed,
     polls = state.polls,
     requests = state.requests,
     queued = #state.queue,
-  })
+    mode = state.mode,
+  }
+  local names = {}
+  for k, v in pairs(ev) do -- encoded by cjson, as always
+    names[#names + 1] = k
+    ev[k] = raw(cjson.encode(v))
+  end
+  table.sort(names)
+  local o = object(names, ev)
+  set(o, "super_studies", studies)
+  set(o, "workers", workers)
+  set(o, "claims", claims)
+  return ss_reply(200, o)
 end
 
 -- Misbehaving on purpose (POST /dev/fail) ---------------------------------
@@ -382,6 +1094,11 @@ local function handle(req)
     say("%s %s: %s (as asked)", m, p, fault.mode)
     return misbehave(fault)
   end
+  refresh_stale(host.time.now())
+  if state.mode == "super-study" then
+    local reply = super_study_route(req)
+    if reply then return reply end
+  end
   if m == "POST" and p == "/api/heartbeat" then return heartbeat(req) end
   if m == "GET" and p == "/api/assignment" then return assignment(req) end
   if m == "POST" and p == "/api/gui-update" then return gui_update(req) end
@@ -391,6 +1108,11 @@ local function handle(req)
   if m == "GET" and p == "/dev/events" then return dev_events() end
   if m == "POST" and p == "/dev/fail" then return dev_fail(req) end
   if m == "POST" and p == "/dev/clear" then return dev_clear() end
+  if m == "POST" and p == "/dev/mode" then return dev_mode(req) end
+  if m == "POST" and p == "/dev/super-studies" then
+    return dev_super_studies(req)
+  end
+  if m == "POST" and p == "/dev/reset-worker" then return dev_reset_worker(req) end
   return json_reply(404, { error = "not found", code = "NOT_FOUND" })
 end
 
@@ -409,6 +1131,14 @@ for i = 1, opts.demo do
   queue_assignment({ config = { exit_code = (i == 2) and 3 or 0,
     duration_s = 2, steps = 2 } })
 end
+if opts.super_study then
+  local specs = {}
+  for i = 1, opts.super_study.count do
+    specs[i] = { splitConfig = { exit_code = 0, duration_s = 2, steps = 2 } }
+  end
+  create_study(opts.super_study.name, "demo super study", specs)
+end
+say("mode: %s", state.mode)
 local function stop()
   state.generation = state.generation + 1 -- ends hanging replies
   server:close()

@@ -27,6 +27,7 @@ declare -A skip=(
   [agent_restart_spec]="the GOLIAT stand-in is started with python, which the wine prefix has not"
   [agent_script_faults_spec]="copies scripts/ with cp -r and signals the agent with POSIX signals"
   [faults_spec]="the agent's studies are the python GOLIAT stand-in, which the wine prefix has not"
+  [agent_super_study_integration_spec]="the GOLIAT stand-in is started with python, which the wine prefix has not"
 )
 
 if [ ! -f "$exe" ]; then
