@@ -317,6 +317,10 @@ function Agent:run_study(a, config_path, run)
   local started_at = run.started_at or self.host.time.now()
   local outcome = run.outcome
   while true do
+    if not outcome and attempt > self.s.oom_retries + 1 then
+      -- the limit was lowered across a restart
+      return { exit_code = self.s.oom_exit_code, attempts = attempt - 1 }
+    end
     outcome = outcome or self:run_attempt(a, config_path, attempt, started_at)
     outcome.attempts = attempt
     if outcome.exit_code ~= self.s.oom_exit_code or outcome.timed_out or
@@ -338,6 +342,10 @@ function Agent:run_attempt(a, config_path, attempt, started_at)
   local exit_file = self:file(a, "study_%d.exit.json")
   local log_path = self:file(a, "study_%d.log")
   h.fs.remove(exit_file) -- left by an earlier run of the same split
+  -- a restart that finds `starting` without a pid must not start it again
+  self:save_state { assignment = a, config_path = config_path,
+    attempt = attempt, started_at = started_at, exit_file = exit_file,
+    starting = true }
   local argv = { self.s.host_exe, self.s.wrapper_script, exit_file }
   for _, word in ipairs(self.s.study_command) do argv[#argv + 1] = word end
   argv[#argv + 1] = config_path
@@ -529,7 +537,8 @@ end
 ------------------------------------------------------------------------------
 -- One piece of work from start to end. Never drops it silently: once it is
 -- taken, every way out sends a report. Returns whether a study ran, or
--- "lost" when another worker took it first.
+-- "lost" when another worker took it first, or "error" when taking it
+-- failed.
 ------------------------------------------------------------------------------
 function Agent:handle(work)
   local clock = self.host.time
@@ -543,16 +552,19 @@ function Agent:handle(work)
     -- on disk from now on: a restart in the middle still reports it
     local state = { assignment = work, started_at = clock.now() }
     self:save_state(state)
-    local taken, why = self.protocol:take(work)
+    local taken, why, keep_state = self.protocol:take(work)
     if not taken then
-      durable.clear_state(self.host, self.state_file)
+      if not keep_state then
+        durable.clear_state(self.host, self.state_file)
+      end
       if taken == false then
         self.log.info("%s: choosing other work", why)
-      else
-        self:note_failure("claim", why)
+        return "lost"
       end
-      return "lost"
+      self:note_failure("claim", why)
+      return "error"
     end
+    self:note_success("claim")
     self:save_state(state) -- now with what taking it told (the worker row)
     outcome = self:prepare_and_run(work, state.started_at)
   end
@@ -574,8 +586,8 @@ end
 -- After a restart: the study named in the state file either ended while
 -- the agent was down (its exit file says how), still runs (take it back),
 -- or is gone without a trace (report it lost). Never starts it again, but
--- for the next out-of-memory rerun, or work claimed and not yet started
--- that the dashboard still shows as ours.
+-- for the next out-of-memory rerun, or work claimed and not yet started;
+-- both only while the dashboard still shows the work as ours.
 function Agent:recover()
   local h = self.host
   local state = durable.load_state(h, self.state_file, self.log)
@@ -585,40 +597,65 @@ function Agent:recover()
   local outcome = self:read_exit_file(state.exit_file)
   local run = { attempt = math.tointeger(state.attempt) or 1,
     started_at = tonumber(state.started_at) }
+  local starts = false -- whether recovering starts a study
   if outcome then
     self.log.info("assignment %s: the study ended while the agent was down",
       tostring(a.id))
     run.outcome, outcome = outcome, nil
+    starts = run.outcome.exit_code == self.s.oom_exit_code
+  elseif not state.pid and state.starting then
+    outcome = { error = "study lost: the agent died while starting it" }
   elseif not state.pid and run.attempt > 1 and state.config_path then
     self.log.info("assignment %s: the agent restarted between two " ..
       "out-of-memory reruns", tostring(a.id))
-  elseif not state.pid and self:still_ours(a) then
-    self.log.info("assignment %s: claimed before the restart and still " ..
-      "ours on the dashboard: starting its study", tostring(a.id))
-    outcome = self:prepare_and_run(a, run.started_at)
+    starts = true
   elseif not state.pid then
-    outcome = { error = "the agent restarted before the study started" }
+    starts = "prepare"
   elseif self:same_process(state) then
     self.log.info("assignment %s: taking back the running study (pid %d)",
       tostring(a.id), state.pid)
     run.outcome = self:watch_study(assert(h.proc.attach(state.pid)), state)
+    starts = run.outcome.exit_code == self.s.oom_exit_code
   else
     outcome = { error = "study lost: it was no longer running when the " ..
       "agent restarted and left no exit code" }
   end
-  if not outcome then
-    outcome = self:run_study(a, state.config_path, run)
+  local owned = starts and self:ownership(a)
+  if owned == "no" then
+    self.log.warn("assignment %s is no longer this worker's on the " ..
+      "dashboard (reset, or claimed by another): not running it", tostring(a.id))
+    durable.clear_state(h, self.state_file)
+  else
+    if starts == "prepare" then
+      if owned == "yes" then
+        self.log.info("assignment %s: claimed before the restart and still " ..
+          "ours on the dashboard: starting its study", tostring(a.id))
+        outcome = self:prepare_and_run(a, run.started_at)
+      else
+        outcome = { error = "the agent restarted before the study started" }
+      end
+    end
+    if not outcome then
+      outcome = self:run_study(a, state.config_path, run)
+    end
+    self:finish(a.id, outcome, h.time.now() - (run.started_at or h.time.now()))
   end
-  self:finish(a.id, outcome, h.time.now() - (run.started_at or h.time.now()))
   self.busy = false
 end
 
--- Whether work claimed before a restart (super studies) is still this
--- worker's, so that its study can start after all.
-function Agent:still_ours(a)
+-- Whether work taken before a restart is still this worker's: "yes", "no",
+-- or "n/a" when its protocol cannot tell (the planned API). Asks until the
+-- dashboard answers, or the agent stops.
+function Agent:ownership(a)
   local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
-  if not (p and p.held_by_us and type(a.id) == "string") then return false end
-  return p:held_by_us(a)
+  if not (p and p.ownership) then return "n/a" end
+  for try = 1, math.huge do
+    local mine, err = p:ownership(a)
+    if mine ~= nil then return mine and "yes" or "no" end
+    self:note_failure("ownership check", err)
+    if self.stopping then return "n/a" end
+    self.host.time.sleep(self:backoff(try))
+  end
 end
 
 -- Whether the state's pid is still the study's wrapper (not a reused pid).
@@ -647,6 +684,8 @@ function Agent:work_loop()
         self.busy = false
         if ran == "lost" then
           delay = math.random() * 2 -- soon, but not in step with the others
+        elseif ran == "error" then
+          delay = math.max(delay, self:backoff(self.failures.claim))
         elseif ran then
           delay = 1 -- soon ask for the next one
         end

@@ -29,6 +29,13 @@ end
 
 local ME = "198.51.100.7"
 
+-- The last request that changed something (a POST) before trace[i].
+local function previous_post(trace, i)
+  for j = i - 1, 1, -1 do
+    if trace[j]:match("^POST ") then return trace[j] end
+  end
+end
+
 describe("protocol detection", function()
   it("chooses super studies when /api/assignment is a 404 page and " ..
     "/api/super-studies a JSON array, and says why", function()
@@ -169,7 +176,8 @@ describe("claiming", function()
     local checked = 0
     for i, line in ipairs(trace) do
       if line:match("/claim$") or line == "POST /api/gui-update" then
-        assert.equals("POST /api/heartbeat", trace[i - 1], "before " .. line)
+        assert.equals("POST /api/heartbeat", previous_post(trace, i),
+          "before " .. line)
         checked = checked + 1
       end
     end
@@ -345,7 +353,7 @@ describe("after a failure", function()
       local trace = d:trace()
       for i, line in ipairs(trace) do
         if line:match("/claim$") then
-          assert.equals("POST /api/heartbeat", trace[i - 1])
+          assert.equals("POST /api/heartbeat", previous_post(trace, i))
         end
       end
     end)
@@ -545,4 +553,145 @@ describe("settings of this issue", function()
     assert.equals("vm-a", s.hostname)
     assert.is_true(f.dirs["/work/proj/configs"])
   end)
+end)
+
+describe("hard cases of claiming", function()
+  it("a claim the dashboard refuses (500) is retried with backoff, and " ..
+    "logged once", function()
+      local f = fake()
+      local d = super.new(f, { override = function(_, path)
+        if path:match("/claim$") then return P.json(500, { error = "db" }) end
+      end })
+      d:add_study("s", { { n = 0 } })
+      P.start(f)
+      f:run_for(600)
+      local claims = #f:requests_to("/claim$")
+      assert.is_true(claims >= 3 and claims <= 25, claims .. " claims")
+      assert.equals(1, count(f.logs, function(l)
+        return l.level == "warn" and l.text:match("^claim failed")
+      end))
+      assert.equals(0, #f.spawned)
+    end)
+
+  it("a rival's claim during a slow heartbeat before ours is seen: the " ..
+    "assignment is read again right before the claim", function()
+      local f = fake()
+      local d = super.new(f)
+      local st = d:add_study("s", { { n = 0 }, { n = 1 } })
+      local first = st.assignments[1].id
+      local slowed = false
+      d.opts.override = function(req, path)
+        local chosen = false -- the worker has read the assignments
+        for _, r in ipairs(d.reads) do
+          if r.path:match("/assignments$") then chosen = true end
+        end
+        if path == "/api/heartbeat" and #d.claims == 0 and not slowed and
+            chosen then
+          slowed = true
+          d:claim(first, "203.0.113.9") -- lands while ours is slow
+          f.host.time.sleep(6)
+        end
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 120))
+      assert.is_true(slowed)
+      for _, c in ipairs(d.claims) do
+        assert.is_false(c.ip == ME and c.id == first, "claimed it over the rival")
+      end
+      assert.equals(st.assignments[2].id, f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+    end)
+
+  it("GOLIAT_SUPER_STUDY does not hide a failed assignment of another super " ..
+    "study: still no new work", function()
+      local f = fake { GOLIAT_SUPER_STUDY = "b" }
+      local d = super.new(f)
+      local a = d:add_study("a", { { n = 0 } })
+      d:add_study("b", { { n = 1 } })
+      d:claim(a.assignments[1].id, ME) -- failed earlier, still RUNNING
+      P.start(f)
+      f:run_for(120)
+      assert.equals(1, #d.claims)
+      assert.equals(1, log_lines(f, "still RUNNING under this worker"))
+    end)
+end)
+
+describe("an agent restarted", function()
+  local function claim_window(f, d)
+    P.start(f)
+    assert.is_true(f:run_until(function() return #d.claims == 1 end, 60))
+    f:run_for(2)
+    f:kill_agent() -- between the claim and its check
+  end
+
+  it("during a claim that went to another worker: no report, no study, " ..
+    "other work goes on", function()
+      local f = fake { GOLIAT_CLAIM_SETTLE = "10" }
+      local d = super.new(f)
+      local st = d:add_study("s", { { n = 0 }, { n = 1 } })
+      claim_window(f, d)
+      d:claim(st.assignments[1].id, "203.0.113.9")
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(1, #f.spawned)
+      assert.equals(st.assignments[2].id, f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+      for _, r in ipairs(f:reports()) do
+        assert.equals(st.assignments[2].id, r.message.assignment_id)
+      end
+      assert.matches("no longer this worker's", f:log_text())
+    end)
+
+  it("during a claim asks again when the dashboard fails to answer, then " ..
+    "starts the study", function()
+      local f = fake { GOLIAT_CLAIM_SETTLE = "10" }
+      local d = super.new(f)
+      d:add_study("s", { { n = 0 } })
+      claim_window(f, d)
+      local failures = 2
+      d.opts.override = function(_, path)
+        if path:match("/assignments$") and failures > 0 then
+          failures = failures - 1
+          return P.json(503, { error = "busy" })
+        end
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(0, failures)
+      assert.equals(1, #f.spawned)
+      assert.equals("finished", f:reports()[1].message.type)
+    end)
+
+  it("between out-of-memory reruns does not run the next one when the " ..
+    "worker was reset meanwhile", function()
+      local f = fake()
+      local d = super.new(f)
+      d:add_study("s", { { n = 0 } })
+      f.spawn_handler = function() return { exit_code = 42, after = 20 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      f:kill_agent()
+      f:run_for(30) -- attempt 1 runs out of memory with no agent
+      d:reset(d:worker_by_ip(ME))
+      d:claim(d.studies[1].assignments[1].id, "203.0.113.9")
+      P.start(f)
+      f:run_for(120)
+      assert.equals(1, #f.spawned)
+      assert.equals(0, #f:reports())
+      assert.is_nil(f.files["/work/agent/agent_state.json"])
+    end)
+
+  it("while it was starting a study reports it lost and never starts a " ..
+    "second copy", function()
+      local f = fake { GOLIAT_PROTOCOL = "super-study" }
+      super.new(f)
+      f.files["/work/agent/agent_state.json"] = cjson.encode {
+        assignment = { id = "as9", protocol = "super-study", split_index = 0,
+          super_study_id = "ss1", super_study_name = "s" },
+        config_path = "/work/agent/configs/s_assignment_0.json", attempt = 1,
+        started_at = 1800000000, exit_file = "/work/agent/study_0.exit.json",
+        starting = true }
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+      assert.equals(0, #f.spawned)
+      assert.matches("died while starting it", f:reports()[1].message.message)
+    end)
 end)

@@ -7,9 +7,10 @@
 --   probe(agent)        -> "yes", why[, work] | "no", why | nil, err, retry_after
 --   new(agent)          -> an object with:
 --     :find_work()      -> work | false[, note] | nil, err, retry_after, foreign
---     :take(work)       -> true | false, why | nil, err
+--     :take(work)       -> true | false, why | nil, err, keep_state
 --     :prepare(work)    -> path of the config file | nil, err
---     .beat_before_report  send a heartbeat before each report
+--     :ownership(work)  (optional) after a restart: is work taken before it
+--                       still ours? -> true | false | nil, err
 local cjson = require "cjson.safe"
 local settings_lib = require "lib.settings"
 
@@ -44,7 +45,7 @@ function M.validate(a)
 end
 
 function M.new(agent)
-  return setmetatable({ agent = agent, beat_before_report = false }, M)
+  return setmetatable({ agent = agent }, M)
 end
 
 -- One poll. An invalid assignment comes back as {invalid = why, id = ...}

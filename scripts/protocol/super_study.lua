@@ -45,7 +45,6 @@ end
 function M.new(agent)
   return setmetatable({
     agent = agent,
-    beat_before_report = true,
     worker_id = nil,  -- our worker row on the dashboard, once a claim told
     configs = {},     -- assignment id -> splitConfig, from the last read
     said = {},        -- warnings given once
@@ -76,11 +75,21 @@ function M:ours(a)
 end
 
 -- Machines that send the same hostname share one worker row; its IP then
--- flips to whichever beat last.
+-- flips to whichever beat last. Machines with the same machine id (behind
+-- one NAT) share one row too; its hostname flips.
 function M:check_shared_row(a)
   local id, w = worker_of(a)
+  local s = self.agent.s
+  if w and w.ipAddress == s.machine_id and type(w.hostname) == "string" and
+      w.hostname ~= s.hostname then
+    self:warn_once("same id " .. tostring(id), "the dashboard shows this " ..
+      "agent's machine id %s on a worker with hostname %s, not %s: another " ..
+      "machine uses the same machine id (behind the same NAT?) and shares " ..
+      "its row. Give each VM its own GOLIAT_MACHINE_ID", s.machine_id,
+      w.hostname, tostring(s.hostname))
+  end
   if w and self.worker_id ~= nil and id == self.worker_id and
-      type(w.ipAddress) == "string" and w.ipAddress ~= self.agent.s.machine_id
+      type(w.ipAddress) == "string" and w.ipAddress ~= s.machine_id
   then
     self:warn_once("shared " .. tostring(id),
       "the dashboard shows this agent's worker %s under IP %s, not %s: " ..
@@ -91,43 +100,43 @@ function M:check_shared_row(a)
   end
 end
 
--- The super studies to work on, oldest first. Returns the list, or nil,
--- err, retry_after, foreign (this dashboard does not speak the API).
+-- Every super study, oldest first, those of GOLIAT_SUPER_STUDY (or all)
+-- marked `wanted`: work is taken from those only, but a failed assignment
+-- of ours holds the worker wherever it is. Returns the list, or nil, err,
+-- retry_after, foreign (this dashboard does not speak the API).
 function M:studies()
   local agent = self.agent
-  local paths = {}
-  for _, name in ipairs(agent.s.super_study or {}) do
-    paths[#paths + 1] = { "/api/super-studies?name=" .. enc(name), name }
+  local list, err, retry_after, res = agent:call("GET", "/api/super-studies")
+  if not list then
+    return nil, err, retry_after, res and res.status == 404
   end
-  if #paths == 0 then paths[1] = { "/api/super-studies" } end
+  if not is_json_array(res) then
+    return nil, "GET /api/super-studies did not answer a JSON array", nil, true
+  end
+  local names = agent.s.super_study
+  local wanted, found = {}, {}
+  for _, name in ipairs(names or {}) do wanted[name] = true end
   local out = {}
-  for _, p in ipairs(paths) do
-    local list, err, retry_after, res = agent:call("GET", p[1])
-    if not list then
-      return nil, err, retry_after, res and res.status == 404
+  for _, st in ipairs(list) do
+    if type(st) == "table" and type(st.id) == "string" then
+      out[#out + 1] = st
+      st.position = #out
+      st.wanted = names == nil or wanted[st.name] == true
+      if st.wanted and names then found[st.name] = true end
     end
-    if not is_json_array(res) then
-      return nil, "GET /api/super-studies did not answer a JSON array",
-        nil, true
-    end
-    if p[2] and #list == 0 then
-      self:warn_once("missing " .. p[2], "super study '%s' " ..
-        "(GOLIAT_SUPER_STUDY) is not on the dashboard (yet)", p[2])
-    end
-    for _, st in ipairs(list) do
-      if type(st) == "table" and type(st.id) == "string" then
-        out[#out + 1] = st
-        st.position = #out
-      end
+  end
+  for _, name in ipairs(names or {}) do
+    if not found[name] then
+      self:warn_once("missing " .. name, "super study '%s' " ..
+        "(GOLIAT_SUPER_STUDY) is not on the dashboard (yet)", name)
     end
   end
   -- the dashboard lists newest first: work on the oldest first
-  table.sort(out, function(a, b)
-    local ca, cb = a.createdAt, b.createdAt
-    if type(ca) == "string" and type(cb) == "string" and ca ~= cb then
-      return ca < cb
-    end
-    return a.position > b.position
+  table.sort(out, function(x, y)
+    local cx = type(x.createdAt) == "string" and x.createdAt or ""
+    local cy = type(y.createdAt) == "string" and y.createdAt or ""
+    if cx ~= cy then return cx < cy end
+    return x.position > y.position
   end)
   return out
 end
@@ -137,8 +146,8 @@ end
 local function worth_reading(st)
   if type(st.assignments) ~= "table" then return true end
   for _, a in ipairs(st.assignments) do
-    if type(a) == "table" and (a.status == "PENDING" or a.status == "RUNNING")
-    then
+    if type(a) == "table" and (a.status == "RUNNING" or
+        (a.status == "PENDING" and st.wanted)) then
       return true
     end
   end
@@ -189,6 +198,7 @@ end
 function M:find_work()
   local studies, err, retry_after, foreign = self:studies()
   if not studies then return nil, err, retry_after, foreign end
+  self.configs = {}
   local candidate, held
   for _, st in ipairs(studies) do
     if worth_reading(st) then
@@ -197,7 +207,7 @@ function M:find_work()
       for _, a in ipairs(list) do
         if a.status == "RUNNING" and self:ours(a) and not held then
           held = { a = a, st = st }
-        elseif a.status == "PENDING" and not candidate then
+        elseif a.status == "PENDING" and st.wanted and not candidate then
           local work, why = work_of(a, st)
           if work then
             candidate = work
@@ -239,16 +249,41 @@ function M:read_back(work)
   return nil, "assignment " .. work.id .. " is no longer on the dashboard"
 end
 
+-- Reads the stored view of `work` until it answers (with backoff), or
+-- the agent stops. Returns the assignment, or nil and the last error.
+function M:read_back_patiently(work)
+  local agent = self.agent
+  local a, err
+  for try = 1, math.huge do
+    a, err = self:read_back(work)
+    if a or agent.stopping then return a, err end
+    agent.host.time.sleep(agent:backoff(try))
+  end
+end
+
 -- Claims the assignment and makes sure it is really ours: the dashboard
 -- never refuses a claim, so agents that claim the same assignment at the
--- same time all get 200, and only the last one holds it. Once every claim
--- made on the same reading has landed (claim_settle), the stored status
--- tells who holds it.
+-- same time all get 200, and only the last one holds it. The claim follows
+-- a fresh reading of PENDING at once; once every claim made on an earlier
+-- reading has landed (claim_settle), the stored status tells who holds it.
+-- Returns true, or false and why (another worker has it), or nil, err and
+-- whether the claim may have gone through (then the state is kept, so that
+-- a restart asks the dashboard again).
 function M:take(work)
   local agent = self.agent
+  local clock = agent.host.time
   local ok, err = agent:register()
   if not ok then
     return nil, "heartbeat before the claim failed: " .. tostring(err)
+  end
+  local read_at = clock.monotonic()
+  local a, rerr = self:read_back(work)
+  if not a then
+    return nil, "cannot read assignment " .. work.id .. ": " .. tostring(rerr)
+  end
+  if a.status ~= "PENDING" then
+    return false, string.format("assignment %s is %s by now", work.id,
+      tostring(a.status))
   end
   local reply, cerr = agent:call("POST", "/api/assignments/" ..
     enc(work.id) .. "/claim", { machineId = agent.s.machine_id })
@@ -262,20 +297,25 @@ function M:take(work)
     agent.log.warn("claim of assignment %s: %s; checking whether it " ..
       "went through", work.id, tostring(cerr))
   end
-  agent.host.time.sleep(agent.s.claim_settle)
-  local a, rerr
-  for try = 1, 5 do
-    a, rerr = self:read_back(work)
-    if a or agent.stopping then break end
-    agent.host.time.sleep(agent:backoff(try))
+  local took = clock.monotonic() - read_at
+  if took > agent.s.claim_settle then
+    agent.log.warn("claim of assignment %s took %.1f s from reading it " ..
+      "PENDING, more than claim_settle (%g s): another worker that claimed " ..
+      "it meanwhile may not notice", work.id, took, agent.s.claim_settle)
   end
+  clock.sleep(agent.s.claim_settle)
+  a, rerr = self:read_back_patiently(work)
   if not a then
     return nil, "cannot check the claim of assignment " .. work.id .. ": " ..
-      tostring(rerr)
+      tostring(rerr), true
   end
   if a.status == "RUNNING" and self:ours(a) then
     work.worker_id = self.worker_id
     return true
+  end
+  if not reply then
+    return nil, "claim of assignment " .. work.id .. " failed: " ..
+      tostring(cerr)
   end
   local id, w = worker_of(a)
   return false, string.format("assignment %s went to another worker (%s, " ..
@@ -284,16 +324,22 @@ function M:take(work)
 end
 
 -- Whether work claimed before an agent restart is still RUNNING under this
--- worker (then its study may start after all).
-function M:held_by_us(work)
+-- worker: true or false, or nil and why when the dashboard cannot tell now.
+function M:ownership(work)
   if self.worker_id == nil and work.worker_id ~= nil then
     self.worker_id = work.worker_id
   end
-  if type(work.super_study_id) ~= "string" or not self.agent:register() then
+  if type(work.super_study_id) ~= "string" or type(work.id) ~= "string" then
     return false
   end
-  local a = self:read_back(work)
-  return a ~= nil and a.status == "RUNNING" and self:ours(a)
+  local ok, err = self.agent:register()
+  if not ok then return nil, err end
+  local a, rerr = self:read_back(work)
+  if not a then
+    if rerr and rerr:match("no longer on the dashboard") then return false end
+    return nil, rerr
+  end
+  return a.status == "RUNNING" and self:ours(a)
 end
 
 -- A name safe as part of a file name: the super study's name comes from
