@@ -580,7 +580,7 @@ describe("hard cases of claiming", function()
       local st = d:add_study("s", { { n = 0 }, { n = 1 } })
       local first = st.assignments[1].id
       local slowed = false
-      d.opts.override = function(req, path)
+      d.opts.override = function(_, path)
         local chosen = false -- the worker has read the assignments
         for _, r in ipairs(d.reads) do
           if r.path:match("/assignments$") then chosen = true end
