@@ -474,11 +474,19 @@ end
 
 -- Assignments and super studies ----------------------------------------
 
+-- A splitConfig as received: a JSON string stays one; an object is kept as
+-- the exact JSON text of the request (at `...` in it), as the deployed
+-- dashboard's database keeps it: lua-cjson would turn [] into {}.
+local function received_config(body, value, ...)
+  if type(value) ~= "table" then return value end
+  return raw(assert(host.json.select(body, ...)))
+end
+
 -- splitConfig as served: a JSON string holding an object comes back parsed.
 local function split_config(a)
   if type(a.splitConfig) == "string" then
     local v = cjson.decode(a.splitConfig)
-    if type(v) == "table" then return v end
+    if type(v) == "table" then return raw(a.splitConfig) end
   end
   return a.splitConfig
 end
@@ -810,7 +818,8 @@ local function ss_create_study(req)
     if one.status ~= nil and not STATUSES[one.status] then
       return ss_error(400, "assignment " .. (i - 1) .. ": invalid status")
     end
-    specs[i] = { splitConfig = one.splitConfig, status = one.status }
+    specs[i] = { splitConfig = received_config(req.body, one.splitConfig,
+      "assignments", i, "splitConfig"), status = one.status }
   end
   local s = create_study(body.name, nonempty(body.description), specs,
     body.baseConfig)
@@ -877,8 +886,9 @@ local function dev_super_studies(req)
   end
   local specs = {}
   for i, split in ipairs(spec.assignments) do
-    specs[i] = { splitConfig = spec.as_string == true and
-      cjson.encode(split) or split }
+    local text = assert(host.json.select(req.body, "assignments", i))
+    specs[i] = { splitConfig = spec.as_string == true and text or
+      received_config(req.body, split, "assignments", i) }
   end
   local name = nonempty(spec.name) or ("dev-study-" .. (ss.counters.ss + 1))
   local s = create_study(name, nonempty(spec.description), specs)

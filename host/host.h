@@ -77,5 +77,6 @@ void host_open_sys(lua_State *L);
 void host_open_proc(lua_State *L);
 void host_open_http_client(lua_State *L);
 void host_open_http_server(lua_State *L);
+void host_open_json(lua_State *L);
 
 #endif

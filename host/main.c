@@ -42,6 +42,7 @@ static int luaopen_host(lua_State *L) {
   host_open_proc(L);
   host_open_http_client(L);
   host_open_http_server(L);
+  host_open_json(L);
   return 1;
 }
 

@@ -106,6 +106,28 @@ describe("super-study mode", function()
       for _, r in ipairs(reports) do assert.equals("finished", r.type) end
     end)
 
+  it("writes the splitConfig exactly: empty arrays stay arrays, numbers " ..
+    "keep their digits", function()
+      local project = work_dir()
+      -- written by hand: lua-cjson cannot even produce an empty array
+      local body = '{"name": "exact", "assignments": [{"phantoms": [], ' ..
+        '"freq": 0.1234567890123456, "nested": {"l": [[], {}]}, ' ..
+        '"duration_s": 0.2, "steps": 1}]}'
+      local res = host.http.request { url = dash.url .. "/dev/super-studies",
+        method = "POST", body = body, timeout = 5,
+        headers = { ["Content-Type"] = "application/json" } }
+      assert.equals(200, res and res.status)
+      start_agent(1, { GOLIAT_PROJECT_DIR = project })
+      assert(all_completed("exact"), "not COMPLETED")
+      local text = fs.read(fs.join(project, "configs",
+        "exact_assignment_0.json"))
+      assert.is_string(text)
+      assert.matches('"phantoms":%[%]', text)
+      assert.matches('"l":%[%[%],{}%]', text)
+      assert.equals(0.1234567890123456,
+        tonumber(text:match('"freq":([-%d.eE+]+)')))
+    end)
+
   it("three agents started together run every assignment exactly once",
     function()
       local runs = fs.join(work_dir(), "runs.txt")

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config liblua5.4-dev lua5.4 lua-cjson
-  lua-busted lua-check libcurl4-openssl-dev libuv1-dev libhttp-parser-dev
+  lua-busted lua-check libcurl4-openssl-dev libuv1-dev libhttp-parser-dev libcjson-dev
   python3 procps openssl gcc-mingw-w64-x86-64)
 bash tests/install-packages.sh "${packages[@]}"
 

@@ -11,7 +11,8 @@ if ! command -v $cc >/dev/null 2>&1; then
 fi
 inc=$(mktemp -d)
 trap 'rm -rf "$inc"' EXIT
-cp -r /usr/include/uv.h /usr/include/uv /usr/include/http_parser.h "$inc/"
+cp -r /usr/include/uv.h /usr/include/uv /usr/include/http_parser.h \
+  /usr/include/cjson "$inc/"
 curl_inc=$(pkg-config --variable=includedir libcurl)
 if [ -d "$curl_inc/curl" ]; then
   cp -r "$curl_inc/curl" "$inc/"

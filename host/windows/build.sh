@@ -6,7 +6,7 @@
 #                                          the Debian packages it needs)
 #
 # The dependencies (Lua 5.4, libuv, libcurl with Schannel, http-parser,
-# lua-cjson, luafilesystem) are built from Debian's own source packages,
+# cJSON, lua-cjson, luafilesystem) are built from Debian's own source packages,
 # fetched with `apt-get source` through a private apt configuration (a
 # deb-src entry derived from /etc/apt/sources.list.d/debian.sources; /etc/apt
 # is not touched), into a cache outside the checkout:
@@ -87,7 +87,7 @@ if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440)" ]; then
 fi
 
 # ---- the cache key: each source package's version and this build's files ----
-sources=(lua5.4 libuv1 curl http-parser lua-cjson lua-filesystem)
+sources=(lua5.4 libuv1 curl http-parser cjson lua-cjson lua-filesystem)
 declare -A version
 key=""
 for s in "${sources[@]}"; do
@@ -130,11 +130,12 @@ build_deps() {
   log "apt-get source ${sources[*]}"
   (cd "$work" && apt-get source -qq "${sources[@]}" >/dev/null \
     2>apt-source.err) || { cat "$work/apt-source.err" >&2; exit 1; }
-  local src_lua src_uv src_curl src_hp src_cjson src_lfs
+  local src_lua src_uv src_curl src_hp src_cj src_cjson src_lfs
   src_lua=$(echo "$work"/lua5.4-*/)
   src_uv=$(echo "$work"/libuv1-*/)
   src_curl=$(echo "$work"/curl-*/)
   src_hp=$(echo "$work"/http-parser-*/)
+  src_cj=$(echo "$work"/cjson-*/)
   src_cjson=$(echo "$work"/lua-cjson-*/)
   src_lfs=$(echo "$work"/lua-filesystem-*/)
   local cflags=(-O2 -g0)
@@ -172,6 +173,13 @@ build_deps() {
     -o "$work/o/http_parser.o"
   $target-ar rcs "$out/lib/libhttp_parser.a" "$work/o/http_parser.o"
   cp "$src_hp/http_parser.h" "$out/include/"
+
+  # cJSON (host.json): one C file
+  log "cJSON ${version[cjson]}"
+  step cjson "$cc" "${cflags[@]}" -c "$src_cj/cJSON.c" -o "$work/o/cJSON.o"
+  $target-ar rcs "$out/lib/libcjson.a" "$work/o/cJSON.o"
+  mkdir -p "$out/include/cjson"
+  cp "$src_cj/cJSON.h" "$out/include/cjson/"
 
   # libuv with its own CMake build, static
   log "libuv ${version[libuv1]}"

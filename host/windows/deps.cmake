@@ -30,6 +30,12 @@ set_target_properties(PkgConfig::CURL PROPERTIES
   INTERFACE_LINK_LIBRARIES
     "${_deps_lib}/libcurl.a;ws2_32;crypt32;bcrypt;secur32;advapi32;normaliz")
 
+# cJSON (host.json): one C file
+add_library(PkgConfig::CJSON INTERFACE IMPORTED)
+set_target_properties(PkgConfig::CJSON PROPERTIES
+  INTERFACE_INCLUDE_DIRECTORIES "${_deps_inc}"
+  INTERFACE_LINK_LIBRARIES "${_deps_lib}/libcjson.a")
+
 set(HTTP_PARSER_INCLUDE_DIR "${_deps_inc}")
 set(HTTP_PARSER_LIBRARY "${_deps_lib}/libhttp_parser.a")
 

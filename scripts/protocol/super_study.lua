@@ -164,10 +164,12 @@ function M:assignments(study_id)
       " are not a JSON array"
   end
   local out = {}
-  for _, a in ipairs(list) do
+  for i, a in ipairs(list) do
     if type(a) == "table" then
       out[#out + 1] = a
-      self.configs[a.id or ""] = a.splitConfig
+      -- where its exact text is: cjson would turn [] into {} on the way
+      self.configs[a.id or ""] = { value = a.splitConfig, body = res.body,
+        at = i }
       self:check_shared_row(a)
     end
   end
@@ -354,22 +356,22 @@ end
 -- relative `extends` resolves as it does for `goliat worker`.
 function M:prepare(work)
   local agent = self.agent
-  local cfg = self.configs[work.id]
-  if cfg == nil then
+  if self.configs[work.id] == nil then
     local a, err = self:read_back(work)
     if not a then return nil, err end
-    cfg = a.splitConfig
   end
-  local text
+  local found = self.configs[work.id]
+  local cfg, text = found.value, nil
   if type(cfg) == "string" then
     text = cfg
-    cfg = cjson.decode(cfg)
+  elseif type(cfg) == "table" then
+    text = agent.host.json.select(found.body, found.at, "splitConfig")
   end
-  if type(cfg) ~= "table" or (text and text:match("^%s*%[")) then
+  cfg = text and cjson.decode(text)
+  if type(cfg) ~= "table" or not text:match("^%s*{") then
     return nil, "invalid assignment: its splitConfig is not a JSON object " ..
       "(or a JSON string holding one)"
   end
-  text = text or cjson.encode(cfg)
   local path = agent:config_path(string.format("%s_assignment_%d.json",
     file_part(work.super_study_name), work.split_index))
   local ok, err = agent.host.fs.write_atomic(path, text)
