@@ -602,7 +602,7 @@ function Agent:recover()
     self.log.info("assignment %s: the study ended while the agent was down",
       tostring(a.id))
     run.outcome, outcome = outcome, nil
-    starts = run.outcome.exit_code == self.s.oom_exit_code
+    starts = self:rerun_due(run)
   elseif not state.pid and state.starting then
     outcome = { error = "study lost: the agent died while starting it" }
   elseif not state.pid and run.attempt > 1 and state.config_path then
@@ -615,7 +615,7 @@ function Agent:recover()
     self.log.info("assignment %s: taking back the running study (pid %d)",
       tostring(a.id), state.pid)
     run.outcome = self:watch_study(assert(h.proc.attach(state.pid)), state)
-    starts = run.outcome.exit_code == self.s.oom_exit_code
+    starts = self:rerun_due(run)
   else
     outcome = { error = "study lost: it was no longer running when the " ..
       "agent restarted and left no exit code" }
@@ -641,6 +641,12 @@ function Agent:recover()
     self:finish(a.id, outcome, h.time.now() - (run.started_at or h.time.now()))
   end
   self.busy = false
+end
+
+-- Whether the attempt that ended ran out of memory with reruns left.
+function Agent:rerun_due(run)
+  return run.outcome.exit_code == self.s.oom_exit_code and
+    run.attempt <= self.s.oom_retries
 end
 
 -- Whether work taken before a restart is still this worker's: "yes", "no",
