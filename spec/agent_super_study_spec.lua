@@ -84,6 +84,36 @@ describe("protocol detection", function()
     assert.matches("dashboard protocol: super%-study", f:log_text())
   end)
 
+  it("detects again when a super-study dashboard is replaced by the " ..
+    "planned API", function()
+      local f = fake()
+      local deployed = true
+      super.new(f, { override = function(_, path)
+        if deployed then return nil end
+        if path == "/api/assignment" then
+          return P.json(200, { assigned = true, assignment = P.assignment() })
+        end
+        if path:match("^/api/super") then
+          return P.json(404, { error = "not found" })
+        end
+      end })
+      f.http_handler = (function(inner)
+        return function(req)
+          if req.url == P.BLOB .. "/c3.json" then
+            return { status = 200, body = "{}" }
+          end
+          return inner(req)
+        end
+      end)(f.http_handler)
+      P.start(f)
+      f:run_for(60)
+      assert.matches("dashboard protocol: super%-study", f:log_text())
+      deployed = false
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 300))
+      assert.matches("no longer answers the super%-study API", f:log_text())
+      assert.equals("a-1", f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+    end)
+
   it("with GOLIAT_PROTOCOL=super-study never asks /api/assignment", function()
     local f = fake { GOLIAT_PROTOCOL = "super-study" }
     local d = super.new(f)
