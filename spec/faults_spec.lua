@@ -539,9 +539,10 @@ describe("the agent against a misbehaving dashboard", function()
         local back_at = host.time.now()
         dash = dashboard { "--port", tostring(dash.port) }
         assert_healthy(agent, dash)
+        -- the poll's backoff may have grown to its cap (60 s) meanwhile
         assert(cluster.wait_until(function()
           return #calls(dash, "^/api/assignment$") > 0
-        end, 20), "polls did not resume")
+        end, 90), "polls did not resume")
         assert.is_true(#events(dash).heartbeats > 0)
         assert.is_true(events(dash).heartbeats[1].at > back_at)
         local log = log_of(agent)
