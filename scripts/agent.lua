@@ -190,6 +190,10 @@ function Agent:heartbeat()
   return self:call("POST", "/api/heartbeat", body)
 end
 
+-- A failed heartbeat is tried again at the normal interval (it is one
+-- small request, and the dashboard shows the worker offline after 30 s),
+-- or after the server's Retry-After, but never later than
+-- heartbeat_retry_cap.
 function Agent:heartbeat_loop()
   while true do
     local ok, err, retry_after = self:heartbeat()
@@ -197,9 +201,11 @@ function Agent:heartbeat_loop()
     if ok then
       self:note_success("heartbeat")
     else
-      local n = self:note_failure("heartbeat", err)
-      delay = math.max(delay,
-        self:backoff(n, retry_after, self.s.heartbeat_retry_cap))
+      self:note_failure("heartbeat", err)
+      if retry_after then
+        delay = math.max(delay,
+          math.min(retry_after, self.s.heartbeat_retry_cap))
+      end
     end
     self.host.time.sleep(delay)
   end
@@ -392,7 +398,10 @@ function Agent:watch_study(proc, state)
       local left = self.s.study_timeout -
         (self.host.time.now() - state.started_at)
       self.host.time.sleep(math.max(0, left))
-      if self.study == study and not self.stopping then
+      -- a study that ended while the agent was paused (a suspended VM)
+      -- ended on time: its exit file says so before the agent noticed
+      if self.study == study and not self.stopping and
+          not self:read_exit_file(state.exit_file) then
         study.timed_out = true
         self.log.warn("assignment %s: study timed out after %g s: stopping it",
           state.assignment.id, self.s.study_timeout)
@@ -665,11 +674,16 @@ function Agent:ownership(a)
 end
 
 -- Whether the state's pid is still the study's wrapper (not a reused pid).
+-- Never adopts pid 0 or 1, the agent itself, or a process whose start time
+-- is not the one recorded when the agent started the wrapper: the agent
+-- runs as root and would signal that process's whole tree.
 function Agent:same_process(state)
   local pid = math.tointeger(state.pid)
-  if not pid or not self.host.proc.alive(pid) then return false end
-  local started = self.host.proc.start_time(pid)
-  return state.start_time == nil or started == state.start_time
+  if not pid or pid <= 1 or pid == self.host.sys.pid() or
+      state.start_time == nil or not self.host.proc.alive(pid) then
+    return false
+  end
+  return self.host.proc.start_time(pid) == state.start_time
 end
 
 function Agent:work_loop()
@@ -756,6 +770,12 @@ function Agent:start()
     and { "SIGINT", "SIGBREAK", "SIGHUP" } or { "SIGINT", "SIGTERM" }
   for _, name in ipairs(signals) do
     h.sys.on_signal(name, function(sig) self:stop(sig) end)
+  end
+  if h.sys.platform() ~= "windows" then
+    -- a closed terminal or a careless `kill -HUP`: not a reason to stop
+    h.sys.on_signal("SIGHUP", function()
+      self.log.info("SIGHUP received: ignored, the agent keeps running")
+    end)
   end
   self:supervise("heartbeat", Agent.heartbeat_loop)
   self:supervise("worker", Agent.work_loop)

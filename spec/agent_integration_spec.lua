@@ -80,6 +80,21 @@ describe("the agent with the example dashboard", function()
     assert.is_true(max_gap < 2.5, "longest gap between heartbeats: " .. max_gap)
   end)
 
+  it("on SIGHUP logs it and keeps running and beating (it used to die)",
+    function()
+      agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
+      assert(cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats >= 1
+      end, 20), "no heartbeat")
+      assert(agent.proc:signal("SIGHUP"))
+      local beats = #cluster.events(dash).heartbeats
+      assert(cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats >= beats + 3
+      end, 20), "no heartbeats after SIGHUP")
+      assert.is_true(agent.proc:running())
+      assert.matches("SIGHUP received", host.fs.read(agent.log))
+    end)
+
   it("on SIGTERM stops the study's whole tree, reports it and exits 0", function()
     local pid_file = host.fs.join(work, "study.pid")
     local child_file = host.fs.join(work, "child.pid")

@@ -5,6 +5,9 @@ local cjson = require "cjson.safe"
 
 local M = {}
 
+-- The file written and removed at start-up to check the work dir.
+M.WRITE_PROBE = ".goliat-write-test"
+
 -- Environment variable for each setting that can be overridden.
 M.ENV = {
   monitoring_url = "GOLIAT_MONITORING_URL",
@@ -127,6 +130,17 @@ function M.machine_id(host, s)
   return host.sys.hostname(), "host name, no IPv4 address; " .. why
 end
 
+-- The heartbeat and poll intervals: at least 10 ms, so that a typo such
+-- as 1e-9 cannot turn the agent into a flood of requests.
+local function interval(name, value)
+  local n = tonumber(value)
+  if not n or n ~= n or n == math.huge or n < 0.01 then
+    return nil, string.format(
+      "%s must be a number of seconds >= 0.01, got '%s'", name, value)
+  end
+  return n
+end
+
 local function positive_seconds(name, value)
   local n = tonumber(value)
   if not n or n <= 0 or n ~= n or n == math.huge then
@@ -219,8 +233,8 @@ end
 
 local PARSERS = {
   monitoring_url = monitoring_url,
-  heartbeat_interval = positive_seconds,
-  poll_interval = positive_seconds,
+  heartbeat_interval = interval,
+  poll_interval = interval,
   study_command = study_command,
   study_timeout = positive_seconds,
   study_grace = seconds_or_zero,
@@ -246,6 +260,14 @@ function M.load(host, defaults)
   for k, v in pairs(defaults) do s[k] = v end
   for key, var in pairs(M.ENV) do
     local value = host.sys.getenv(var)
+    -- a token pasted from a file ends with a newline: surrounding blanks
+    -- go; any other control character is refused (it could forge a log
+    -- line or break a header)
+    value = value and value:match("^%s*(.-)%s*$")
+    if value and value:find("%c") then
+      return nil, var .. " contains a control character (a line break, " ..
+        "a tab, ...): remove it"
+    end
     if value and (value ~= "" or EMPTY_MEANS_OFF[key]) then
       local parse = PARSERS[key]
       if parse then
@@ -272,6 +294,13 @@ function M.load(host, defaults)
     return nil, "GOLIAT_WORK_DIR: cannot create " .. s.work_dir .. ": " ..
       tostring(err)
   end
+  local probe = host.fs.join(s.work_dir, M.WRITE_PROBE)
+  ok, err = host.fs.write_atomic(probe, "")
+  if not ok then
+    return nil, "GOLIAT_WORK_DIR: cannot write in " .. s.work_dir .. ": " ..
+      tostring(err)
+  end
+  host.fs.remove(probe)
   local configs = host.fs.join(s.project_dir, "configs")
   ok, err = host.fs.mkdir_p(configs)
   if not ok then

@@ -105,7 +105,8 @@ local function download_once(agent, work, path)
   if not res then return nil, err end
   if res.status ~= 200 then return nil, "HTTP " .. res.status end
   if type(cjson.decode(res.body)) ~= "table" then
-    return nil, "config is not a JSON object or array"
+    -- it was delivered whole: asking again gives the same bytes
+    return nil, "config is not a JSON object or array", "permanent"
   end
   return h.fs.write_atomic(path, res.body)
 end
@@ -122,14 +123,15 @@ function M:prepare(work)
   agent.log.info("assignment %s (split %d): downloading config", work.id,
     work.split_index)
   while true do
-    local ok, err = download_once(agent, work, path)
+    local ok, err, permanent = download_once(agent, work, path)
     if ok then
       agent:note_success("config download")
       return path
     end
     local n = agent:note_failure("config download", err)
     local delay = agent:backoff(n)
-    if agent.stopping or clock.monotonic() + delay > give_up_at then
+    if permanent == "permanent" or agent.stopping or
+        clock.monotonic() + delay > give_up_at then
       return nil, string.format("config download failed %d time(s): %s",
         n, err)
     end

@@ -1,0 +1,194 @@
+-- Policy specs for hostile conditions (issue 9): stray state files, a
+-- paused agent, a dashboard asking for long waits, signals, and settings
+-- that must fail loudly. The real scripts/agent.lua on the fake host.
+local cjson = require "cjson"
+local agent = require "agent"
+local fake_host = require "support.fake_host"
+local P = require "support.policy"
+
+local STATE = "/work/agent/agent_state.json"
+
+local function fake(env)
+  local e = { GOLIAT_PUBLIC_IP_URL = "" }
+  for k, v in pairs(env or {}) do e[k] = v end
+  return P.new_fake(e)
+end
+
+-- A process of the fake machine that the agent did not start.
+local function foreign_process(f, pid)
+  local p = { pid = pid, started = -100, exit_at = math.huge, spec = {},
+    opts = { argv = {} } }
+  function p.running() return not p.ended end
+  function p.finish() end
+  table.insert(f.procs, p)
+  return p
+end
+
+describe("a state file naming a process the agent did not start", function()
+  for name, state in pairs {
+    ["pid 1"] = { pid = 1, start_time = -100 },
+    ["the agent's own pid"] = { pid = 4242, start_time = -100 },
+    ["no start time"] = { pid = 7001 },
+    ["another start time"] = { pid = 7001, start_time = 12345 },
+  } do
+    it("is never adopted nor signalled: " .. name, function()
+      local f = fake { GOLIAT_STUDY_TIMEOUT = "5" }
+      P.dashboard(f)
+      foreign_process(f, 1)
+      foreign_process(f, 4242)
+      foreign_process(f, 7001)
+      state.assignment = { id = "stray", split_index = 0 }
+      state.exit_file = "/work/agent/study_0.exit.json"
+      state.started_at = 1800000000 - 3600
+      f.files[STATE] = cjson.encode(state)
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+      assert.is_nil(f.attached)
+      for _, p in ipairs(f.procs) do
+        assert.is_nil(p.terminated_with_grace, "signalled pid " .. p.pid)
+        assert.is_false(p.ended or false, "ended pid " .. p.pid)
+      end
+      local m = f:reports()[1].message
+      assert.equals("fatal_error", m.type)
+      assert.matches("study lost", m.message)
+    end)
+  end
+end)
+
+describe("a paused agent", function()
+  it("reports a study that ended in time as finished, not as timed out",
+    function()
+      local f = fake { GOLIAT_STUDY_TIMEOUT = "8" }
+      P.dashboard(f, { queue = { P.assignment() },
+        configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+      -- the study ends at 2 s, but the paused agent notices only at 10 s
+      f.spawn_handler = function(opts)
+        local exit_file = opts.argv[3]
+        f:spawn("study", function()
+          f.host.time.sleep(2)
+          f.files[exit_file] = cjson.encode { exit_code = 0 }
+        end)
+        return { exit_code = 0, after = 10, no_exit_file = true }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 120))
+      local m = f:reports()[1].message
+      assert.equals("finished", m.type)
+      assert.is_nil(f.procs[1].terminated_with_grace)
+    end)
+end)
+
+describe("the heartbeat", function()
+  it("waits no longer than its cap when the dashboard asks for 600 s", function()
+    local f = fake()
+    local asked = false
+    P.dashboard(f, { override = function(_, path)
+      if path == "/api/heartbeat" and not asked then
+        asked = true
+        return P.json(503, { error = "busy" }, { ["retry-after"] = "600" })
+      end
+    end })
+    P.start(f)
+    f:run_for(60)
+    local beats = f:requests_to("/api/heartbeat$")
+    assert.is_true(asked)
+    assert.is_true(beats[2].at - beats[1].at <= 15,
+      "next heartbeat after " .. (beats[2].at - beats[1].at) .. " s")
+  end)
+
+  it("comes within one interval after the dashboard is back", function()
+    local f = fake()
+    P.dashboard(f)
+    local inner = f.http_handler
+    -- five outages of a minute each, every two minutes
+    local function down() return f.now % 120 >= 60 and f.now < 600 end
+    f.http_handler = function(req, ff)
+      if down() then return nil, "connection refused", "connect" end
+      return inner(req, ff)
+    end
+    P.start(f)
+    f:run_for(660)
+    local beats = f:requests_to("/api/heartbeat$")
+    for back = 120, 600, 120 do
+      local first
+      for _, r in ipairs(beats) do
+        if r.delivered and r.at >= back then first = first or r.at end
+      end
+      assert.is_true(first - back <= 5 * 1.1, "first heartbeat " ..
+        (first - back) .. " s after the dashboard came back at " .. back)
+    end
+  end)
+end)
+
+describe("SIGHUP", function()
+  it("is logged and the agent keeps running (Linux)", function()
+    local f = fake()
+    P.dashboard(f)
+    P.start(f)
+    f:run_for(5)
+    f:signal("SIGHUP")
+    f:run_for(30)
+    assert.is_nil(f.exit_code)
+    assert.matches("SIGHUP received", f:log_text())
+    assert.is_true(#f:requests_to("/api/heartbeat$") >= 6)
+  end)
+end)
+
+describe("settings that must fail loudly", function()
+  it("trim a token pasted with its newline", function()
+    local f = fake { GOLIAT_API_TOKEN = "  s3cret-token\n" }
+    local s = assert(agent.load_settings(f.host))
+    assert.equals("s3cret-token", s.api_token)
+  end)
+
+  for var, bad in pairs {
+    GOLIAT_MACHINE_ID = "vm-1\n2026-01-01T00:00:00Z error forged",
+    GOLIAT_API_TOKEN = "abc\rdef",
+    GOLIAT_MONITORING_URL = "http://dash.test/\tx",
+    GOLIAT_HEARTBEAT_INTERVAL = "1e-9",
+    GOLIAT_POLL_INTERVAL = "0.001",
+  } do
+    it("refuse " .. var .. " = " .. cjson.encode(bad) .. ", naming it, exit 2",
+      function()
+        local f = fake { [var] = bad }
+        local s, err = agent.load_settings(f.host)
+        assert.is_nil(s)
+        assert.matches(var, err)
+        local old = io.stderr
+        io.stderr = { write = function() end } -- luacheck: ignore
+        P.start(f)
+        f:run_for(1)
+        io.stderr = old -- luacheck: ignore
+        assert.equals(2, f.exit_code)
+        assert.equals(0, #f.requests)
+      end)
+  end
+
+  it("refuse a work dir that cannot be written, naming GOLIAT_WORK_DIR",
+    function()
+      local f = fake_host.new { env = { GOLIAT_MONITORING_URL = P.DASH,
+        GOLIAT_WORK_DIR = "/ro" } }
+      local write = f.host.fs.write_atomic
+      f.host.fs.write_atomic = function(path, data)
+        if path:sub(1, 4) == "/ro/" then
+          return nil, path .. ": read-only file system", "EROFS"
+        end
+        return write(path, data)
+      end
+      local s, err = agent.load_settings(f.host)
+      assert.is_nil(s)
+      assert.matches("GOLIAT_WORK_DIR: cannot write in /ro", err)
+    end)
+end)
+
+describe("a config that downloads whole but is not JSON", function()
+  it("is reported at once, not retried for ten minutes", function()
+    local f = fake()
+    P.dashboard(f, { queue = { P.assignment() }, configs = {
+      [P.BLOB .. "/c3.json"] = "<html>not json</html>" } })
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+    assert.equals(1, #f:requests_to("^" .. P.BLOB))
+    assert.matches("not a JSON object", f:reports()[1].message.message)
+  end)
+end)
