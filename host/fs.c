@@ -308,6 +308,20 @@ static int l_remove(lua_State *L) {
   return 1;
 }
 
+/* host.fs.rename(from, to) -> true | nil, msg, code. Replaces `to` when it
+ * is a file (on Windows too); a link `from` is moved, not its target. */
+static int l_rename(lua_State *L) {
+  const char *from = luaL_checkstring(L, 1);
+  const char *to = luaL_checkstring(L, 2);
+  uv_fs_t req;
+  int rc = uv_fs_rename(NULL, &req, from, to, NULL);
+  uv_fs_req_cleanup(&req);
+  if (rc < 0)
+    return host_fail_uv(L, rc, from);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* host.fs.list(path) -> sorted array of names | nil, msg, code */
 static int l_list(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -362,8 +376,9 @@ void host_open_fs(lua_State *L) {
       {"read", l_read},     {"write_atomic", l_write_atomic},
       {"append", l_append}, {"mkdir_p", l_mkdir_p},
       {"exists", l_exists}, {"stat", l_stat},
-      {"remove", l_remove}, {"list", l_list},
-      {"join", l_join},     {NULL, NULL}};
+      {"remove", l_remove}, {"rename", l_rename},
+      {"list", l_list},     {"join", l_join},
+      {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "fs");
 }

@@ -69,6 +69,7 @@ local DEFAULTS = {
   jitter = 0.1,                -- periodic loops vary by +/- 10%
 
   request_timeout = 15,        -- dashboard calls, seconds
+  gpu_probe_timeout = 10,      -- nvidia-smi, seconds
   max_reply_bytes = 1024 * 1024,
   download_timeout = 120,      -- one config download attempt, seconds
   download_retry_for = 600,    -- keep retrying a failed download this long
@@ -497,9 +498,9 @@ function Agent:deliver(file, item, deadline)
   local clock = self.host.time
   local what = item.body.message and item.body.message.assignment_id
   while true do
-    local ok, err, retry_after = self:register()
+    local ok, err, retry_after, res = self:register()
     if ok then
-      ok, err, retry_after = self:call("POST", item.path, item.body)
+      ok, err, retry_after, res = self:call("POST", item.path, item.body)
     else
       err = "heartbeat before the report failed: " .. tostring(err)
     end
@@ -508,6 +509,14 @@ function Agent:deliver(file, item, deadline)
       self.outbox:done(file)
       self.log.info("reported %s for assignment %s",
         tostring(item.body.message and item.body.message.type), tostring(what))
+      return true
+    end
+    if res and M.refused_for_good(res.status) then
+      -- asking again will not help, and it must not hold up all work
+      local kept = self.outbox:reject(file)
+      self.log.error("report for assignment %s refused by the dashboard " ..
+        "for good (%s): not sent again, kept in %s", tostring(what), err,
+        tostring(kept))
       return true
     end
     local n = self:note_failure("report", err)
@@ -519,6 +528,12 @@ function Agent:deliver(file, item, deadline)
     end
     clock.sleep(delay)
   end
+end
+
+-- A reply that will not change if the same request is sent again: a 4xx
+-- but 408 (timeout) and 429 (slow down). Everything else is retried.
+function M.refused_for_good(status)
+  return status >= 400 and status < 500 and status ~= 408 and status ~= 429
 end
 
 -- Reports left by an earlier run, oldest first, before anything new.
@@ -582,6 +597,10 @@ function Agent:handle(work)
 end
 
 function Agent:prepare_and_run(work, started_at)
+  -- each assignment's study log starts fresh; the last one is kept as .1
+  local log_path = self:file(work, "study_%d.log")
+  local fs = self.host.fs
+  if fs.exists(log_path) then fs.rename(log_path, log_path .. ".1") end
   local path, err = self:protocol_for(work.protocol):prepare(work)
   if not path then
     return { error = err }
@@ -599,7 +618,11 @@ end
 -- both only while the dashboard still shows the work as ours.
 function Agent:recover()
   local h = self.host
-  local state = durable.load_state(h, self.state_file, self.log)
+  local state, damaged_id = durable.load_state(h, self.state_file, self.log)
+  if damaged_id then
+    self:finish(damaged_id, { error = "the agent's state file was damaged " ..
+      "(kept as agent_state.json.bad): how the study ended is unknown" }, 0)
+  end
   if not state then return end
   local a = state.assignment
   self.busy = true
@@ -761,6 +784,11 @@ end
 function Agent:start()
   local h = self.host
   self.facts = settings_lib.host_facts(h, self.s.hostname)
+  -- nvidia-smi can hang: the heartbeat does not wait for it
+  h.task.spawn("gpu probe", function()
+    self.facts.gpuName = settings_lib.gpu_name(h, self.s.work_dir,
+      self.s.gpu_probe_timeout)
+  end)
   self.log.info("goliat agent %s for %s, protocol %s, work dir %s, " ..
     "project dir %s", h.version or "?", self.s.monitoring_url,
     self.s.protocol, self.s.work_dir, self.s.project_dir)

@@ -192,3 +192,118 @@ describe("a config that downloads whole but is not JSON", function()
     assert.matches("not a JSON object", f:reports()[1].message.message)
   end)
 end)
+
+describe("the GPU probe", function()
+  local function with_smi(after)
+    local f = P.new_fake { GOLIAT_PUBLIC_IP_URL = "", PATH = "/usr/bin" }
+    f.files["/usr/bin/nvidia-smi"] = ""
+    P.dashboard(f)
+    f.spawn_handler = function(opts)
+      if opts.argv[1]:match("nvidia%-smi$") then
+        f.files[opts.stdout] = "NVIDIA RTX A6000\n"
+        return { exit_code = 0, after = after }
+      end
+      return { exit_code = 0, after = 1 }
+    end
+    P.start(f)
+    return f
+  end
+
+  it("that hangs neither delays the first heartbeat nor runs for ever",
+    function()
+      local f = with_smi(3600)
+      f:run_for(60)
+      local beats = f:requests_to("/api/heartbeat$")
+      assert.equals(0, beats[1].at)
+      assert.is_true(f.procs[1].ended, "the hung nvidia-smi was not stopped")
+      assert.is_nil(cjson.decode(beats[#beats].body).gpuName)
+    end)
+
+  it("writes its output in the work dir, never in a shared folder, and the " ..
+    "name reaches the heartbeat", function()
+      local f = with_smi(1)
+      f:run_for(20)
+      assert.equals("/work/agent/.gpu_name.txt", f.spawned[1].stdout)
+      local beats = f:requests_to("/api/heartbeat$")
+      assert.equals("NVIDIA RTX A6000", cjson.decode(beats[#beats].body).gpuName)
+      assert.is_nil(f.files["/work/agent/.gpu_name.txt"])
+    end)
+end)
+
+describe("a password in a URL", function()
+  it("is never logged", function()
+    local f = fake { GOLIAT_MONITORING_URL = "http://agent:pa55word@dash.test" }
+    P.start(f)
+    f:run_for(30)
+    assert.matches("http://%*%*%*@dash%.test", f:log_text())
+    assert.is_nil(f:log_text():find("pa55word", 1, true))
+  end)
+end)
+
+describe("a report the dashboard refuses for good", function()
+  it("is set aside in rejected/ and work goes on", function()
+    local f = fake()
+    P.dashboard(f, {
+      queue = { P.assignment(), P.assignment { id = "a-2" } },
+      configs = { [P.BLOB .. "/c3.json"] = "{}" },
+      override = function(req, path)
+        if path == "/api/gui-update" and req.body:match('"a%-1"') then
+          return P.json(400, { error = "invalid payload" })
+        end
+      end })
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+    assert.equals("a-2", f:reports()[1].message.assignment_id)
+    assert.equals(2, #f.spawned)
+    local kept = f.host.fs.list("/work/agent/rejected")
+    assert.equals(1, #kept)
+    assert.matches('"a%-1"', f.files["/work/agent/rejected/" .. kept[1]])
+    assert.equals(1, #f:requests_to("/api/gui%-update$") - 1)
+    assert.matches("refused by the dashboard for good", f:log_text())
+  end)
+
+  it("but a 429 or a 408 is retried", function()
+    assert.is_false(agent.refused_for_good(429))
+    assert.is_false(agent.refused_for_good(408))
+    assert.is_false(agent.refused_for_good(503))
+    assert.is_true(agent.refused_for_good(400))
+  end)
+end)
+
+describe("a damaged state file", function()
+  for name, text in pairs {
+    ["with a started_at of the wrong type"] = cjson.encode { assignment =
+      { id = "dmg" }, started_at = "yesterday", pid = 5001 },
+    ["with a negative pid"] = cjson.encode { assignment = { id = "dmg" },
+      pid = -5 },
+  } do
+    it(name .. " is set aside, its assignment reported, and work goes on",
+      function()
+        local f = fake()
+        P.dashboard(f, { queue = { P.assignment() },
+          configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+        f.files[STATE] = text
+        P.start(f)
+        assert.is_true(f:run_until(function() return #f:reports() >= 2 end, 600))
+        local first = f:reports()[1].message
+        assert.equals("dmg", first.assignment_id)
+        assert.equals("fatal_error", first.type)
+        assert.matches("state file was damaged", first.message)
+        assert.equals("a-1", f:reports()[2].message.assignment_id)
+        assert.equals(text, f.files[STATE .. ".bad"])
+      end)
+  end
+end)
+
+describe("the study log", function()
+  it("starts fresh for each assignment, the last one kept as .1", function()
+    local f = fake()
+    P.dashboard(f, { queue = { P.assignment() },
+      configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+    f.files["/work/agent/study_3.log"] = "an earlier run's 200 MB"
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+    assert.is_nil(f.files["/work/agent/study_3.log"])
+    assert.equals("an earlier run's 200 MB", f.files["/work/agent/study_3.log.1"])
+  end)
+end)

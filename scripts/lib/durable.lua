@@ -71,6 +71,19 @@ function Outbox:done(file)
   if file then self.host.fs.remove(file) end
 end
 
+-- Move a report the dashboard refused for good to rejected/ beside the
+-- outbox (kept for a person to look at, never sent again); returns where.
+function Outbox:reject(file)
+  if not file then return nil end
+  local fs = self.host.fs
+  local dir = fs.join((self.dir:gsub("[/\\][^/\\]+[/\\]?$", "")), "rejected")
+  fs.mkdir_p(dir)
+  local to = fs.join(dir, (file:match("([^/\\]+)$")))
+  local ok = fs.write_atomic(to, fs.read(file) or "")
+  if ok then fs.remove(file) end
+  return ok and to or file
+end
+
 ------------------------------------------------------------------------------
 -- State file: the study under way, or nothing.
 ------------------------------------------------------------------------------
@@ -78,16 +91,44 @@ function M.save_state(host, file, state)
   return host.fs.write_atomic(file, cjson.encode(state))
 end
 
--- The saved state, or nil. A file that does not parse is set aside.
+-- What is wrong with a state's fields, or nil when nothing is.
+local function state_problem(state)
+  if type(state) ~= "table" or type(state.assignment) ~= "table" then
+    return "not a state"
+  end
+  local function count(v) return math.tointeger(v) and v >= 1 end
+  local checks = {
+    pid = count, attempt = count,
+    started_at = function(v) return type(v) == "number" end,
+    start_time = function(v) return type(v) == "number" end,
+    exit_file = function(v) return type(v) == "string" end,
+    config_path = function(v) return type(v) == "string" end,
+  }
+  for field, ok in pairs(checks) do
+    if state[field] ~= nil and not ok(state[field]) then
+      return "bad '" .. field .. "'"
+    end
+  end
+  if type(state.assignment.id) ~= "string" then return "no assignment id" end
+  return nil
+end
+
+-- The saved state, or nil. A file that is not a valid state is set aside
+-- (as .bad); nil is then followed by the id of its assignment when it can
+-- be read, so that the assignment is still reported.
 function M.load_state(host, file, log)
   local text = host.fs.read(file)
   if not text then return nil end
   local state = cjson.decode(text)
-  if type(state) ~= "table" or type(state.assignment) ~= "table" then
-    log.error("state file %s is unreadable: kept as %s.bad", file, file)
+  local problem = state_problem(state)
+  if problem then
+    log.error("state file %s is unreadable (%s): kept as %s.bad", file,
+      problem, file)
     host.fs.write_atomic(file .. ".bad", text)
     host.fs.remove(file)
-    return nil
+    local a = type(state) == "table" and state.assignment
+    local id = type(a) == "table" and type(a.id) == "string" and a.id or nil
+    return nil, id
   end
   return state
 end

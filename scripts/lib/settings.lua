@@ -310,15 +310,16 @@ function M.load(host, defaults)
   return s
 end
 
--- host.log with the API token (and its URL-encoded form) replaced by
--- "***" in every message; redact(s) does the same to any string.
+-- host.log with the API token (and its URL-encoded form), and the user and
+-- password of any URL (scheme://user:password@host), replaced by "***" in
+-- every message; redact(s) does the same to any string.
 function M.redacting_log(log, token)
   local secrets = {}
   if token and token ~= "" then
     secrets = { token, M.url_encode(token) }
   end
   local function redact(s)
-    s = tostring(s)
+    s = tostring(s):gsub("(%a[%w+.-]*://)[^/?#@%s]+@", "%1***@")
     for _, secret in ipairs(secrets) do
       local at = 1
       while true do
@@ -340,28 +341,36 @@ function M.redacting_log(log, token)
   return out
 end
 
--- Facts sent with each heartbeat (PROTOCOL.md section 3).
+-- Facts sent with each heartbeat (PROTOCOL.md section 3); gpuName is
+-- added later by gpu_name, which may take a while.
 function M.host_facts(host, hostname)
-  local facts = {
+  return {
     hostname = hostname or host.sys.hostname(),
     cpuCores = host.sys.cpu_count(),
     totalRamGB = math.floor(host.sys.total_memory() / 2 ^ 30 * 10 + 0.5) / 10,
   }
-  facts.gpuName = M.gpu_name(host)
-  return facts
 end
 
--- The first NVIDIA GPU's name, from nvidia-smi when it is installed.
-function M.gpu_name(host)
+-- The first NVIDIA GPU's name, from nvidia-smi when it is installed, or
+-- nil. Its output goes to a file in the agent's own work dir (never a
+-- shared folder such as /tmp, where a planted link could redirect it), and
+-- a probe that hangs is killed after `timeout` seconds.
+function M.gpu_name(host, work_dir, timeout)
   local smi = M.which(host, "nvidia-smi")
   if not smi then return nil end
-  local out = host.fs.join(host.sys.getenv("TEMP") or "/tmp",
-    "goliat-gpu-" .. host.sys.pid() .. ".txt")
+  local out = host.fs.join(work_dir, ".gpu_name.txt")
+  host.fs.remove(out)
   local p = host.proc.spawn {
     argv = { smi, "--query-gpu=name", "--format=csv,noheader" },
     stdout = out, stderr = "null",
   }
-  local code = p and p:wait()
+  if not p then return nil end
+  local deadline = host.time.monotonic() + timeout
+  while p:running() and host.time.monotonic() < deadline do
+    host.time.sleep(0.1)
+  end
+  if p:running() then p:kill() end
+  local code = p:wait()
   local text = code == 0 and host.fs.read(out) or nil
   host.fs.remove(out)
   local name = text and text:match("^%s*([^\r\n]-)%s*[\r\n]")

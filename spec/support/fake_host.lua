@@ -301,6 +301,15 @@ function Fake:make_host()
       f.files[path] = nil
       return true
     end,
+    rename = function(from, to)
+      from, to = normalize(from), normalize(to)
+      if not f.files[from] then
+        return nil, from .. ": no such file or directory", "ENOENT"
+      end
+      table.insert(f.writes, to)
+      f.files[to], f.files[from] = f.files[from], nil
+      return true
+    end,
     list = function(dir)
       dir = normalize(dir .. "/")
       local names = {}
