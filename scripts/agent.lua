@@ -590,7 +590,12 @@ function Agent:handle(work)
     end
     self:note_success("claim")
     self:save_state(state) -- now with what taking it told (the worker row)
-    outcome = self:prepare_and_run(work, state.started_at)
+    if self.stopping then
+      outcome = { error = "agent stopped by " .. self.stopping ..
+        " before the study started" }
+    else
+      outcome = self:prepare_and_run(work, state.started_at)
+    end
   end
   self:finish(work.id, outcome, clock.monotonic() - started)
   return outcome.exit_code ~= nil or outcome.signal ~= nil
@@ -713,7 +718,13 @@ function Agent:work_loop()
   self:flush_outbox()
   self:recover()
   while not self.stopping do
+    -- a stop waits for this call: the planned API hands work out with it
+    self.busy = true
     local work, err, retry_after, step = self:find_work()
+    self.busy = false
+    if work and self.stopping and not self.protocol.finding_takes then
+      work = false -- chosen, not taken: nothing to report
+    end
     local delay = self:jittered(self.s.poll_interval)
     if work == nil then
       local n = self:note_failure(step, err)

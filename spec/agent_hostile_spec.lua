@@ -307,3 +307,45 @@ describe("the study log", function()
     assert.equals("an earlier run's 200 MB", f.files["/work/agent/study_3.log.1"])
   end)
 end)
+
+describe("a stop (SIGTERM)", function()
+  it("during an in-flight poll lets it finish and reports what it handed " ..
+    "out", function()
+      local f = fake()
+      P.dashboard(f, { queue = { P.assignment() },
+        configs = { [P.BLOB .. "/c3.json"] = "{}" },
+        override = function(_, path)
+          if path:match("^/api/assignment") then f.host.time.sleep(5) end
+        end })
+      P.start(f)
+      f:run_for(1) -- the first poll is under way
+      f:signal("SIGTERM")
+      f:run_for(60)
+      assert.equals(0, f.exit_code)
+      assert.equals(0, #f.spawned)
+      local m = assert(f:reports()[1], "the assignment was never reported").message
+      assert.equals("a-1", m.assignment_id)
+      assert.equals("fatal_error", m.type)
+      assert.matches("before the study started", m.message)
+    end)
+
+  it("during a slow config download reports the assignment without waiting " ..
+    "for it", function()
+      local f = fake()
+      P.dashboard(f, { queue = { P.assignment() }, configs = {
+        [P.BLOB .. "/c3.json"] = function()
+          f.host.time.sleep(100)
+          return { status = 200, body = "{}" }
+        end } })
+      P.start(f)
+      f:run_for(5)
+      f:signal("SIGTERM")
+      f:run_for(30)
+      assert.equals(0, f.exit_code)
+      local m = assert(f:reports()[1], "the assignment was never reported").message
+      assert.equals("fatal_error", m.type)
+      assert.matches("during the config download", m.message)
+      assert.is_true(f:reports()[1] and true)
+      assert.equals(0, #f.spawned)
+    end)
+end)

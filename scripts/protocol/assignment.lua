@@ -44,8 +44,10 @@ function M.validate(a)
   }
 end
 
+-- finding_takes: work that find_work returns is ours already (and must be
+-- reported even when the agent is stopping).
 function M.new(agent)
-  return setmetatable({ agent = agent }, M)
+  return setmetatable({ agent = agent, finding_takes = true }, M)
 end
 
 -- One poll. An invalid assignment comes back as {invalid = why, id = ...}
@@ -123,7 +125,18 @@ function M:prepare(work)
   agent.log.info("assignment %s (split %d): downloading config", work.id,
     work.split_index)
   while true do
-    local ok, err, permanent = download_once(agent, work, path)
+    -- the download runs beside, so that a stop does not wait for it
+    local done
+    agent.host.task.spawn("config download", function()
+      done = table.pack(pcall(download_once, agent, work, path))
+    end)
+    while not done and not agent.stopping do clock.sleep(0.1) end
+    if not done then
+      return nil, "agent stopped by " .. agent.stopping ..
+        " during the config download"
+    end
+    if not done[1] then error(done[2], 0) end
+    local ok, err, permanent = done[2], done[3], done[4]
     if ok then
       agent:note_success("config download")
       return path

@@ -45,6 +45,7 @@ end
 function M.new(agent)
   return setmetatable({
     agent = agent,
+    finding_takes = false, -- work found is claimed by take()
     worker_id = nil,  -- our worker row on the dashboard, once a claim told
     configs = {},     -- assignment id -> splitConfig, from the last read
     said = {},        -- warnings given once
