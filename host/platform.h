@@ -81,6 +81,6 @@ int plat_pid_alive(int pid);
 
 /* When process pid started, in a platform unit (clock ticks since boot on
  * Linux, FILETIME on Windows); 0 or a libuv error. */
-int plat_pid_start_time(int pid, double *out);
+int plat_pid_start_time(int pid, long long *out);
 
 #endif

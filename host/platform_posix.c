@@ -185,7 +185,7 @@ int plat_pid_alive(int pid) {
   return 1;
 }
 
-int plat_pid_start_time(int pid, double *out) {
+int plat_pid_start_time(int pid, long long *out) {
 #ifdef __linux__
   char name[16], buf[1024];
   snprintf(name, sizeof name, "%d", pid);
@@ -203,7 +203,7 @@ int plat_pid_start_time(int pid, double *out) {
   }
   if (sscanf(p, " %llu", &start) != 1)
     return UV_EINVAL;
-  *out = (double)start;
+  *out = (long long)start;
   return 0;
 #else
   (void)pid;

@@ -615,7 +615,7 @@ int plat_pid_alive(int pid) {
   return rc == WAIT_TIMEOUT;
 }
 
-int plat_pid_start_time(int pid, double *out) {
+int plat_pid_start_time(int pid, long long *out) {
   HANDLE h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, (DWORD)pid);
   if (!h)
     return uv_translate_sys_error((int)GetLastError());
@@ -624,8 +624,8 @@ int plat_pid_start_time(int pid, double *out) {
   CloseHandle(h);
   if (!ok)
     return uv_translate_sys_error((int)GetLastError());
-  *out = (double)(((unsigned long long)created.dwHighDateTime << 32) |
-                  created.dwLowDateTime);
+  *out = (long long)(((unsigned long long)created.dwHighDateTime << 32) |
+                     created.dwLowDateTime);
   return 0;
 }
 

@@ -671,11 +671,11 @@ static int l_attach(lua_State *L) {
 static int l_start_time(lua_State *L) {
   lua_Integer pid = luaL_checkinteger(L, 1);
   luaL_argcheck(L, pid > 0 && pid <= INT32_MAX, 1, "not a process id");
-  double t;
+  long long t;
   int rc = plat_pid_start_time((int)pid, &t);
   if (rc != 0)
     return host_fail_uv(L, rc, "start_time");
-  lua_pushnumber(L, t);
+  lua_pushinteger(L, (lua_Integer)t);
   return 1;
 }
 

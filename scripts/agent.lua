@@ -372,7 +372,8 @@ function Agent:run_attempt(a, config_path, attempt, started_at)
   local state = {
     assignment = a,
     pid = proc.pid,
-    start_time = h.proc.start_time(proc.pid),
+    -- a string: Windows' 18 digits do not survive lua-cjson as a number
+    start_time = M.start_time_text(h.proc.start_time(proc.pid)),
     exit_file = exit_file,
     config_path = config_path,
     attempt = attempt,
@@ -711,7 +712,15 @@ function Agent:same_process(state)
       state.start_time == nil or not self.host.proc.alive(pid) then
     return false
   end
-  return self.host.proc.start_time(pid) == state.start_time
+  return M.start_time_text(self.host.proc.start_time(pid)) ==
+    M.start_time_text(state.start_time)
+end
+
+-- A process start time as text: an integer's digits, all of them (state
+-- files written before this was a string hold a number).
+function M.start_time_text(t)
+  if type(t) == "number" then return tostring(math.tointeger(t) or t) end
+  return t
 end
 
 function Agent:work_loop()

@@ -172,7 +172,7 @@ describe("a study that outlives the agent", function()
     f:kill_agent()
     -- same pid, different start time: the pid was reused
     local state = cjson.decode(f.files["/work/agent/agent_state.json"])
-    state.start_time = state.start_time + 12345
+    state.start_time = tostring(tonumber(state.start_time) + 12345)
     f.files["/work/agent/agent_state.json"] = cjson.encode(state)
     P.start(f)
     assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))

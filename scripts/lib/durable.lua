@@ -100,7 +100,7 @@ local function state_problem(state)
   local checks = {
     pid = count, attempt = count,
     started_at = function(v) return type(v) == "number" end,
-    start_time = function(v) return type(v) == "number" end,
+    start_time = function(v) return type(v) == "number" or type(v) == "string" end,
     exit_file = function(v) return type(v) == "string" end,
     config_path = function(v) return type(v) == "string" end,
   }
