@@ -182,10 +182,11 @@ describe("settings that must fail loudly", function()
 end)
 
 describe("a config that downloads whole but is not JSON", function()
-  it("is reported at once, not retried for ten minutes", function()
+  it("is reported at once, not retried for ten minutes (an HTML page is " ..
+    "retried: a proxy's error)", function()
     local f = fake()
     P.dashboard(f, { queue = { P.assignment() }, configs = {
-      [P.BLOB .. "/c3.json"] = "<html>not json</html>" } })
+      [P.BLOB .. "/c3.json"] = 'study = "not json"\n' } })
     P.start(f)
     assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
     assert.equals(1, #f:requests_to("^" .. P.BLOB))

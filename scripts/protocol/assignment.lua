@@ -107,7 +107,12 @@ local function download_once(agent, work, path)
   if not res then return nil, err end
   if res.status ~= 200 then return nil, "HTTP " .. res.status end
   if type(cjson.decode(res.body)) ~= "table" then
-    -- it was delivered whole: asking again gives the same bytes
+    -- an HTML page is a proxy's or portal's error: worth another try
+    if (res.headers["content-type"] or ""):find("html", 1, true) or
+        res.body:match("^%s*<") then
+      return nil, "the config download got an HTML page, not JSON"
+    end
+    -- anything else was delivered whole: asking again gives the same bytes
     return nil, "config is not a JSON object or array", "permanent"
   end
   return h.fs.write_atomic(path, res.body)
