@@ -7,6 +7,7 @@
  */
 #include "fs.h"
 #include "host.h"
+#include "platform.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -371,14 +372,55 @@ static int l_join(lua_State *L) {
   return 1;
 }
 
+/* ---- host.fs.lock(path) -> lock | nil, msg, code ("EBUSY": held by
+ * another process). The lock lasts while the lock object lives, until
+ * lock:unlock(), or until the process ends in any way. ---- */
+#define LOCK_MT "goliat.fs.lock"
+
+typedef struct {
+  plat_lock *lock;
+} lock_ud;
+
+static int l_lock(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lock_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  ud->lock = NULL;
+  luaL_setmetatable(L, LOCK_MT);
+  int rc = plat_lock_file(path, &ud->lock);
+  if (rc == UV_EBUSY)
+    return host_fail(L, "EBUSY", "%s: locked by another process", path);
+  if (rc != 0)
+    return host_fail_uv(L, rc, path);
+  return 1;
+}
+
+static int l_unlock(lua_State *L) {
+  lock_ud *ud = luaL_checkudata(L, 1, LOCK_MT);
+  plat_unlock(ud->lock);
+  ud->lock = NULL;
+  return 0;
+}
+
 void host_open_fs(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-      {"read", l_read},     {"write_atomic", l_write_atomic},
-      {"append", l_append}, {"mkdir_p", l_mkdir_p},
-      {"exists", l_exists}, {"stat", l_stat},
-      {"remove", l_remove}, {"rename", l_rename},
-      {"list", l_list},     {"join", l_join},
-      {NULL, NULL}};
+  static const luaL_Reg lock_methods[] = {{"unlock", l_unlock}, {NULL, NULL}};
+  luaL_newmetatable(L, LOCK_MT);
+  luaL_newlib(L, lock_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_unlock);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  static const luaL_Reg funcs[] = {{"lock", l_lock},
+                                   {"read", l_read},
+                                   {"write_atomic", l_write_atomic},
+                                   {"append", l_append},
+                                   {"mkdir_p", l_mkdir_p},
+                                   {"exists", l_exists},
+                                   {"stat", l_stat},
+                                   {"remove", l_remove},
+                                   {"rename", l_rename},
+                                   {"list", l_list},
+                                   {"join", l_join},
+                                   {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "fs");
 }

@@ -83,4 +83,14 @@ int plat_pid_alive(int pid);
  * Linux, FILETIME on Windows); 0 or a libuv error. */
 int plat_pid_start_time(int pid, long long *out);
 
+/* ---- file locks ---- */
+
+/* Take an exclusive lock on the file path (created if missing) without
+ * waiting. The lock lasts until plat_unlock or the process ends, however
+ * it ends (a kill too); children do not inherit it. Returns 0 and sets
+ * *lock, UV_EBUSY when another process holds it, or a libuv error. */
+typedef struct plat_lock plat_lock;
+int plat_lock_file(const char *path, plat_lock **lock);
+void plat_unlock(plat_lock *lock);
+
 #endif

@@ -5,10 +5,13 @@
 #include "platform.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #ifdef __linux__
 #include <dirent.h>
@@ -183,6 +186,35 @@ int plat_pid_alive(int pid) {
     return state != 'Z' && state != 'X';
 #endif
   return 1;
+}
+
+struct plat_lock {
+  int fd;
+};
+
+int plat_lock_file(const char *path, plat_lock **lock) {
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return uv_translate_sys_error(errno);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    close(fd);
+    return err == EWOULDBLOCK ? UV_EBUSY : uv_translate_sys_error(err);
+  }
+  *lock = malloc(sizeof **lock);
+  if (!*lock) {
+    close(fd);
+    return UV_ENOMEM;
+  }
+  (*lock)->fd = fd;
+  return 0;
+}
+
+void plat_unlock(plat_lock *lock) {
+  if (lock) {
+    close(lock->fd); /* releases the flock */
+    free(lock);
+  }
 }
 
 int plat_pid_start_time(int pid, long long *out) {

@@ -615,6 +615,45 @@ int plat_pid_alive(int pid) {
   return rc == WAIT_TIMEOUT;
 }
 
+struct plat_lock {
+  HANDLE h;
+};
+
+int plat_lock_file(const char *path, plat_lock **lock) {
+  wchar_t *w = to_wide(path);
+  if (!w)
+    return UV_EINVAL;
+  /* not inheritable (no security attributes): children do not hold it */
+  HANDLE h = CreateFileW(w, GENERIC_READ | GENERIC_WRITE,
+                         FILE_SHARE_READ | FILE_SHARE_WRITE, NULL, OPEN_ALWAYS,
+                         FILE_ATTRIBUTE_NORMAL, NULL);
+  free(w);
+  if (h == INVALID_HANDLE_VALUE)
+    return uv_translate_sys_error((int)GetLastError());
+  OVERLAPPED ov = {0};
+  if (!LockFileEx(h, LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY, 0, 1,
+                  0, &ov)) {
+    DWORD err = GetLastError();
+    CloseHandle(h);
+    return err == ERROR_LOCK_VIOLATION ? UV_EBUSY
+                                       : uv_translate_sys_error((int)err);
+  }
+  *lock = malloc(sizeof **lock);
+  if (!*lock) {
+    CloseHandle(h);
+    return UV_ENOMEM;
+  }
+  (*lock)->h = h;
+  return 0;
+}
+
+void plat_unlock(plat_lock *lock) {
+  if (lock) {
+    CloseHandle(lock->h); /* releases the lock */
+    free(lock);
+  }
+}
+
 int plat_pid_start_time(int pid, long long *out) {
   HANDLE h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, (DWORD)pid);
   if (!h)

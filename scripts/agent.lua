@@ -841,12 +841,24 @@ function M.main(host)
     host.exit(2)
     return
   end
+  -- one agent per work dir: two would write the same outbox and state
+  local lock, lerr = host.fs.lock(host.fs.join(settings.work_dir, "agent.lock"))
+  if not lock then
+    io.stderr:write("goliat-agent: GOLIAT_WORK_DIR ", settings.work_dir,
+      " cannot be used: ", tostring(lerr), lerr and lerr:match("locked") and
+      " (another agent runs with it: give each agent its own work dir)" or "",
+      "\n")
+    host.exit(2)
+    return
+  end
   math.randomseed(host.sys.pid(), math.floor(host.time.now() * 1000))
   -- once, before the first heartbeat: the id does not change while the
   -- agent runs
   settings.machine_id, settings.machine_id_source =
     settings_lib.machine_id(host, settings)
-  M.new(host, settings):start()
+  local agent = M.new(host, settings)
+  agent.lock = lock -- held while the agent lives
+  agent:start()
 end
 
 -- `require "agent"` (the specs) gets the module; goliat-host runs it.

@@ -90,6 +90,35 @@ describe("an agent killed with SIGKILL", function()
     end)
 end)
 
+describe("a second agent on the same work dir", function()
+  it("is refused with exit code 2 and a message, and the lock goes with a " ..
+    "killed agent", function()
+      local dash = cluster.start_dashboard()
+      local work = cluster.temp_dir("lock")
+      local env = cluster.agent_env(dash.url, work)
+      local first = cluster.start_agent(env, work)
+      assert(cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats >= 1
+      end, 20), "the first agent does not beat")
+      local H = require "support.helpers"
+      local r = H.run_host({ host.fs.join(cluster.source_dir,
+        "scripts/agent.lua") }, { env = env, timeout = 20 })
+      assert.equals(2, r.code)
+      assert.matches("GOLIAT_WORK_DIR .-another agent runs with it", r.stderr)
+      assert.is_true(first.proc:running())
+      assert(first.proc:signal("SIGKILL"))
+      first.proc:wait()
+      local beats = #cluster.events(dash).heartbeats
+      local second = cluster.start_agent(env, work)
+      local ok = cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats > beats + 1
+      end, 20)
+      cluster.stop(second.proc)
+      cluster.stop(dash.proc)
+      assert(ok, "the agent after the killed one does not run")
+    end)
+end)
+
 describe("a study over its time limit that ignores SIGTERM", function()
   it("is killed with its grandchild after the grace period and reported", function()
     local dash = cluster.start_dashboard()

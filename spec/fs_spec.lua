@@ -199,6 +199,45 @@ describe("host.fs", function()
     end)
   end)
 
+  describe("lock", function()
+    -- another goliat-host process tries the lock and prints what it got
+    local function try_lock_elsewhere(file)
+      local script = path("try_lock.lua")
+      assert(fs.write_atomic(script, [[
+        local l, msg, code = require("host").fs.lock(arg[1])
+        io.stdout:write(l and "locked" or tostring(code))
+      ]]))
+      local out = path("try_lock.out")
+      fs.remove(out)
+      local code = H.run({ argv = { H.host_binary(), script, file },
+        stdout = out }, 20)
+      assert.equal(0, code)
+      return fs.read(out)
+    end
+
+    it("excludes other processes until unlocked (broken if a second agent " ..
+      "could share a work dir)", function()
+      local file = path("agent.lock")
+      local lock = assert(fs.lock(file))
+      assert.equal("EBUSY", try_lock_elsewhere(file))
+      lock:unlock()
+      assert.equal("locked", try_lock_elsewhere(file))
+    end)
+
+    it("is not inherited by children (broken if a study kept its agent's " ..
+      "lock after the agent died)", function()
+      local file = path("agent.lock")
+      local lock = assert(fs.lock(file))
+      local sleeper = path("sleep.lua")
+      assert(fs.write_atomic(sleeper, "require('host').time.sleep(30)\n"))
+      local child = assert(host.proc.spawn { argv = { H.host_binary(), sleeper } })
+      lock:unlock()
+      assert.equal("locked", try_lock_elsewhere(file))
+      child:kill()
+      child:wait()
+    end)
+  end)
+
   describe("rename", function()
     it("moves a file over an existing one (broken if the old one stays or " ..
       "Windows refuses to replace)", function()

@@ -26,6 +26,7 @@ function M.new(opts)
   f.tasks = {}
   f.env = opts.env or {}
   f.files = {}         -- path -> contents
+  f.locks = {}         -- path -> true while an agent holds it
   f.dirs = { ["/"] = true }
   f.writes = {}        -- every path written, in order
   f.requests = {}      -- every HTTP request, in order, with .at
@@ -158,6 +159,7 @@ end
 -- stay. start() then runs a new agent on the same machine.
 function Fake:kill_agent()
   for _, t in ipairs(self.tasks) do t.done = true end
+  self.locks = {}
   self.signal_handlers = {}
   self.exit_code = nil
 end
@@ -300,6 +302,13 @@ function Fake:make_host()
       end
       f.files[path] = nil
       return true
+    end,
+    -- the lock of a process: a killed agent's lock goes with it
+    lock = function(path)
+      path = normalize(path)
+      if f.locks[path] then return nil, path .. ": locked by another process", "EBUSY" end
+      f.locks[path] = true
+      return { unlock = function() f.locks[path] = nil end }
     end,
     rename = function(from, to)
       from, to = normalize(from), normalize(to)
