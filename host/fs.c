@@ -141,9 +141,9 @@ static int l_read(lua_State *L) {
   return 1;
 }
 
-static int write_file(const char *path, int flags, const char *data, size_t len,
-                      int sync) {
-  int fd = open_path(path, flags, 0644);
+static int write_file(const char *path, int flags, int mode, const char *data,
+                      size_t len, int sync) {
+  int fd = open_path(path, flags, mode);
   if (fd < 0)
     return fd;
   int rc = host_fs_write_all(fd, data, len);
@@ -161,8 +161,9 @@ static int l_write_atomic(lua_State *L) {
   const char *data = luaL_checklstring(L, 2, &len);
   const char *tmp = lua_pushfstring(L, "%s.tmp-%d-%d", path,
                                     (int)uv_os_getpid(), (int)++counter);
-  int rc = write_file(tmp, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, data,
-                      len, 1);
+  /* owner-only: the agent's state, reports and configs are nobody else's */
+  int rc = write_file(tmp, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0600,
+                      data, len, 1);
   if (rc == 0) {
     uv_fs_t req;
     rc = uv_fs_rename(NULL, &req, tmp, path, NULL);
@@ -184,7 +185,7 @@ static int l_append(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   const char *data = luaL_checklstring(L, 2, &len);
   int rc = write_file(path, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND,
-                      data, len, 0);
+                      0644, data, len, 0);
   if (rc < 0)
     return host_fail_uv(L, rc, path);
   lua_pushboolean(L, 1);

@@ -199,6 +199,20 @@ describe("host.fs", function()
     end)
   end)
 
+  describe("write_atomic's permissions", function()
+    it("are owner-only on POSIX (broken if other local users could read " ..
+      "the agent's state, reports or configs)", function()
+      if H.windows then
+        pending("POSIX permissions: Windows files inherit their folder's ACL")
+      end
+      assert(fs.write_atomic(path("state.json"), "{}"))
+      local out = path("mode")
+      assert.equal(0, (H.run({ argv = { "stat", "-c", "%a", path("state.json") },
+        stdout = out })))
+      assert.equal("600", (fs.read(out):gsub("%s+$", "")))
+    end)
+  end)
+
   describe("lock", function()
     -- another goliat-host process tries the lock and prints what it got
     local function try_lock_elsewhere(file)
