@@ -193,7 +193,8 @@ struct plat_lock {
 };
 
 int plat_lock_file(const char *path, plat_lock **lock) {
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  /* O_NOFOLLOW: a link planted in its place is not followed (as root) */
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0)
     return uv_translate_sys_error(errno);
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {

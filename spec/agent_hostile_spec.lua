@@ -8,11 +8,7 @@ local P = require "support.policy"
 
 local STATE = "/work/agent/agent_state.json"
 
-local function fake(env)
-  local e = { GOLIAT_PUBLIC_IP_URL = "" }
-  for k, v in pairs(env or {}) do e[k] = v end
-  return P.new_fake(e)
-end
+local fake = P.offline_fake
 
 -- A process of the fake machine that the agent did not start.
 local function foreign_process(f, pid)

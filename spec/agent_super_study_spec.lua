@@ -7,11 +7,7 @@ local fake_host = require "support.fake_host"
 local P = require "support.policy"
 local super = require "support.super_dashboard"
 
-local function fake(env)
-  local e = { GOLIAT_PUBLIC_IP_URL = "" }
-  for k, v in pairs(env or {}) do e[k] = v end
-  return P.new_fake(e)
-end
+local fake = P.offline_fake
 
 local function count(list, pred)
   local n = 0

@@ -238,6 +238,16 @@ describe("host.fs", function()
       assert.equal("locked", try_lock_elsewhere(file))
     end)
 
+    it("does not follow a link planted in its place (broken if root could " ..
+      "be made to create or lock another file)", function()
+      assert(fs.write_atomic(path("target"), "precious"))
+      ln_s(path("target"), path("agent.lock"))
+      local lock, msg = fs.lock(path("agent.lock"))
+      assert.is_nil(lock)
+      assert.is_string(msg)
+      assert.equal("precious", fs.read(path("target")))
+    end)
+
     it("is not inherited by children (broken if a study kept its agent's " ..
       "lock after the agent died)", function()
       local file = path("agent.lock")

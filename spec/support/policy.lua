@@ -61,6 +61,14 @@ function M.new_fake(env)
   return fake_host.new { env = e }
 end
 
+-- new_fake without the public-IP lookup: the machine id is the local
+-- address and the request log holds dashboard calls only.
+function M.offline_fake(env)
+  local e = { GOLIAT_PUBLIC_IP_URL = "" }
+  for k, v in pairs(env or {}) do e[k] = v end
+  return M.new_fake(e)
+end
+
 function M.assignment(over)
   local a = { id = "a-1", super_study_id = "s-1", split_index = 3,
     config_url = BLOB .. "/c3.json", created_at = "2026-11-28T00:00:00Z" }
