@@ -192,6 +192,59 @@ static int l_append(lua_State *L) {
   return 1;
 }
 
+/* Copy the open file `from` to the file `to` (created or emptied); returns
+ * the bytes copied or a libuv error. */
+static int64_t copy_fd(int from, const char *to) {
+  int out = open_path(to, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0644);
+  if (out < 0)
+    return out;
+  char *buf = malloc(READ_CHUNK);
+  int64_t total = buf ? 0 : UV_ENOMEM;
+  while (buf) {
+    uv_buf_t b = uv_buf_init(buf, READ_CHUNK);
+    uv_fs_t req;
+    int n = uv_fs_read(NULL, &req, from, &b, 1, -1, NULL);
+    uv_fs_req_cleanup(&req);
+    if (n == 0)
+      break;
+    int rc = n < 0 ? n : host_fs_write_all(out, buf, (size_t)n);
+    if (rc < 0) {
+      total = rc;
+      break;
+    }
+    total += n;
+  }
+  free(buf);
+  close_fd(out);
+  return total;
+}
+
+/* host.fs.copy_truncate(path, copy) -> bytes | nil, msg, code: copy the
+ * file at path to `copy` (replacing it), then empty path. Made for a log
+ * that a running process appends to (opened with O_APPEND, as host.proc
+ * opens stdout files): its next write starts the emptied file. Lines
+ * written between the copy and the truncation are lost. */
+static int l_copy_truncate(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *copy = luaL_checkstring(L, 2);
+  int fd = open_path(path, UV_FS_O_RDWR, 0);
+  if (fd < 0)
+    return host_fail_uv(L, fd, path);
+  int64_t copied = copy_fd(fd, copy);
+  if (copied < 0) {
+    close_fd(fd);
+    return host_fail_uv(L, (int)copied, copy);
+  }
+  uv_fs_t req;
+  int rc = uv_fs_ftruncate(NULL, &req, fd, 0, NULL);
+  uv_fs_req_cleanup(&req);
+  close_fd(fd);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_pushinteger(L, (lua_Integer)copied);
+  return 1;
+}
+
 /* Whether the folder part of path (before its last separator) exists and
  * is not a folder. */
 static int parent_is_not_dir(const char *path) {
@@ -414,6 +467,7 @@ void host_open_fs(lua_State *L) {
                                    {"read", l_read},
                                    {"write_atomic", l_write_atomic},
                                    {"append", l_append},
+                                   {"copy_truncate", l_copy_truncate},
                                    {"mkdir_p", l_mkdir_p},
                                    {"exists", l_exists},
                                    {"stat", l_stat},

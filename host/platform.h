@@ -83,6 +83,24 @@ int plat_pid_alive(int pid);
  * Linux, FILETIME on Windows); 0 or a libuv error. */
 int plat_pid_start_time(int pid, long long *out);
 
+/* This process keeps what it starts (a study's wrapper, the agent): on
+ * Linux it becomes the child subreaper of its descendants, so that a
+ * descendant orphaned or detached (setsid) is re-parented to it rather than
+ * to init and can still be ended (plat_orphans); on Windows, when it is the
+ * root of a tree started by plat_spawn, it holds a handle of that tree's
+ * Job Object, so that the job and its name last as long as it does (a named
+ * object leaves the namespace with its last handle). Returns 0, or
+ * UV_ENOSYS where the platform has neither. */
+int plat_keep_tree(void);
+
+/* The orphans this process adopted as subreaper: its children other than
+ * the pids in own[0..n) (those host.proc spawned, which libuv reaps).
+ * Exited ones are reaped; signum (when > 0) is sent to the others, each a
+ * child not yet reaped, so its pid cannot have been reused. Returns how
+ * many still run (0 where the platform has no subreaper: a Windows tree's
+ * Job Object holds every descendant instead), or a libuv error. */
+int plat_orphans(const int *own, size_t n, int signum);
+
 /* ---- file locks ---- */
 
 /* Take an exclusive lock on the file path (created if missing) without

@@ -15,6 +15,8 @@
 
 #ifdef __linux__
 #include <dirent.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #endif
 
 void plat_init(void) {
@@ -242,5 +244,55 @@ int plat_pid_start_time(int pid, long long *out) {
   (void)pid;
   (void)out;
   return UV_ENOSYS;
+#endif
+}
+
+int plat_keep_tree(void) {
+#ifdef __linux__
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1L, 0L, 0L, 0L) != 0)
+    return uv_translate_sys_error(errno);
+  return 0;
+#else
+  return UV_ENOSYS;
+#endif
+}
+
+int plat_orphans(const int *own, size_t n, int signum) {
+#ifdef __linux__
+  DIR *d = opendir("/proc");
+  if (!d)
+    return uv_translate_sys_error(errno);
+  pid_t self = getpid();
+  int running = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9')
+      continue;
+    char buf[512], state;
+    int ppid;
+    const char *rest = read_stat(e->d_name, buf, sizeof buf);
+    if (!rest || sscanf(rest, " %c %d", &state, &ppid) != 2 || ppid != self)
+      continue;
+    pid_t pid = (pid_t)strtol(e->d_name, NULL, 10);
+    int ours = 0;
+    for (size_t i = 0; i < n && !ours; i++)
+      ours = own[i] == (int)pid;
+    if (ours || pid <= 1)
+      continue;
+    if (state == 'Z' || state == 'X') {
+      waitpid(pid, NULL, WNOHANG); /* not libuv's: nobody else reaps it */
+      continue;
+    }
+    running++;
+    if (signum > 0)
+      kill(pid, signum);
+  }
+  closedir(d);
+  return running;
+#else
+  (void)own;
+  (void)n;
+  (void)signum;
+  return 0;
 #endif
 }

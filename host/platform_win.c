@@ -615,6 +615,35 @@ int plat_pid_alive(int pid) {
   return rc == WAIT_TIMEOUT;
 }
 
+/* Held until the process ends: see plat_keep_tree. */
+static HANDLE kept_job;
+
+int plat_keep_tree(void) {
+  if (kept_job)
+    return 0;
+  char name[64];
+  snprintf(name, sizeof name, "Local\\goliat-host-tree-%lu",
+           (unsigned long)GetCurrentProcessId());
+  HANDLE job = OpenJobObjectA(JOB_OBJECT_QUERY, FALSE, name);
+  if (!job)
+    return uv_translate_sys_error((int)GetLastError());
+  BOOL in = FALSE;
+  if (!IsProcessInJob(GetCurrentProcess(), job, &in) || !in) {
+    /* a job of an earlier process of our pid: not ours to keep */
+    CloseHandle(job);
+    return UV_ENOENT;
+  }
+  kept_job = job;
+  return 0;
+}
+
+int plat_orphans(const int *own, size_t n, int signum) {
+  (void)own;
+  (void)n;
+  (void)signum;
+  return 0; /* a tree's Job Object holds every descendant, orphaned or not */
+}
+
 struct plat_lock {
   HANDLE h;
 };

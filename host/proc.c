@@ -687,6 +687,46 @@ static int l_alive(lua_State *L) {
   return 1;
 }
 
+/* host.proc.keep_tree() -> true | nil, msg, code: this process keeps what
+ * it starts (platform.h, plat_keep_tree): on Linux, orphaned descendants
+ * are re-parented to it (see host.proc.orphans); on Windows, the Job
+ * Object it was started in lasts as long as it does. */
+static int l_keep_tree(lua_State *L) {
+  int rc = plat_keep_tree();
+  if (rc != 0)
+    return host_fail_uv(L, rc, "keep_tree");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* host.proc.orphans([signal]) -> count | nil, msg, code: how many
+ * descendants this process adopted (after host.proc.keep_tree) still run;
+ * those that ended are reaped, and `signal` is sent to the others. Its own
+ * children from host.proc.spawn are not orphans. Always 0 on Windows, where
+ * a tree's Job Object holds every descendant. */
+static int l_orphans(lua_State *L) {
+  int signum = 0;
+  if (!lua_isnoneornil(L, 1)) {
+    signum = signal_number(luaL_checkstring(L, 1));
+    luaL_argcheck(L, signum >= 0, 1, "unknown signal name");
+  }
+  size_t n = 0, i = 0;
+  for (proc *p = live_procs; p; p = p->next_live)
+    n++;
+  int *own = malloc((n ? n : 1) * sizeof *own);
+  if (!own)
+    return luaL_error(L, "out of memory");
+  for (proc *p = live_procs; p; p = p->next_live)
+    if (!p->attached)
+      own[i++] = p->pid;
+  int rc = plat_orphans(own, i, signum);
+  free(own);
+  if (rc < 0)
+    return host_fail_uv(L, rc, "orphans");
+  lua_pushinteger(L, rc);
+  return 1;
+}
+
 /* At shutdown: stop watching children (they keep running) and free the
  * handles; the Lua objects are freed by lua_close. */
 static void on_host_close(void *data) {
@@ -725,6 +765,8 @@ void host_open_proc(lua_State *L) {
                                    {"attach", l_attach},
                                    {"start_time", l_start_time},
                                    {"alive", l_alive},
+                                   {"keep_tree", l_keep_tree},
+                                   {"orphans", l_orphans},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "proc");

@@ -16,6 +16,7 @@
 local cjson = require "cjson.safe"
 local settings_lib = require "lib.settings"
 local durable = require "lib.durable"
+local tree = require "lib.tree"
 
 -- The dashboard APIs the agent speaks, in the order auto-detection tries
 -- them. A new API is one more module here.
@@ -53,6 +54,8 @@ local DEFAULTS = {
                                --   run, seconds (default: no limit)
   study_grace = 30,            -- GOLIAT_STUDY_GRACE: SIGTERM to the study's
                                --   tree, then kill after this many seconds
+  study_log_max_mb = 100,      -- GOLIAT_STUDY_LOG_MAX_MB: a study log past
+                               --   this size is moved to .1 (0 = no limit)
   oom_retries = 3,             -- GOLIAT_OOM_RETRIES: reruns of a study that
   oom_exit_code = 42,          --   exits with this code (out of memory)
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
@@ -353,7 +356,13 @@ function Agent:run_attempt(a, config_path, attempt, started_at)
   self:save_state { assignment = a, config_path = config_path,
     attempt = attempt, started_at = started_at, exit_file = exit_file,
     starting = true }
-  local argv = { self.s.host_exe, self.s.wrapper_script, exit_file }
+  local argv = { self.s.host_exe, self.s.wrapper_script,
+    -- what the study leaves running gets half the grace: the other half
+    -- is for the agent, should the wrapper itself be killed
+    "--grace", string.format("%g", self.s.study_grace / 2),
+    "--log", log_path, "--log-max",
+    string.format("%d", math.floor(self.s.study_log_max_mb * 1048576)),
+    exit_file }
   for _, word in ipairs(self.s.study_command) do argv[#argv + 1] = word end
   argv[#argv + 1] = config_path
   self.log.info("assignment %s: starting %s in %s (attempt %d, output in %s)",
@@ -411,15 +420,37 @@ function Agent:watch_study(proc, state)
       end
     end)
   end
-  local _, wrapper_signal = proc:wait()
+  local wrapper_code, wrapper_signal = proc:wait()
+  self:end_leftovers(proc, state.assignment)
   self.study = nil
   local outcome = self:read_exit_file(state.exit_file)
-  if not outcome then
+  if not outcome and wrapper_code then
+    -- the wrapper could not write the file (a full disk): its own exit
+    -- status is the study's exit code
+    self.log.warn("assignment %s: the study's exit file %s was not " ..
+      "written (is the disk full?): its exit code %d comes from the wrapper",
+      state.assignment.id, state.exit_file, wrapper_code)
+    outcome = { exit_code = wrapper_code, unrecorded = true }
+  elseif not outcome then
     -- the wrapper itself was killed (its tree was): no exit code recorded
     outcome = { signal = wrapper_signal or "SIGKILL" }
   end
   outcome.timed_out = study.timed_out
   return outcome
+end
+
+-- The wrapper has ended: whatever of the study's tree still runs ends too,
+-- before the report and before the next study. That is the rest of its
+-- process group or Job Object, and on Linux the orphans re-parented to the
+-- agent (it keeps its tree, see start) when the wrapper itself was killed.
+function Agent:end_leftovers(proc, a)
+  proc:terminate(self.s.study_grace) -- returns at once when nothing is left
+  local left, stuck = tree.end_orphans(self.host, self.s.study_grace)
+  if left > 0 then
+    self.log.warn("assignment %s: the study left %d process(es) running: " ..
+      "ended them%s", tostring(a.id), left,
+      stuck > 0 and string.format(" (%d would not end)", stuck) or "")
+  end
 end
 
 -- What the wrapper recorded: {exit_code, signal, error}, or nil.
@@ -451,13 +482,18 @@ function Agent:outcome_message(outcome)
       ("exit code " .. tostring(outcome.exit_code)))
   elseif outcome.signal then
     return "study killed by " .. outcome.signal
+  elseif outcome.exit_code == 0 and outcome.unrecorded then
+    return "study finished (its exit file could not be written: is the " ..
+      "disk full?)"
   elseif outcome.exit_code == 0 then
     return "study finished"
   elseif outcome.exit_code == self.s.oom_exit_code then
     return string.format("study ran out of memory (exit code %d)",
       outcome.exit_code)
   end
-  return string.format("study exited with code %s", tostring(outcome.exit_code))
+  return string.format("study exited with code %s%s",
+    tostring(outcome.exit_code), outcome.unrecorded and " (its exit file " ..
+    "could not be written: is the disk full?)" or "")
 end
 
 -- The message, plus the number of attempts when the study was run again
@@ -495,10 +531,15 @@ end
 -- heartbeat goes first, so that the dashboard knows the worker (on the
 -- deployed dashboard a report from an unknown machine can complete another
 -- machine's assignment).
-function Agent:deliver(file, item, deadline)
+function Agent:deliver(file, item, deadline, on_stored)
   local clock = self.host.time
   local what = item.body.message and item.body.message.assignment_id
   while true do
+    if not file and on_stored then
+      -- not stored yet (a full disk): try again, it may have room now
+      file = self.outbox:put(item, "quiet")
+      if file then on_stored() end
+    end
     local ok, err, retry_after, res = self:register()
     if ok then
       ok, err, retry_after, res = self:call("POST", item.path, item.body)
@@ -508,13 +549,14 @@ function Agent:deliver(file, item, deadline)
     if ok then
       self:note_success("report")
       self.outbox:done(file)
+      if not file and on_stored then on_stored() end
       self.log.info("reported %s for assignment %s",
         tostring(item.body.message and item.body.message.type), tostring(what))
       return true
     end
     if res and M.refused_for_good(res.status) then
       -- asking again will not help, and it must not hold up all work
-      local kept = self.outbox:reject(file)
+      local kept = self.outbox:reject(file or self.outbox:put(item, "quiet"))
       self.log.error("report for assignment %s refused by the dashboard " ..
         "for good (%s): not sent again, kept in %s", tostring(what), err,
         tostring(kept))
@@ -545,18 +587,21 @@ function Agent:flush_outbox()
   end
 end
 
--- The end of an assignment: the report is safe in the outbox before the
--- state file naming the study is removed.
+-- The end of an assignment: the state file naming the study is removed
+-- only once the report is safe, in the outbox or delivered. When neither
+-- happens (a full disk, then a kill), the next start finds the state and
+-- reports the assignment from it.
 function Agent:finish(a_id, outcome, duration)
   local body = self:report_body(a_id, outcome, duration)
   self.log.info("assignment %s ended: %s", tostring(a_id),
     body.message.message)
   local item = { path = "/api/gui-update", body = body }
   local file = self.outbox:put(item)
-  durable.clear_state(self.host, self.state_file)
+  local function clear() durable.clear_state(self.host, self.state_file) end
+  if file then clear() end
   local deadline = self.stopping and
     self.host.time.monotonic() + self.s.shutdown_report_for or nil
-  self:deliver(file, item, deadline)
+  self:deliver(file, item, deadline, clear)
 end
 
 ------------------------------------------------------------------------------
@@ -803,6 +848,9 @@ end
 
 function Agent:start()
   local h = self.host
+  -- on Linux, what a killed wrapper leaves is re-parented to the agent
+  -- (end_leftovers), not to init
+  h.proc.keep_tree()
   self.facts = settings_lib.host_facts(h, self.s.hostname)
   -- nvidia-smi can hang: the heartbeat does not wait for it
   h.task.spawn("gpu probe", function()

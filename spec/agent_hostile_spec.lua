@@ -59,7 +59,7 @@ describe("a paused agent", function()
         configs = { [P.BLOB .. "/c3.json"] = "{}" } })
       -- the study ends at 2 s, but the paused agent notices only at 10 s
       f.spawn_handler = function(opts)
-        local exit_file = opts.argv[3]
+        local exit_file = fake_host.exit_file(opts.argv)
         f:spawn("study", function()
           f.host.time.sleep(2)
           f.files[exit_file] = cjson.encode { exit_code = 0 }
@@ -344,5 +344,101 @@ describe("a stop (SIGTERM)", function()
       assert.matches("during the config download", m.message)
       assert.is_true(f:reports()[1] and true)
       assert.equals(0, #f.spawned)
+    end)
+end)
+
+describe("a full disk when the study ends", function()
+  -- The outbox cannot be written, the dashboard answers 503, and the
+  -- agent is killed: the state file is all that is left of the assignment.
+  local function full_disk_then_kill()
+    local f = fake()
+    local full, down = false, false
+    P.dashboard(f, { queue = { P.assignment() },
+      configs = { [P.BLOB .. "/c3.json"] = "{}" },
+      override = function(_, path)
+        if down and path == "/api/gui-update" then
+          return P.json(503, { error = "busy" })
+        end
+      end })
+    local write = f.host.fs.write_atomic
+    f.host.fs.write_atomic = function(path, data)
+      if full then return nil, path .. ": no space left on device", "ENOSPC" end
+      return write(path, data)
+    end
+    f.spawn_handler = function()
+      -- the wrapper cannot write its exit file either: exit status only
+      return { exit_code = 3, after = 10, no_exit_file = true }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned >= 1 end, 60))
+    full, down = true, true
+    f:run_for(60) -- the study has ended; the report cannot be stored nor sent
+    assert.equals(0, #f:reports())
+    return f, function() full, down = false, false end
+  end
+
+  it("keeps the state file, so that the next start reports the assignment",
+    function()
+      local f, recover = full_disk_then_kill()
+      assert.is_truthy(f.files[STATE], "the state file was removed")
+      f:kill_agent()
+      recover()
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+      local m = f:reports()[1].message
+      assert.equals("fatal_error", m.type)
+      assert.equals("a-1", m.assignment_id)
+    end)
+
+  it("reports the study's exit code from the wrapper's exit status, and " ..
+    "stores the report once the disk has room again", function()
+      local f, recover = full_disk_then_kill()
+      recover()
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 120))
+      local m = f:reports()[1].message
+      assert.equals(3, m.exit_code)
+      assert.matches("code 3 %(its exit file could not be written", m.message)
+      assert.is_nil(f.files[STATE])
+    end)
+end)
+
+describe("a study that exits 0 but whose wrapper cannot write the exit file",
+  function()
+    it("is reported as finished with exit code 0, not as killed", function()
+      local f = fake()
+      P.dashboard(f, { queue = { P.assignment() },
+        configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+      f.spawn_handler = function()
+        return { exit_code = 0, after = 5, no_exit_file = true }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+      local m = f:reports()[1].message
+      assert.equals("finished", m.type)
+      assert.equals(0, m.exit_code)
+      assert.matches("is the disk full", m.message)
+    end)
+end)
+
+describe("processes the study leaves running", function()
+  it("are ended (SIGTERM, then SIGKILL after the grace) before the report",
+    function()
+      local f = fake { GOLIAT_STUDY_GRACE = "4" }
+      P.dashboard(f, { queue = { P.assignment() },
+        configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+      f.spawn_handler = function()
+        -- two stubborn orphans appear when the study (wrapper) ends
+        f:spawn("orphans", function()
+          f.host.time.sleep(4)
+          f.orphans = 2
+        end)
+        return { exit_code = 0, after = 5 }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 60))
+      assert.equals(0, f.orphans)
+      assert.equals("SIGTERM", f.orphan_signals[1])
+      assert.equals("SIGKILL", f.orphan_signals[#f.orphan_signals])
+      assert.matches("left 2 process%(es%) running", f:log_text())
     end)
 end)

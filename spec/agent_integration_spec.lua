@@ -152,3 +152,96 @@ describe("the agent without GOLIAT_MONITORING_URL", function()
     assert.equals(1, select(2, log:gsub("\n", "")), "one line: " .. log)
   end)
 end)
+
+describe("what a study leaves running", function()
+  local dash, agent, work, recorded
+
+  before_each(function()
+    dash = cluster.start_dashboard()
+    work = cluster.temp_dir("leftovers")
+    recorded = {}
+  end)
+
+  after_each(function()
+    if agent then cluster.stop(agent.proc) end
+    cluster.stop(dash.proc)
+    cluster.kill_recorded(recorded)
+    agent = nil
+  end)
+
+  -- Queue a study that starts a child in its group and one that leaves
+  -- the group and session (setsid) and ignores SIGTERM; returns a function
+  -- that waits for both pids.
+  local function queue_with_children(config, id)
+    local group, detached = host.fs.join(work, "group.pid"),
+      host.fs.join(work, "detached.pid")
+    config.child_pid_file, config.detached_pid_file = group, detached
+    config.detached_ignores_sigterm = true
+    queue(dash, config, { id = id })
+    return function()
+      local pids = cluster.wait_until(function()
+        local a, b = host.fs.read(group), host.fs.read(detached)
+        return a and b and { tonumber(a), tonumber(b) }
+      end, 30)
+      assert(pids, "the study did not start its children")
+      recorded[1], recorded[2] = pids[1], pids[2]
+      return pids
+    end
+  end
+
+  local function assert_gone(pids)
+    assert.is_false(cluster.alive(pids[1]), "the study's child still runs")
+    assert.is_false(cluster.alive(pids[2]), "the setsid child still runs")
+  end
+
+  it("is ended before the study is reported finished", function()
+    local pids = queue_with_children({ duration_s = 0.5, steps = 1 }, "done")
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work,
+      { GOLIAT_STUDY_GRACE = "2" }), work)
+    local m = assert(reports_at_least(dash, 1), "no report arrived")[1]
+    assert.equals("finished", m.type)
+    assert_gone(pids())
+    assert.matches("left 2 process%(es%) running", host.fs.read(host.fs.join(
+      work, "study_0.log")))
+  end)
+
+  it("is ended when the study times out", function()
+    local pids = queue_with_children({ duration_s = 120, steps = 1 }, "slow")
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work,
+      { GOLIAT_STUDY_GRACE = "2", GOLIAT_STUDY_TIMEOUT = "4" }), work)
+    local m = assert(reports_at_least(dash, 1), "no report arrived")[1]
+    assert.matches("timed out", m.message)
+    assert_gone(pids())
+  end)
+
+  it("is ended when the agent is stopped", function()
+    local pids = queue_with_children({ duration_s = 120, steps = 1 }, "stop")
+    agent = cluster.start_agent(cluster.agent_env(dash.url, work,
+      { GOLIAT_STUDY_GRACE = "2" }), work)
+    local both = pids()
+    assert(agent.proc:signal("SIGTERM"))
+    assert.equals(0, agent.proc:wait())
+    assert_gone(both)
+  end)
+end)
+
+describe("a study whose exit file cannot be written", function()
+  it("is reported with its real exit code 0 as finished, not as SIGKILL",
+    function()
+      local dash = cluster.start_dashboard()
+      local work = cluster.temp_dir("noexit")
+      -- a folder with a file in it where the exit file should go
+      local exit_file = host.fs.join(work, "study_0.exit.json")
+      assert(host.fs.mkdir_p(exit_file))
+      assert(host.fs.write_atomic(host.fs.join(exit_file, "keep"), "x"))
+      queue(dash, { duration_s = 0.2, steps = 1 }, { id = "nofile" })
+      local agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
+      local reports = reports_at_least(dash, 1)
+      cluster.stop(agent.proc)
+      cluster.stop(dash.proc)
+      local m = assert(reports, "no report arrived")[1]
+      assert.equals("finished", m.type)
+      assert.equals(0, m.exit_code)
+      assert.matches("is the disk full", m.message)
+    end)
+end)

@@ -158,9 +158,12 @@ describe("an assignment", function()
     local p = f.spawned[1]
     assert.same({ "python", "-m", "goliat", "study",
       "/work/agent/configs/assigned_config_3.json" }, study_argv(p))
-    -- under the wrapper that records the exit code beside the study
+    -- under the wrapper that records the exit code beside the study, ends
+    -- what the study leaves (in half the grace) and caps its log (100 MB)
     assert.same({ "/opt/goliat/goliat-host", "/work/scripts/study_wrapper.lua",
-      "/work/agent/study_3.exit.json" }, { table.unpack(p.argv, 1, 3) })
+      "--grace", "15", "--log", "/work/agent/study_3.log",
+      "--log-max", "104857600", "/work/agent/study_3.exit.json" },
+      { table.unpack(p.argv, 1, 9) })
     assert.equals("/work/agent", p.cwd)
     assert.equals("/work/agent/study_3.log", p.stdout)
     assert.equals("stdout", p.stderr)

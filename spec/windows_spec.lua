@@ -130,6 +130,55 @@ describe("Windows", function()
         p:wait()
       end)
 
+    it("a study's wrapper holds its tree's Job Object: a host started after "
+      .. "the one that made the tree has exited still finds it and kills it "
+      .. "whole (broken if the job dies with its creator's handle)", function()
+        tree_scripts(false)
+        local source = host.sys.getenv("GOLIAT_SOURCE_DIR") or host.sys.cwd()
+        write(path("agent1.lua"), string.format([[
+          local host = require "host"
+          local p = assert(host.proc.spawn { argv = { host.sys.exepath(),
+            %q, %q, host.sys.exepath(), %q, %q } })
+          host.fs.write_atomic(%q, p.pid .. "\n")
+          os.exit(0) -- not waiting for the child
+        ]], fs.join(source, "scripts", "study_wrapper.lua"), path("exit.json"),
+          path("grandchild.lua"), path("grandchild.pid"), path("wrapper.pid")))
+        -- (its output is not a file of run_host's: the tree inherits it)
+        local a1 = assert(host.proc.spawn { argv = { exe, path("agent1.lua") },
+          stdout = path("agent1.out"), stderr = "stdout" })
+        -- gone, with its handle of the job
+        assert.same({ 0 }, { a1:wait() }, fs.read(path("agent1.out")))
+        local wpid, gpid = read_pid(path("wrapper.pid")),
+          read_pid(path("grandchild.pid"))
+        write(path("agent2.lua"), string.format([[
+          local host = require "host"
+          local p = assert(host.proc.attach(%d))
+          assert(p:kill())
+          print("killed")
+        ]], wpid))
+        local r = H.run_host({ path("agent2.lua") }, { timeout = 20 })
+        assert.equal(0, r.code, r.stderr)
+        assert.is_true(H.wait_gone(wpid, 5), "the wrapper survived")
+        assert.is_true(H.wait_gone(gpid, 5), "the study survived")
+      end)
+
+    it("keep_tree() holds the job of a tree's root, and fails outside one",
+      function()
+        write(path("keep.lua"), [[
+          local host = require "host"
+          print(tostring(host.proc.keep_tree()))
+        ]])
+        local p = assert(host.proc.spawn { argv = { exe, path("keep.lua") },
+          stdout = path("keep.out") })
+        assert.same({ 0 }, { p:wait() })
+        assert.equal("true\n", fs.read(path("keep.out")))
+        -- a child left in our own tree has no job named after it
+        p = assert(host.proc.spawn { argv = { exe, path("keep.lua") },
+          stdout = path("keep2.out"), new_group = false })
+        assert.same({ 0 }, { p:wait() })
+        assert.equal("nil\n", fs.read(path("keep2.out")))
+      end)
+
     it("Ctrl-Break reaches the child's SIGBREAK handler, which ends it "
       .. "cleanly (broken if terminate() only kills)", function()
         if wine then

@@ -10,6 +10,10 @@ and exits with the code the config asks for. Config fields, all optional:
   pid_file       write this process's pid there
   child_pid_file start a grandchild (a sleeping python) and write its pid
   child_ignores_sigterm  the grandchild ignores SIGTERM
+  detached_pid_file  start a grandchild that leaves the process group and
+                 session (setsid), write its pid; it ignores SIGTERM when
+                 detached_ignores_sigterm is true
+  log_bytes      print this many bytes of output lines before exiting
   ignore_sigterm ignore SIGTERM (so only a kill stops it)
   exit_codes     one exit code per run, e.g. [42, 42, 0]: the runs are
                  counted in count_file (required with it)

@@ -33,6 +33,14 @@ def write_pid(path, pid):
     os.replace(path + ".tmp", path)
 
 
+def sleeper(ignore_sigterm, **popen_args):
+    """A python that sleeps for 10 minutes (ignoring SIGTERM if asked)."""
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
+        if ignore_sigterm else ""
+    return subprocess.Popen([sys.executable, "-c", "import signal, time\n" +
+                             ignore + "time.sleep(600)"], **popen_args)
+
+
 def exit_code(config):
     """exit_code, or the next of exit_codes (one per run, counted in
     count_file): [42, 42, 0] runs out of memory twice, then succeeds."""
@@ -62,12 +70,18 @@ def main(argv):
     if config.get("pid_file"):
         write_pid(config["pid_file"], os.getpid())
     if config.get("child_pid_file"):
-        ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
-            if config.get("child_ignores_sigterm") else ""
-        child = subprocess.Popen([sys.executable, "-c",
-                                  "import signal, time\n" + ignore +
-                                  "time.sleep(600)"])
+        child = sleeper(config.get("child_ignores_sigterm"))
         write_pid(config["child_pid_file"], child.pid)
+    if config.get("detached_pid_file"):
+        # leaves the process group and the session, as a daemon would
+        child = sleeper(config.get("detached_ignores_sigterm"),
+                        start_new_session=True, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        write_pid(config["detached_pid_file"], child.pid)
+    line = "x" * 99 + "\n"
+    for _ in range(int(config.get("log_bytes", 0)) // len(line)):
+        sys.stdout.write(line)
+    sys.stdout.flush()
     steps = max(1, int(config.get("steps", 3)))
     duration = float(config.get("duration_s", 1.0))
     post({"type": "status", "message": "study started", "log_type": "info"})

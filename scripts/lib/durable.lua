@@ -30,16 +30,21 @@ function M.outbox(host, dir, log)
   return self
 end
 
--- Store an item ({path = ..., body = ...}) on disk; returns its file name.
-function Outbox:put(item)
-  self.seq = self.seq + 1
-  local file = self.host.fs.join(self.dir, string.format("%012d.json", self.seq))
+-- Store an item ({path = ..., body = ...}) on disk; returns its file name,
+-- or nil (logged unless `quiet`) when it cannot be written.
+function Outbox:put(item, quiet)
+  local file = self.host.fs.join(self.dir,
+    string.format("%012d.json", self.seq + 1))
   local ok, err = self.host.fs.write_atomic(file, cjson.encode(item))
   if not ok then
-    self.log.error("cannot store a report in %s: %s (sending it anyway)",
-      self.dir, tostring(err))
+    if not quiet then
+      self.log.error("cannot store a report in %s: %s (sending it anyway; " ..
+        "the state file is kept until it is stored or sent)", self.dir,
+        tostring(err))
+    end
     return nil
   end
+  self.seq = self.seq + 1
   return file
 end
 

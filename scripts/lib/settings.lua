@@ -26,6 +26,7 @@ M.ENV = {
   public_ip_url = "GOLIAT_PUBLIC_IP_URL",
   hostname = "GOLIAT_HOSTNAME",
   claim_settle = "GOLIAT_CLAIM_SETTLE",
+  study_log_max_mb = "GOLIAT_STUDY_LOG_MAX_MB",
 }
 
 -- Settings whose empty value means "off" rather than "use the default".
@@ -173,6 +174,15 @@ local function study_command(name, value)
   return cmd
 end
 
+local function megabytes(name, value)
+  local n = tonumber(value)
+  if not n or n < 0 or n ~= n or n == math.huge then
+    return nil, string.format("%s must be a number of megabytes >= 0 " ..
+      "(0 = no limit), got '%s'", name, value)
+  end
+  return n
+end
+
 local function count(name, value)
   local n = math.tointeger(tonumber(value))
   if not n or n < 0 then
@@ -243,6 +253,7 @@ local PARSERS = {
   oom_retries = count,
   public_ip_url = public_ip_url,
   claim_settle = seconds_or_zero,
+  study_log_max_mb = megabytes,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.

@@ -111,6 +111,16 @@ function M.reports(dash)
   return out
 end
 
+-- Kill the processes whose pids a spec recorded itself (and only while
+-- they still run): what a failing spec would otherwise leave behind.
+function M.kill_recorded(pids)
+  for _, pid in ipairs(pids) do
+    if pid > 1 and M.alive(pid) then
+      H.run({ argv = { "kill", "-KILL", tostring(pid) }, stderr = "null" })
+    end
+  end
+end
+
 function M.stop(proc)
   if proc and proc:running() then proc:terminate(2) end
 end

@@ -74,7 +74,7 @@ end
 
 -- Resume every task that can run, until none can.
 -- Processes whose time has come end now, writing their exit file as the
--- study wrapper does (argv[3]).
+-- study wrapper does (M.exit_file).
 function Fake:finish_procs()
   for _, p in ipairs(self.procs) do
     if not p.ended and p.exit_at <= self.now then p.finish() end
@@ -378,7 +378,7 @@ function Fake:make_host()
       local function ended(code, sig)
         if p.ended then return end
         p.ended, p.code, p.sig = true, code, sig
-        local exit_file = opts.argv[3]
+        local exit_file = M.exit_file(opts.argv)
         if exit_file and not spec.no_exit_file then
           f.files[normalize(exit_file)] = cjson.encode {
             exit_code = code, signal = sig, ended_at = WALL_START + f.now }
@@ -392,7 +392,8 @@ function Fake:make_host()
         return p.code, p.sig
       end
       function p.terminate(_, grace)
-        p.terminated_with_grace = grace
+        -- (the agent also calls it once the wrapper ended, for leftovers)
+        if not p.ended then p.terminated_with_grace = grace end
         ended(nil, "SIGTERM")
         return p.code, p.sig
       end
@@ -414,6 +415,16 @@ function Fake:make_host()
       end
       return nil, "no such process", "ESRCH"
     end,
+    keep_tree = function() return true end,
+    -- the orphans a spec planted: each signal is recorded, SIGKILL ends them
+    orphans = function(sig)
+      f.orphan_signals = f.orphan_signals or {}
+      if sig and (f.orphans or 0) > 0 then
+        table.insert(f.orphan_signals, sig)
+        if sig == "SIGKILL" then f.orphans = 0 end
+      end
+      return f.orphans or 0
+    end,
     attach = function(pid)
       for _, p in ipairs(f.procs) do
         if p.pid == pid and not p.ended then
@@ -431,6 +442,14 @@ function Fake:make_host()
   }
 
   return host
+end
+
+-- The exit file in a study wrapper's argv: the first argument after the
+-- host, the script and the wrapper's --options.
+function M.exit_file(argv)
+  local i = 3
+  while argv[i] and argv[i]:match("^%-%-") do i = i + 2 end
+  return argv[i]
 end
 
 return M

@@ -96,7 +96,10 @@ end
 
 -- The study's own command line: what follows the wrapper and its exit file.
 function M.study_argv(opts)
-  return { table.unpack(opts.argv, 4) }
+  local exit_file = fake_host.exit_file(opts.argv)
+  for i, v in ipairs(opts.argv) do
+    if i > 2 and v == exit_file then return { table.unpack(opts.argv, i + 1) } end
+  end
 end
 
 function M.poll_times(f)
