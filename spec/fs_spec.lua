@@ -87,6 +87,29 @@ describe("host.fs", function()
     end)
   end)
 
+  describe("copy_truncate", function()
+    it("copies the file over the copy, then empties it, and the next " ..
+      "append starts the emptied file (broken if the log is renamed away " ..
+      "or only half of it is copied)", function()
+        local big = string.rep("0123456789", 20000) -- several read chunks
+        assert.is_true(fs.append(path("log"), big))
+        assert.is_true(fs.write_atomic(path("log.1"), "older copy"))
+        assert.equal(#big, fs.copy_truncate(path("log"), path("log.1")))
+        assert.equal(big, fs.read(path("log.1")))
+        assert.equal("", fs.read(path("log")))
+        assert.is_true(fs.append(path("log"), "next\n"))
+        assert.equal("next\n", fs.read(path("log")))
+      end)
+
+    it("of a missing file returns nil, msg, 'ENOENT' and makes no copy",
+      function()
+        local ok, _, code = fs.copy_truncate(path("nope"), path("nope.1"))
+        assert.is_nil(ok)
+        assert.equal("ENOENT", code)
+        assert.is_false(fs.exists(path("nope.1")))
+      end)
+  end)
+
   describe("append", function()
     it("creates the file, then adds to its end (broken if it truncates)", function()
       assert.is_true(fs.append(path("log"), "one\n"))
