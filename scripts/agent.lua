@@ -167,6 +167,7 @@ function Agent:call(method, path, body)
     body = body and cjson.encode(body) or nil,
     timeout = self.s.request_timeout,
     max_size = self.s.max_reply_bytes,
+    cainfo = self.s.ca_bundle,
   }
   if not res then
     return nil, err
@@ -884,6 +885,11 @@ end
 
 function M.main(host)
   local settings, err = M.load_settings(host)
+  if settings then
+    local ok
+    ok, err = settings_lib.apply_host(host, settings)
+    if not ok then settings = nil end
+  end
   if not settings then
     io.stderr:write("goliat-agent: ", err, "\n")
     host.exit(2)

@@ -2,6 +2,7 @@
 -- facts sent with each heartbeat, and small parsers. The policy itself is in
 -- agent.lua.
 local cjson = require "cjson.safe"
+local config_file = require "lib.config_file"
 
 local M = {}
 
@@ -27,7 +28,13 @@ M.ENV = {
   hostname = "GOLIAT_HOSTNAME",
   claim_settle = "GOLIAT_CLAIM_SETTLE",
   study_log_max_mb = "GOLIAT_STUDY_LOG_MAX_MB",
+  ca_bundle = "GOLIAT_CA_BUNDLE",
 }
+
+-- Variables the host itself reads at start-up (host/README.md); the
+-- settings file may hold them too, and the agent applies them (apply_host).
+M.HOST_ENV = { "GOLIAT_LOG_LEVEL", "GOLIAT_LOG_FILE", "GOLIAT_LOG_MAX_BYTES",
+  "GOLIAT_LOG_KEEP", "GOLIAT_TASK_LIMIT" }
 
 -- Settings whose empty value means "off" rather than "use the default".
 local EMPTY_MEANS_OFF = { public_ip_url = true }
@@ -117,7 +124,7 @@ function M.machine_id(host, s)
   if s.public_ip_url then
     local res, err = host.http.request { url = s.public_ip_url,
       timeout = s.public_ip_timeout, connect_timeout = s.public_ip_timeout,
-      max_size = 1024 }
+      max_size = 1024, cainfo = s.ca_bundle }
     local ip = res and res.status == 200 and res.body:match("^%s*(.-)%s*$")
     if ip and M.is_ip(ip) then
       return ip, "public IP address from " .. s.public_ip_url
@@ -264,34 +271,83 @@ local function scripts_dir(host)
   return absolute(host, dir == "" and "." or dir)
 end
 
--- Settings: defaults, then the environment. Returns the table, or nil and
--- a one-line message naming the variable.
+-- The value of variable `var` and where it comes from: the environment
+-- (an empty variable counts as unset), else the settings file, else nil.
+local function lookup(host, file, path, var, empty_is_value)
+  local value = host.sys.getenv(var)
+  if value and (value ~= "" or empty_is_value) then
+    return value, "environment"
+  end
+  local entry = file[var]
+  if entry then return entry.value, string.format("%s:%d", path, entry.line) end
+  return nil
+end
+
+M.scripts_dir = scripts_dir
+
+-- Settings: defaults, then the settings file, then the environment.
+-- Returns the table, or nil and a one-line message naming the variable
+-- (and the file and line when the value came from the file). s.sources
+-- says where each setting came from.
 function M.load(host, defaults)
-  local s = {}
+  local known = {}
+  for _, var in pairs(M.ENV) do known[var] = true end
+  for _, var in ipairs(M.HOST_ENV) do known[var] = true end
+  local file, path = config_file.load(host, scripts_dir(host), known)
+  if not file then return nil, path end
+  local s = { config_file = path, sources = {}, host_env = {} }
   for k, v in pairs(defaults) do s[k] = v end
   for key, var in pairs(M.ENV) do
-    local value = host.sys.getenv(var)
+    local value, source = lookup(host, file, path, var, EMPTY_MEANS_OFF[key])
+    local where = source and source ~= "environment" and
+      " (" .. source .. ")" or ""
     -- a token pasted from a file ends with a newline: surrounding blanks
     -- go; any other control character is refused (it could forge a log
     -- line or break a header)
     value = value and value:match("^%s*(.-)%s*$")
     if value and value:find("%c") then
       return nil, var .. " contains a control character (a line break, " ..
-        "a tab, ...): remove it"
+        "a tab, ...): remove it" .. where
     end
     if value and (value ~= "" or EMPTY_MEANS_OFF[key]) then
       local parse = PARSERS[key]
       if parse then
         local parsed, err = parse(var, value)
-        if parsed == nil then return nil, err end
+        if parsed == nil then return nil, err .. where end
         value = parsed
       end
-      s[key] = value
+      s[key], s.sources[key] = value, source
+    end
+  end
+  for _, var in ipairs(M.HOST_ENV) do
+    local value, source = lookup(host, file, path, var)
+    if source and source ~= "environment" then
+      s.host_env[var] = { value = value, source = source }
     end
   end
   if not s.monitoring_url then
     return nil, "GOLIAT_MONITORING_URL is not set: set it to the " ..
-      "dashboard's base URL, e.g. https://dashboard.example.org"
+      "dashboard's base URL, e.g. https://dashboard.example.org" ..
+      (path and " (in the environment or in " .. path .. ")" or "")
+  end
+  local ca_var = "GOLIAT_CA_BUNDLE"
+  if not s.ca_bundle then
+    -- else the variables curl's own tools read
+    for _, var in ipairs { "CURL_CA_BUNDLE", "SSL_CERT_FILE" } do
+      local v = host.sys.getenv(var)
+      if v and v ~= "" and not s.ca_bundle then
+        s.ca_bundle, s.sources.ca_bundle = v, "environment (" .. var .. ")"
+        ca_var = var
+      end
+    end
+  end
+  if s.ca_bundle then
+    local st = host.fs.stat(s.ca_bundle)
+    if not st or st.type == "directory" then
+      return nil, string.format("%s: the CA bundle %s is not a file%s",
+        ca_var, s.ca_bundle, s.sources.ca_bundle:match("^environment") and ""
+        or " (" .. s.sources.ca_bundle .. ")")
+    end
   end
   s.study_command = s.study_command or M.default_study_command(host)
   s.work_dir = absolute(host, s.work_dir or ".")
@@ -319,6 +375,28 @@ function M.load(host, defaults)
       tostring(err)
   end
   return s
+end
+
+-- Apply what the settings file says of the host's own variables (those of
+-- the environment were applied by the host at start-up). Returns true, or
+-- nil and a message naming the variable and the file's line.
+function M.apply_host(host, s)
+  local e = s.host_env or {}
+  local level = e.GOLIAT_LOG_LEVEL
+  if level and not pcall(host.log.set_level, level.value) then
+    return nil, "GOLIAT_LOG_LEVEL must be debug, info, warn or error, got '" ..
+      level.value .. "' (" .. level.source .. ")"
+  end
+  local limit = e.GOLIAT_TASK_LIMIT
+  if limit then
+    local n = tonumber(limit.value)
+    if not n or n < 0 or n ~= n then
+      return nil, "GOLIAT_TASK_LIMIT must be a number of seconds >= 0, got '" ..
+        limit.value .. "' (" .. limit.source .. ")"
+    end
+    host.task.set_limit(n)
+  end
+  return true
 end
 
 -- host.log with the API token (and its URL-encoded form), and the user and

@@ -103,6 +103,7 @@ local function download_once(agent, work, path)
     url = work.config_url,
     timeout = agent.s.download_timeout,
     max_size = agent.s.max_config_bytes,
+    cainfo = agent.s.ca_bundle,
   }
   if not res then return nil, err end
   if res.status ~= 200 then return nil, "HTTP " .. res.status end

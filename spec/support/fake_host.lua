@@ -352,7 +352,7 @@ function Fake:make_host()
       local req = {
         method = opts.method or (opts.body and "POST" or "GET"),
         url = opts.url, headers = opts.headers or {}, body = opts.body,
-        at = f.now,
+        at = f.now, cainfo = opts.cainfo,
       }
       table.insert(f.requests, req)
       local res, err, code = f.http_handler(req, f)
