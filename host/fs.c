@@ -245,6 +245,27 @@ static int l_copy_truncate(lua_State *L) {
   return 1;
 }
 
+/* host.fs.space(path) -> {free = bytes, total = bytes} | nil, msg, code:
+ * the space of the file system holding path (free: what an unprivileged
+ * user may still use). */
+static int l_space(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uv_fs_t req;
+  int rc = uv_fs_statfs(NULL, &req, path, NULL);
+  if (rc < 0) {
+    uv_fs_req_cleanup(&req);
+    return host_fail_uv(L, rc, path);
+  }
+  const uv_statfs_t *st = req.ptr;
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)(st->f_bavail * st->f_bsize));
+  lua_setfield(L, -2, "free");
+  lua_pushinteger(L, (lua_Integer)(st->f_blocks * st->f_bsize));
+  lua_setfield(L, -2, "total");
+  uv_fs_req_cleanup(&req);
+  return 1;
+}
+
 /* Whether the folder part of path (before its last separator) exists and
  * is not a folder. */
 static int parent_is_not_dir(const char *path) {
@@ -468,6 +489,7 @@ void host_open_fs(lua_State *L) {
                                    {"write_atomic", l_write_atomic},
                                    {"append", l_append},
                                    {"copy_truncate", l_copy_truncate},
+                                   {"space", l_space},
                                    {"mkdir_p", l_mkdir_p},
                                    {"exists", l_exists},
                                    {"stat", l_stat},

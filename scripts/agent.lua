@@ -73,6 +73,8 @@ local DEFAULTS = {
 
   request_timeout = 15,        -- dashboard calls, seconds
   gpu_probe_timeout = 10,      -- nvidia-smi, seconds
+  status_every = 30,           -- agent_status.json (--status) is rewritten
+                               --   on a change, else this often, seconds
   max_reply_bytes = 1024 * 1024,
   download_timeout = 120,      -- one config download attempt, seconds
   download_retry_for = 600,    -- keep retrying a failed download this long
@@ -86,7 +88,7 @@ local DEFAULTS = {
 local Agent = {}
 Agent.__index = Agent
 
-local M = { DEFAULTS = DEFAULTS }
+local M = { DEFAULTS = DEFAULTS, STATUS_FILE = "agent_status.json" }
 
 function M.new(host, settings)
   local self = setmetatable({}, Agent)
@@ -100,6 +102,7 @@ function M.new(host, settings)
   self.stopping = nil    -- the signal's name once a stop was asked for
   local fs = host.fs
   self.state_file = fs.join(settings.work_dir, "agent_state.json")
+  self.status_file = fs.join(settings.work_dir, M.STATUS_FILE)
   self.outbox = durable.outbox(host, fs.join(settings.work_dir, "outbox"),
     self.log)
   return self
@@ -111,6 +114,8 @@ function Agent:note_failure(step, err)
   local n = (self.failures[step] or 0) + 1
   self.failures[step] = n
   err = tostring(err)
+  self.last_failure = { step = step, message = self.log.redact(err),
+    at = self.host.time.now() }
   if n == 1 or err ~= self.last_error[step] then
     self.log.warn("%s failed: %s (retrying with backoff)", step, err)
     self.last_error[step] = err
@@ -153,14 +158,15 @@ end
 
 -- One dashboard call. Returns the decoded JSON (an object or an array),
 -- or nil, message and the Retry-After delay (seconds) when the server asked
--- for one; the response itself comes last whenever there was one.
+-- for one; the response itself comes fourth whenever there was one, and
+-- when there was none, the transport's error code fifth.
 function Agent:call(method, path, body)
   local headers = { ["Accept"] = "application/json" }
   if body then headers["Content-Type"] = "application/json" end
   if self.s.api_token then
     headers["Authorization"] = "Bearer " .. self.s.api_token
   end
-  local res, err = self.host.http.request {
+  local res, err, code = self.host.http.request {
     method = method,
     url = self.s.monitoring_url .. path,
     headers = headers,
@@ -170,7 +176,7 @@ function Agent:call(method, path, body)
     cainfo = self.s.ca_bundle,
   }
   if not res then
-    return nil, err
+    return nil, err, nil, nil, code -- code: "connect", "tls", "timeout", ...
   end
   if res.status == 429 or res.status == 503 then
     return nil, "HTTP " .. res.status, settings_lib.retry_after(
@@ -212,6 +218,9 @@ function Agent:heartbeat_loop()
           math.min(retry_after, self.s.heartbeat_retry_cap))
       end
     end
+    self.last_beat = { at = self.host.time.now(), ok = ok and true or false,
+      error = not ok and self.log.redact(tostring(err)) or nil }
+    self:write_status()
     self.host.time.sleep(delay)
   end
 end
@@ -283,6 +292,46 @@ end
 -- Where a split config goes: <GOLIAT project>/configs/<name>.
 function Agent:config_path(name)
   return self.host.fs.join(self.s.project_dir, "configs", name)
+end
+
+-- The status file (agent_status.json) that `--status` reads: rewritten
+-- when what it says changes, and at least every status_every seconds (so
+-- that the last heartbeat shown is never older than that).
+function Agent:write_status(force)
+  local h = self.host
+  local study = self.study
+  local st = {
+    pid = h.sys.pid(),
+    version = h.version,
+    started_at = self.started_at,
+    dashboard = self.log.redact(self.s.monitoring_url),
+    machine_id = self.s.machine_id,
+    protocol = self.protocol and self.protocol.name or nil,
+    stopping = self.stopping,
+    waiting = self.waiting,
+    heartbeat = self.last_beat and { ok = self.last_beat.ok,
+      error = self.last_beat.error } or nil,
+    last_error = self.last_failure,
+    study = study and {
+      assignment_id = study.assignment.id,
+      split_index = study.assignment.split_index,
+      super_study = study.assignment.super_study_name,
+      pid = study.proc.pid,
+      attempt = study.state.attempt,
+      started_at = study.state.started_at,
+    } or nil,
+  }
+  local text = cjson.encode(st)
+  local now = h.time.now()
+  if text == self.status_text and not force and
+      now - (self.status_written or 0) < self.s.status_every then
+    return
+  end
+  st.heartbeat_at = self.last_beat and self.last_beat.at or nil
+  st.updated_at = now
+  if h.fs.write_atomic(self.status_file, cjson.encode(st)) then
+    self.status_text, self.status_written = text, now
+  end
 end
 
 -- What the agent waits for (say, an operator's reset), logged when it
@@ -821,6 +870,7 @@ function Agent:stop(signal)
   while self.busy and h.time.monotonic() < deadline do
     h.time.sleep(0.1)
   end
+  self:write_status(true)
   self.log.info("agent stopped")
   h.exit(0)
 end
@@ -849,6 +899,7 @@ end
 
 function Agent:start()
   local h = self.host
+  self.started_at = h.time.now()
   -- on Linux, what a killed wrapper leaves is re-parented to the agent
   -- (end_leftovers), not to init
   h.proc.keep_tree()
@@ -878,12 +929,36 @@ function Agent:start()
   self:supervise("worker", Agent.work_loop)
 end
 
--- Settings from DEFAULTS and the environment; nil, message when one is bad.
-function M.load_settings(host)
-  return settings_lib.load(host, DEFAULTS)
+-- Settings from DEFAULTS, the settings file and the environment; nil,
+-- message when one is bad. opts.look_only: create and write nothing.
+function M.load_settings(host, opts)
+  return settings_lib.load(host, DEFAULTS, opts)
 end
 
-function M.main(host)
+local USAGE = [==[
+usage: goliat-host scripts/agent.lua [--check | --status [--json]]
+  (no option)  run the agent
+  --check      check the settings, the dashboard, the study command and the
+               folders; exit code 1 when anything is FAIL
+  --status     what the agent on this machine is doing now (--json: as JSON)
+]==]
+
+function M.main(host, option, ...)
+  if option == "--check" then
+    host.exit(require("lib.check").run(host, M))
+    return
+  elseif option == "--status" then
+    host.exit(require("lib.status").show(host, M, ...))
+    return
+  elseif option == "--help" or option == "-h" then
+    io.stdout:write(USAGE)
+    host.exit(0)
+    return
+  elseif option then
+    io.stderr:write("goliat-agent: unknown option ", option, "\n", USAGE)
+    host.exit(2)
+    return
+  end
   local settings, err = M.load_settings(host)
   if settings then
     local ok
@@ -915,8 +990,10 @@ function M.main(host)
   agent:start()
 end
 
+M.Agent = Agent -- for lib/check.lua
+
 -- `require "agent"` (the specs) gets the module; goliat-host runs it.
 if ... == "agent" then
   return M
 end
-M.main(require "host")
+M.main(require "host", ...)

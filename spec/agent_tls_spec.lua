@@ -77,6 +77,28 @@ describe("a dashboard behind a private CA", function()
       assert.matches("certificate", fs.read(agent.log))
     end)
 
+  it("makes --check say FAIL TLS without the CA, and OK with it", function()
+    if not (have("openssl") and have("python3")) then
+      pending("needs openssl and python3")
+      return
+    end
+    local url = start_server()
+    local work = path("work")
+    assert(fs.mkdir_p(work))
+    local env = cluster.agent_env(url, work)
+    env.CURL_CA_BUNDLE, env.SSL_CERT_FILE = "", "" -- this machine's own
+    local agent_lua = fs.join(cluster.source_dir, "scripts", "agent.lua")
+    local r = H.run_host({ agent_lua, "--check" }, { env = env, timeout = 60 })
+    assert.equals(1, r.code, r.stdout)
+    assert.matches("FAIL TLS: the dashboard's certificate is not trusted", r.stdout)
+    assert.equals(0, heartbeats())
+    env.GOLIAT_CA_BUNDLE = path("ca.pem")
+    r = H.run_host({ agent_lua, "--check" }, { env = env, timeout = 60 })
+    assert.matches("OK   TLS: certificate verified %(CA: [^\n]*ca%.pem%)", r.stdout)
+    assert.matches("OK   heartbeat", r.stdout)
+    assert.equals(1, heartbeats())
+  end)
+
   it("is accepted with GOLIAT_CA_BUNDLE naming the CA", function()
     if not (have("openssl") and have("python3")) then
       pending("needs openssl and python3")

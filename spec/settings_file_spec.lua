@@ -134,7 +134,7 @@ describe("the CA bundle", function()
     f.files["/a.pem"], f.files["/b.pem"] = "x", "x"
     local s = assert(load(f))
     assert.equals("/a.pem", s.ca_bundle)
-    assert.equals("environment (CURL_CA_BUNDLE)", s.sources.ca_bundle)
+    assert.equals("environment, CURL_CA_BUNDLE", s.sources.ca_bundle)
   end)
 
   it("that is not a file stops the agent naming the variable", function()

@@ -288,8 +288,9 @@ M.scripts_dir = scripts_dir
 -- Settings: defaults, then the settings file, then the environment.
 -- Returns the table, or nil and a one-line message naming the variable
 -- (and the file and line when the value came from the file). s.sources
--- says where each setting came from.
-function M.load(host, defaults)
+-- says where each setting came from. With opts.look_only (--check, --status)
+-- nothing is created or written.
+function M.load(host, defaults, opts)
   local known = {}
   for _, var in pairs(M.ENV) do known[var] = true end
   for _, var in ipairs(M.HOST_ENV) do known[var] = true end
@@ -336,7 +337,7 @@ function M.load(host, defaults)
     for _, var in ipairs { "CURL_CA_BUNDLE", "SSL_CERT_FILE" } do
       local v = host.sys.getenv(var)
       if v and v ~= "" and not s.ca_bundle then
-        s.ca_bundle, s.sources.ca_bundle = v, "environment (" .. var .. ")"
+        s.ca_bundle, s.sources.ca_bundle = v, "environment, " .. var
         ca_var = var
       end
     end
@@ -356,6 +357,7 @@ function M.load(host, defaults)
   s.host_exe = s.host_exe or host.sys.exepath()
   s.wrapper_script = s.wrapper_script or
     host.fs.join(scripts_dir(host), "study_wrapper.lua")
+  if opts and opts.look_only then return s end
   local ok, err = host.fs.mkdir_p(s.work_dir)
   if not ok then
     return nil, "GOLIAT_WORK_DIR: cannot create " .. s.work_dir .. ": " ..

@@ -1,0 +1,247 @@
+-- goliat-host scripts/agent.lua --check: is this machine ready to work?
+--
+-- Prints each effective setting and where it came from, then checks the
+-- dashboard (reachable, TLS verified, which API it speaks, a heartbeat
+-- round trip), the study command (interpreter found, module importable)
+-- and the folders (writable, free space, configs/ and data/). Each line
+-- starts with OK, WARN or FAIL; the exit code is 1 when any line is FAIL.
+-- It takes no work: its only trace on the dashboard is one heartbeat. It
+-- works beside a running agent (it takes no lock and writes no state).
+local cjson = require "cjson.safe"
+local settings_lib = require "lib.settings"
+
+local M = {}
+
+local LOW_SPACE = 2 ^ 30 -- bytes: less free space than this is a warning
+
+local function gb(bytes)
+  return string.format("%.1f GB", bytes / 1e9)
+end
+
+-- A setting's value as text, secrets and URL passwords hidden.
+local function shown(key, value, redact)
+  if value == nil then return "(unset)" end
+  if value == false then return "(off)" end
+  if key == "api_token" then return "***" end
+  if type(value) == "table" then
+    value = #value > 0 and cjson.encode(value) or "{}"
+  end
+  return redact(tostring(value))
+end
+
+function M.new(host, out)
+  return setmetatable({ host = host, out = out or io.stdout, fails = 0,
+    warns = 0 }, { __index = M })
+end
+
+function M:line(level, what, detail)
+  if level == "FAIL" then self.fails = self.fails + 1 end
+  if level == "WARN" then self.warns = self.warns + 1 end
+  self.out:write(string.format("%-4s %s%s\n", level, what,
+    detail and ": " .. detail or ""))
+end
+
+function M:settings(s)
+  local redact = settings_lib.redacting_log(self.host.log, s.api_token).redact
+  self:line("OK", "settings file", s.config_file or
+    "none (the environment and the defaults of agent.lua only)")
+  local keys = {}
+  for key in pairs(settings_lib.ENV) do keys[#keys + 1] = key end
+  table.sort(keys, function(a, b)
+    return settings_lib.ENV[a] < settings_lib.ENV[b]
+  end)
+  for _, key in ipairs(keys) do
+    self:line("OK", string.format("%s = %s (%s)", settings_lib.ENV[key],
+      shown(key, s[key], redact), s.sources[key] or "default"))
+  end
+  for var, v in pairs(s.host_env) do
+    self:line("OK", string.format("%s = %s (%s)", var, redact(v.value),
+      v.source))
+  end
+end
+
+-- The dashboard: one heartbeat, then which API it speaks (read-only).
+function M:dashboard(agent_mod, s)
+  local h = self.host
+  local caller = setmetatable({ host = h, s = s }, { __index = agent_mod.Agent })
+  local body = settings_lib.host_facts(h, s.hostname)
+  body.machineId = s.machine_id
+  local t0 = h.time.monotonic()
+  local data, err, _, res, code = caller:call("POST", "/api/heartbeat", body)
+  local ms = (h.time.monotonic() - t0) * 1000
+  local https = s.monitoring_url:match("^[Hh][Tt][Tt][Pp][Ss]:") ~= nil
+  if code == "tls" then
+    self:line("FAIL", "TLS", "the dashboard's certificate is not trusted " ..
+      "(" .. tostring(err) .. "): set GOLIAT_CA_BUNDLE to its CA's " ..
+      "certificate (PEM)" .. (s.ca_bundle and ", now " .. s.ca_bundle or ""))
+    return
+  elseif not res then
+    self:line("FAIL", "dashboard " .. s.monitoring_url, "unreachable: " ..
+      tostring(err))
+    return
+  end
+  self:line("OK", "dashboard " .. s.monitoring_url, "reachable")
+  if https then
+    self:line("OK", "TLS", "certificate verified (CA: " ..
+      (s.ca_bundle or "the system's store") .. ")")
+  end
+  if data then
+    self:line("OK", "heartbeat", string.format("POST /api/heartbeat " ..
+      "answered %d in %.0f ms (machine id %s)", res.status, ms, s.machine_id))
+  elseif res.status == 401 or res.status == 403 then
+    self:line("FAIL", "heartbeat", string.format("HTTP %d: the dashboard " ..
+      "refuses the token (GOLIAT_API_TOKEN)", res.status))
+  else
+    self:line("FAIL", "heartbeat", "POST /api/heartbeat: " .. tostring(err))
+  end
+  self:protocol(caller, s)
+end
+
+-- Which API: GET /api/super-studies only (the planned API's poll could
+-- hand out work, so --check never polls).
+function M:protocol(caller, s)
+  if s.protocol == "assignment" then
+    self:line("OK", "protocol", "assignment (GOLIAT_PROTOCOL; not polled " ..
+      "by --check: a poll can hand out work)")
+    return
+  end
+  local list, err, _, res = caller:call("GET", "/api/super-studies")
+  local array = list and res.body:match("^%s*%[") ~= nil
+  if array then
+    self:line("OK", "protocol", string.format("super-study (GET " ..
+      "/api/super-studies answered %d super stud%s)", #list,
+      #list == 1 and "y" or "ies"))
+    local names = {}
+    for _, st in ipairs(list) do
+      if type(st) == "table" and st.name then names[st.name] = true end
+    end
+    for _, want in ipairs(s.super_study or {}) do
+      if not names[want] then
+        self:line("WARN", "GOLIAT_SUPER_STUDY", "no super study named '" ..
+          want .. "' on the dashboard (yet)")
+      end
+    end
+  elseif s.protocol == "super-study" then
+    self:line("FAIL", "protocol", "GOLIAT_PROTOCOL is super-study, but " ..
+      "GET /api/super-studies answered " .. tostring(err or "no JSON array"))
+  else
+    self:line("OK", "protocol", "the planned API (GET /api/super-studies " ..
+      "answered " .. tostring(err or "no JSON array") .. "; the agent " ..
+      "will poll GET /api/assignment)")
+  end
+end
+
+-- The interpreter, and `-m MODULE` importable from the project dir.
+function M:study_command(s)
+  local h = self.host
+  local cmd = s.study_command
+  local exe = cmd[1]
+  local found = (exe:find("[/\\]") and h.fs.exists(exe) and exe) or
+    settings_lib.which(h, exe)
+  if not found then
+    self:line("FAIL", "study command", exe .. " is not found (PATH, or " ..
+      "set GOLIAT_STUDY_COMMAND)")
+    return
+  end
+  self:line("OK", "study command", table.concat(cmd, " ") .. " (" .. found ..
+    ")")
+  local module
+  for i, word in ipairs(cmd) do
+    if word == "-m" then module = cmd[i + 1] end
+  end
+  if not module then return end
+  local argv = { found }
+  for i = 2, #cmd do
+    if cmd[i] == "-m" then break end
+    argv[#argv + 1] = cmd[i] -- the py launcher's -3, say
+  end
+  argv[#argv + 1] = "-c"
+  argv[#argv + 1] = "import " .. module
+  local out = h.fs.join(s.work_dir, ".goliat-check-import.txt")
+  local p = h.proc.spawn { argv = argv, cwd = s.project_dir, stdout = out,
+    stderr = "stdout" }
+  if not p then
+    self:line("FAIL", "study command", "cannot run " .. found)
+    return
+  end
+  local deadline = h.time.monotonic() + 60
+  while p:running() and h.time.monotonic() < deadline do h.time.sleep(0.1) end
+  if p:running() then p:kill() end
+  local code = p:wait()
+  local text = h.fs.read(out) or ""
+  h.fs.remove(out)
+  if code == 0 then
+    self:line("OK", "study command", "python imports " .. module ..
+      " (from " .. s.project_dir .. ")")
+  else
+    local last = text:match("([^\r\n]+)[\r\n]*$") or ("exit code " ..
+      tostring(code))
+    self:line("FAIL", "study command", "python cannot import " .. module ..
+      ": " .. last)
+  end
+end
+
+-- A folder the agent writes: can it, and how much room is left.
+function M:folder(var, dir)
+  local h = self.host
+  local probe = h.fs.join(dir, settings_lib.WRITE_PROBE)
+  local ok, err = h.fs.mkdir_p(dir) -- as the agent would
+  if ok then ok, err = h.fs.write_atomic(probe, "") end
+  if not ok then
+    self:line("FAIL", var .. " " .. dir, "cannot write there: " ..
+      tostring(err))
+    return false
+  end
+  h.fs.remove(probe)
+  local space = h.fs.space(dir)
+  if space and space.free < LOW_SPACE then
+    self:line("WARN", var .. " " .. dir, "writable, only " ..
+      gb(space.free) .. " free")
+  else
+    self:line("OK", var .. " " .. dir, "writable" ..
+      (space and ", " .. gb(space.free) .. " free" or ""))
+  end
+  return true
+end
+
+function M:folders(s)
+  local h = self.host
+  self:folder("GOLIAT_WORK_DIR", s.work_dir)
+  if s.project_dir ~= s.work_dir then
+    self:folder("GOLIAT_PROJECT_DIR", s.project_dir)
+  end
+  for _, sub in ipairs { "configs", "data" } do
+    local st = h.fs.stat(h.fs.join(s.project_dir, sub))
+    if not st or st.type ~= "directory" then
+      self:line("WARN", "GOLIAT_PROJECT_DIR " .. s.project_dir, "has no " ..
+        sub .. "/ (is it the GOLIAT project?)")
+    end
+  end
+end
+
+-- The whole check; returns the exit code.
+function M.run(host, agent_mod)
+  local self = M.new(host)
+  local s, err = agent_mod.load_settings(host, { look_only = true })
+  if s then
+    local ok
+    ok, err = settings_lib.apply_host(host, s)
+    if not ok then s = nil end
+  end
+  if not s then
+    self:line("FAIL", "settings", err)
+    return 1
+  end
+  self:settings(s)
+  s.machine_id, s.machine_id_source = settings_lib.machine_id(host, s)
+  self:line("OK", "machine id", s.machine_id .. " (" .. s.machine_id_source ..
+    ")")
+  self:dashboard(agent_mod, s)
+  self:folders(s)
+  self:study_command(s)
+  self.out:write(string.format("%s: %d FAIL, %d WARN\n",
+    self.fails > 0 and "not ready" or "ready", self.fails, self.warns))
+  return self.fails > 0 and 1 or 0
+end
+
+return M

@@ -1,0 +1,151 @@
+-- `goliat-host scripts/agent.lua --check` and `--status` (issue 10), run as
+-- real processes against the example dashboard on 127.0.0.1, with the
+-- GOLIAT stand-in as the study (python).
+local host = require "host"
+local cjson = require "cjson"
+local cluster = require "support.cluster"
+local H = require "support.helpers"
+
+local fs = host.fs
+local queue = cluster.queue
+
+-- Run the agent script with an option to its end; returns code, output.
+local function run_option(env, ...)
+  local args = { fs.join(cluster.source_dir, "scripts", "agent.lua"), ... }
+  local r = H.run_host(args, { env = env, timeout = 120 })
+  return r.code, r.stdout .. r.stderr
+end
+
+local function lines_with(out, level)
+  local n = 0
+  for line in out:gmatch("[^\n]+") do
+    if line:sub(1, #level + 1) == level .. " " then n = n + 1 end
+  end
+  return n
+end
+
+describe("--check", function()
+  local dash, work, env
+
+  before_each(function()
+    dash = cluster.start_dashboard()
+    work = cluster.temp_dir("check")
+    assert(fs.mkdir_p(fs.join(work, "configs")))
+    assert(fs.mkdir_p(fs.join(work, "data")))
+    env = cluster.agent_env(dash.url, work,
+      { GOLIAT_API_TOKEN = "check-secret-token" })
+  end)
+
+  after_each(function()
+    cluster.stop(dash.proc)
+  end)
+
+  it("says all OK on a ready machine, hides the token, and leaves one " ..
+    "heartbeat and no taken work on the dashboard", function()
+      queue(dash, { duration_s = 1 }, { id = "not-for-check" })
+      local code, out = run_option(env, "--check")
+      assert.equals(0, code, out)
+      assert.equals(0, lines_with(out, "FAIL"), out)
+      assert.equals(0, lines_with(out, "WARN"), out)
+      assert.matches("OK   heartbeat: POST /api/heartbeat answered 200", out)
+      assert.matches("OK   study command: python imports goliat", out)
+      assert.matches("GOLIAT_API_TOKEN = %*%*%* %(environment%)", out)
+      assert.not_matches("check%-secret%-token", out)
+      local ev = cluster.events(dash)
+      assert.equals(1, #ev.heartbeats)
+      assert.equals(0, ev.polls)
+      assert.equals(0, #ev.handed)
+      assert.equals(1, ev.queued)
+    end)
+
+  it("says FAIL and exits 1 when the dashboard is down", function()
+    cluster.stop(dash.proc)
+    dash.proc:wait()
+    local code, out = run_option(env, "--check")
+    assert.equals(1, code, out)
+    assert.matches("FAIL dashboard http://127%.0%.0%.1:%d+: unreachable", out)
+  end)
+
+  it("says FAIL when the study's interpreter is missing", function()
+    env.GOLIAT_STUDY_COMMAND = '["no-such-python-x","-m","goliat","study"]'
+    local code, out = run_option(env, "--check")
+    assert.equals(1, code, out)
+    assert.matches("FAIL study command: no%-such%-python%-x is not found", out)
+  end)
+
+  it("says FAIL when python cannot import the study's module", function()
+    env.GOLIAT_STUDY_COMMAND = '["python3","-m","no_such_goliat_x","study"]'
+    local code, out = run_option(env, "--check")
+    assert.equals(1, code, out)
+    assert.matches("FAIL study command: python cannot import no_such_goliat_x",
+      out)
+  end)
+
+  it("says FAIL when the work dir cannot be written, and WARN when the " ..
+    "project has no configs/ nor data/", function()
+      local blocked = fs.join(work, "a-file")
+      assert(fs.write_atomic(blocked, "x"))
+      env.GOLIAT_WORK_DIR = fs.join(blocked, "work") -- a file in the way
+      env.GOLIAT_PROJECT_DIR = cluster.temp_dir("bare-project")
+      local code, out = run_option(env, "--check")
+      assert.equals(1, code, out)
+      assert.matches("FAIL GOLIAT_WORK_DIR [^\n]*: cannot write there", out)
+      assert.matches("WARN GOLIAT_PROJECT_DIR [^\n]*: has no configs/", out)
+      assert.matches("WARN GOLIAT_PROJECT_DIR [^\n]*: has no data/", out)
+    end)
+end)
+
+describe("--status", function()
+  local dash, work, env, agent
+
+  before_each(function()
+    dash = cluster.start_dashboard()
+    work = cluster.temp_dir("status")
+    env = cluster.agent_env(dash.url, work)
+  end)
+
+  after_each(function()
+    if agent then cluster.stop(agent.proc) end
+    cluster.stop(dash.proc)
+    agent = nil
+  end)
+
+  it("says the agent is not running (exit 3), with the reports waiting",
+    function()
+      assert(fs.mkdir_p(fs.join(work, "outbox")))
+      assert(fs.write_atomic(fs.join(work, "outbox", "000000000001.json"),
+        '{"path":"/api/gui-update","body":{}}'))
+      local code, out = run_option(env, "--status")
+      assert.equals(3, code, out)
+      assert.matches("agent: not running", out)
+      assert.matches("outbox: 1 report waiting", out)
+    end)
+
+  it("shows a running agent idle, then with its study, in text and JSON",
+    function()
+      agent = cluster.start_agent(env, work)
+      local out
+      assert(cluster.wait_until(function()
+        local code
+        code, out = run_option(env, "--status")
+        return code == 0 and out:find("last heartbeat: ok", 1, true)
+      end, 30), "no running status: " .. tostring(out))
+      assert.matches("agent: running %(pid " .. agent.proc.pid .. ",", out)
+      assert.matches("study: none", out)
+      queue(dash, { duration_s = 60, steps = 1 }, { id = "st-1",
+        split_index = 6 })
+      assert(cluster.wait_until(function()
+        local _
+        _, out = run_option(env, "--status")
+        return out:find("study: assignment st-1", 1, true)
+      end, 30), "the study never showed: " .. tostring(out))
+      assert.matches("study: assignment st%-1 %(split 6%), pid %d+, " ..
+        "attempt 1, started %d+ s ago", out)
+      local code, json = run_option(env, "--status", "--json")
+      assert.equals(0, code)
+      local info = cjson.decode(json)
+      assert.is_true(info.running)
+      assert.equals("st-1", info.status.study.assignment_id)
+      assert.equals(0, info.outbox)
+    end)
+end)
