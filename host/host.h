@@ -38,6 +38,7 @@ typedef struct host_ctx {
   int tasks_alive;        /* tasks not yet finished */
   unsigned tasks_started; /* for default task names */
   int exiting;            /* os.exit() was called */
+  int restart;            /* host.restart() was called: run the script again */
 } host_ctx;
 
 /* The context of the host that owns L (any thread of it). */

@@ -168,9 +168,12 @@ static void shut_down(host_ctx *ctx) {
     host_log(LOG_WARN, "some libuv handles were still open at exit");
 }
 
-static int run(int argc, char **argv) {
+/* One run of the script; *restart is set when it asked to run again. */
+static int run(int argc, char **argv, int *restart) {
   static host_ctx ctx;
   static int warnings_on;
+  memset(&ctx, 0, sizeof ctx);
+  warnings_on = 0;
   int rc = uv_loop_init(&ctx.loop);
   if (rc != 0) {
     fprintf(stderr, "goliat-host: %s\n", uv_strerror(rc));
@@ -209,6 +212,7 @@ static int run(int argc, char **argv) {
                task_count_alive(&ctx));
   }
   shut_down(&ctx);
+  *restart = ctx.restart;
   return ctx.exit_code;
 }
 
@@ -239,7 +243,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "goliat-host: libcurl failed to initialise\n");
     return EXIT_FAILURE;
   }
-  int rc = run(argc, argv);
+  int rc, restart;
+  do {
+    rc = run(argc, argv, &restart);
+    if (restart)
+      host_log(LOG_INFO, "restarting %s", argv[1]);
+  } while (restart);
   curl_global_cleanup();
   uv_library_shutdown();
   return rc;

@@ -447,6 +447,14 @@ static int l_os_exit(lua_State *L) {
   exit(code);
 }
 
+/* host.restart(): end this run like os.exit(0), then main() runs the same
+ * script again with the same arguments, in the same process. */
+static int l_restart(lua_State *L) {
+  host_get(L)->restart = 1;
+  lua_settop(L, 0);
+  return l_os_exit(L);
+}
+
 void host_open_task(lua_State *L) {
   host_ctx *ctx = host_get(L);
   uv_idle_init(&ctx->loop, &ctx->ready_idle);
@@ -472,6 +480,8 @@ void host_open_task(lua_State *L) {
 
   lua_pushcfunction(L, l_os_exit);
   lua_setfield(L, -2, "exit");
+  lua_pushcfunction(L, l_restart);
+  lua_setfield(L, -2, "restart");
   lua_getglobal(L, "os");
   lua_pushcfunction(L, l_os_exit);
   lua_setfield(L, -2, "exit");

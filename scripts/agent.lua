@@ -876,6 +876,50 @@ function Agent:stop(signal)
 end
 
 ------------------------------------------------------------------------------
+-- Reload (SIGHUP on Linux): the edited agent.lua, its lib/ and the settings
+-- file are taken up without stopping the study. A separate goliat-host
+-- first loads them (--validate); if they do not load, the agent keeps
+-- running as it is and logs why. Otherwise the host runs agent.lua again
+-- in the same process (host.restart), and the new agent takes the running
+-- study back through the state file, as after a restart.
+------------------------------------------------------------------------------
+function Agent:reload(why)
+  local h = self.host
+  if self.reloading or self.stopping then return end
+  self.reloading = true
+  self.log.info("%s received: checking the edited agent.lua and settings",
+    why)
+  local out = h.fs.join(self.s.work_dir, ".goliat-reload-check.txt")
+  local p = h.proc.spawn { argv = { self.s.host_exe, M.script_path(h),
+    "--validate" }, stdout = out, stderr = "stdout" }
+  local code = p and p:wait()
+  local text = h.fs.read(out) or ""
+  h.fs.remove(out)
+  if code ~= 0 then
+    self.log.error("reload refused, the agent keeps running as it was: %s",
+      text:match("[^\r\n]+") or "the check could not run")
+    self.reloading = false
+    return
+  end
+  -- not in the middle of a claim or a report (bounded)
+  local deadline = h.time.monotonic() + 30
+  while self.busy and not self.study and h.time.monotonic() < deadline do
+    h.time.sleep(0.1)
+  end
+  self.log.info("reloading agent.lua and the settings%s", self.study and
+    string.format(" (the study of assignment %s keeps running and is " ..
+      "taken back)", tostring(self.study.assignment.id)) or "")
+  self:write_status(true)
+  h.restart()
+end
+
+-- agent.lua's own path, as goliat-host was given it.
+function M.script_path(host)
+  local source = debug.getinfo(1, "S").source:gsub("^@", "")
+  return settings_lib.absolute(host, source)
+end
+
+------------------------------------------------------------------------------
 -- Start-up. Each loop runs in its own task under a supervisor: an error in
 -- an edited policy is logged with file and line and the loop starts again,
 -- while the other loops (the heartbeat above all) go on.
@@ -920,10 +964,8 @@ function Agent:start()
     h.sys.on_signal(name, function(sig) self:stop(sig) end)
   end
   if h.sys.platform() ~= "windows" then
-    -- a closed terminal or a careless `kill -HUP`: not a reason to stop
-    h.sys.on_signal("SIGHUP", function()
-      self.log.info("SIGHUP received: ignored, the agent keeps running")
-    end)
+    -- an edited agent.lua or settings file, taken up without a stop
+    h.sys.on_signal("SIGHUP", function() self:reload("SIGHUP") end)
   end
   self:supervise("heartbeat", Agent.heartbeat_loop)
   self:supervise("worker", Agent.work_loop)
@@ -949,6 +991,17 @@ function M.main(host, option, ...)
     return
   elseif option == "--status" then
     host.exit(require("lib.status").show(host, M, ...))
+    return
+  elseif option == "--validate" then
+    -- for a reload: this file and its modules have loaded; the settings?
+    local s, err = M.load_settings(host, { look_only = true })
+    if s then
+      local ok
+      ok, err = settings_lib.apply_host(host, s)
+      if not ok then s = nil end
+    end
+    if not s then io.stdout:write(err, "\n") end
+    host.exit(s and 0 or 2)
     return
   elseif option == "--help" or option == "-h" then
     io.stdout:write(USAGE)

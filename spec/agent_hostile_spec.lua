@@ -117,7 +117,8 @@ describe("the heartbeat", function()
 end)
 
 describe("SIGHUP", function()
-  it("is logged and the agent keeps running (Linux)", function()
+  it("reloads the agent, which keeps running (Linux; it used to die)",
+    function()
     local f = fake()
     P.dashboard(f)
     P.start(f)
@@ -440,5 +441,57 @@ describe("processes the study leaves running", function()
       assert.equals("SIGTERM", f.orphan_signals[1])
       assert.equals("SIGKILL", f.orphan_signals[#f.orphan_signals])
       assert.matches("left 2 process%(es%) running", f:log_text())
+    end)
+end)
+
+describe("a reload (SIGHUP)", function()
+  local function validating(f, code, text)
+    f.spawn_handler = function(opts)
+      if opts.argv[3] == "--validate" then
+        f.files[opts.stdout] = text
+        return { exit_code = code }
+      end
+      return { exit_code = 0, after = 60 }
+    end
+  end
+
+  it("while a study runs restarts the agent, which takes the study back " ..
+    "and reports it once", function()
+      local f = fake()
+      P.dashboard(f, { queue = { P.assignment() },
+        configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+      validating(f, 0, "")
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.procs >= 1 end, 60))
+      f:signal("SIGHUP")
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 120))
+      f:run_for(30)
+      assert.equals(1, f.restarts)
+      assert.equals(1, f.attached) -- the study was taken back, not rerun
+      local studies = 0
+      for _, p in ipairs(f.spawned) do
+        if p.argv[3] ~= "--validate" then studies = studies + 1 end
+      end
+      assert.equals(1, studies)
+      assert.equals(1, #f:reports())
+      assert.equals("finished", f:reports()[1].message.type)
+    end)
+
+  it("whose edit does not load is refused with the file and line, and the " ..
+    "agent keeps running as it was", function()
+      local f = fake()
+      P.dashboard(f)
+      validating(f, 1, "goliat-host: /work/scripts/agent.lua:12: " ..
+        "unexpected symbol near 'x'\n")
+      P.start(f)
+      f:run_for(5)
+      f:signal("SIGHUP")
+      f:run_for(30)
+      assert.is_nil(f.restarts)
+      assert.is_nil(f.exit_code)
+      assert.matches("reload refused, the agent keeps running as it was: " ..
+        "goliat%-host: /work/scripts/agent%.lua:12: unexpected symbol",
+        f:log_text())
+      assert.is_true(#f:requests_to("/api/heartbeat$") >= 6)
     end)
 end)

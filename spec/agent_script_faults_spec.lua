@@ -66,3 +66,78 @@ describe("an edit of agent.lua", function()
       assert.is_true(max_gap < 5, "heartbeat gap " .. max_gap)
     end)
 end)
+
+describe("a reload (SIGHUP) of an edited agent.lua", function()
+  local dash, agent, work, script
+
+  before_each(function()
+    dash = cluster.start_dashboard()
+    work = cluster.temp_dir("reload")
+    -- an unedited copy: the edits below are made while the agent runs
+    script = edited_scripts(function(text) return text .. "\n" end)
+    agent = assert(host.proc.spawn { argv = { cluster.goliat_host, script },
+      env = cluster.agent_env(dash.url, work),
+      stdout = host.fs.join(work, "agent.log"), stderr = "stdout" })
+  end)
+
+  after_each(function()
+    cluster.stop(agent)
+    cluster.stop(dash.proc)
+  end)
+
+  local function log() return host.fs.read(host.fs.join(work, "agent.log")) or "" end
+
+  local function study_running()
+    assert(cluster.wait_until(function()
+      return log():find("starting", 1, true)
+    end, 30), "the study did not start")
+  end
+
+  it("takes the edit up in the same process, keeps the study and reports " ..
+    "it once", function()
+      cluster.post_json(dash.url .. "/dev/assignments",
+        { config = { duration_s = 6, steps = 2 }, id = "kept" })
+      study_running()
+      local text = assert(host.fs.read(script))
+      assert(host.fs.write_atomic(script, (text:gsub(
+        'self%.log%.info%("goliat agent %%s',
+        'self.log.info("edited policy: goliat agent %%s', 1))))
+      assert(agent:signal("SIGHUP"))
+      local reports = cluster.wait_until(function()
+        local r = cluster.reports(dash)
+        return #r >= 1 and r
+      end, 60)
+      assert(reports, "no report: " .. log())
+      assert.matches("edited policy: goliat agent", log())
+      assert.matches("taking back the running study", log())
+      assert.is_true(agent:running(), "the agent process ended")
+      assert.equals("finished", reports[1].type)
+      assert.equals("kept", reports[1].assignment_id)
+      host.time.sleep(2)
+      assert.equals(1, #cluster.reports(dash))
+      assert.equals(1, #cluster.events(dash).handed)
+    end)
+
+  it("refuses an edit that does not load, with file and line, and goes on " ..
+    "as it was", function()
+      assert(cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats >= 1
+      end, 30))
+      local text = assert(host.fs.read(script))
+      local broken = text:gsub("function Agent:find_work%(%)",
+        "function Agent:find_work(( -- typo", 1)
+      assert(host.fs.write_atomic(script, broken))
+      local line = line_of(broken, "function Agent:find_work((")
+      assert(agent:signal("SIGHUP"))
+      assert(cluster.wait_until(function()
+        return log():find("reload refused", 1, true)
+      end, 30), "no refusal logged: " .. log())
+      assert.matches("reload refused, the agent keeps running as it was: " ..
+        "[^\n]*agent%.lua:" .. line .. ":", log())
+      local beats = #cluster.events(dash).heartbeats
+      assert(cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats >= beats + 3
+      end, 20), "no heartbeats after the refused reload")
+      assert.is_true(agent:running())
+    end)
+end)

@@ -284,6 +284,7 @@ local function lookup(host, file, path, var, empty_is_value)
 end
 
 M.scripts_dir = scripts_dir
+M.absolute = absolute
 
 -- Settings: defaults, then the settings file, then the environment.
 -- Returns the table, or nil and a one-line message naming the variable

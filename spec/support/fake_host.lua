@@ -152,6 +152,7 @@ function Fake:run_for(seconds)
 end
 
 function Fake:start(main)
+  self.main = main
   self:spawn("main", main, self.host)
 end
 
@@ -229,6 +230,15 @@ function Fake:make_host()
 
   host.exit = function(code)
     f.exit_code = code or 0
+    coroutine.yield("block", nil, function() return false end)
+  end
+  -- the script runs again in the same process: a new agent, same machine
+  host.restart = function()
+    f.restarts = (f.restarts or 0) + 1
+    f:spawn("host restart", function()
+      f:kill_agent()
+      f:start(f.main)
+    end)
     coroutine.yield("block", nil, function() return false end)
   end
 
