@@ -36,7 +36,10 @@ static const char usage[] =
     "  GOLIAT_LOG_KEEP       rotated copies kept, 0 to 100 (default 5; 0\n"
     "                        empties the file instead)\n"
     "  GOLIAT_TASK_LIMIT     seconds a task may run without yielding before\n"
-    "                        it is stopped (default 5; 0: no watchdog)\n";
+    "                        it is stopped (default 5; 0: no watchdog)\n"
+    "\n"
+    "As a Windows service, the log goes to NAME.log next to goliat-host.exe\n"
+    "unless GOLIAT_LOG_FILE is set, and is rotated all the same.\n";
 
 static int luaopen_host(lua_State *L) {
   lua_newtable(L);
