@@ -10,6 +10,7 @@
 #include "task.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,9 +27,19 @@ static const char usage[] =
     "global `arg` and in `...`.\n"
     "\n"
     "Environment:\n"
-    "  GOLIAT_LOG_LEVEL   debug, info (default), warn or error\n"
-    "  GOLIAT_TASK_LIMIT  seconds a task may run without yielding before it\n"
-    "                     is stopped (default 5; 0 turns the watchdog off)\n";
+    "  GOLIAT_LOG_LEVEL      debug, info (default), warn or error\n"
+    "  GOLIAT_LOG_FILE       write the log to this file (appended to) instead\n"
+    "                        of standard error; children do not inherit it\n"
+    "  GOLIAT_LOG_MAX_BYTES  rotate the log file before a line takes it past\n"
+    "                        this size (default 10485760, 10 MiB): FILE.1 is\n"
+    "                        the newest rotated copy, FILE.2 the one before\n"
+    "  GOLIAT_LOG_KEEP       rotated copies kept, 0 to 100 (default 5; 0\n"
+    "                        empties the file instead)\n"
+    "  GOLIAT_TASK_LIMIT     seconds a task may run without yielding before\n"
+    "                        it is stopped (default 5; 0: no watchdog)\n"
+    "\n"
+    "As a Windows service, the log goes to NAME.log next to goliat-host.exe\n"
+    "unless GOLIAT_LOG_FILE is set, and is rotated all the same.\n";
 
 static int luaopen_host(lua_State *L) {
   lua_newtable(L);
@@ -120,18 +131,76 @@ static int set_args(lua_State *L, int argc, char **argv) {
   return argc - 2;
 }
 
+/* A whole number from min to max written in decimal digits only; 0, or -1
+ * when s is not one. */
+static int parse_count(const char *s, long long min, long long max,
+                       long long *out) {
+  if (*s < '0' || *s > '9')
+    return -1;
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (*end || errno == ERANGE || v < min || v > max)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* The environment variable name as UTF-8 (getenv gives the ANSI code page
+ * on Windows), malloc'd; NULL when it is unset or empty. */
+static char *getenv_utf8(const char *name) {
+  char probe[1];
+  size_t size = sizeof probe;
+  if (uv_os_getenv(name, probe, &size) != UV_ENOBUFS)
+    return NULL; /* unset, or empty */
+  char *value = malloc(size);
+  if (value && uv_os_getenv(name, value, &size) != 0) {
+    free(value);
+    value = NULL;
+  }
+  return value;
+}
+
+/* GOLIAT_LOG_FILE, GOLIAT_LOG_MAX_BYTES and GOLIAT_LOG_KEEP, before the
+ * other variables so that their warnings go to the file as well. */
+static void configure_log_file(void) {
+  const char *max_s = getenv("GOLIAT_LOG_MAX_BYTES");
+  const char *keep_s = getenv("GOLIAT_LOG_KEEP");
+  long long max = HOST_LOG_MAX_BYTES, keep = HOST_LOG_KEEP;
+  int bad_max = max_s && *max_s && parse_count(max_s, 1, INT64_MAX, &max);
+  int bad_keep =
+      keep_s && *keep_s && parse_count(keep_s, 0, HOST_LOG_KEEP_MAX, &keep);
+  char *path = getenv_utf8("GOLIAT_LOG_FILE");
+  if (path)
+    host_log_to_file(path, max, (int)keep);
+  if (bad_max)
+    host_log(LOG_WARN,
+             "GOLIAT_LOG_MAX_BYTES=%s is not a whole number of bytes > 0; "
+             "using %d",
+             max_s, HOST_LOG_MAX_BYTES);
+  if (bad_keep)
+    host_log(LOG_WARN,
+             "GOLIAT_LOG_KEEP=%s is not a whole number from 0 to %d; using %d",
+             keep_s, HOST_LOG_KEEP_MAX, HOST_LOG_KEEP);
+  if (path) {
+    /* the file is this process's: a goliat-host it starts (a study's
+     * wrapper) logs where its own stderr goes, not into this file */
+    uv_os_unsetenv("GOLIAT_LOG_FILE");
+    free(path);
+  }
+}
+
 static void configure_from_env(host_ctx *ctx) {
   const char *level = getenv("GOLIAT_LOG_LEVEL");
-  if (level && *level) {
-    int lv = host_log_parse_level(level);
-    if (lv < 0)
-      host_log(LOG_WARN,
-               "GOLIAT_LOG_LEVEL=%s is not debug, info, warn or "
-               "error; using info",
-               level);
-    else
-      host_log_set_level(lv);
-  }
+  int lv = level && *level ? host_log_parse_level(level) : LOG_INFO;
+  if (lv >= 0)
+    host_log_set_level(lv);
+  configure_log_file();
+  if (lv < 0)
+    host_log(LOG_WARN,
+             "GOLIAT_LOG_LEVEL=%s is not debug, info, warn or "
+             "error; using info",
+             level);
   ctx->task_limit_s = 5.0;
   const char *limit = getenv("GOLIAT_TASK_LIMIT");
   if (limit && *limit) {
@@ -250,6 +319,7 @@ int main(int argc, char **argv) {
       host_log(LOG_INFO, "restarting %s", argv[1]);
   } while (restart);
   curl_global_cleanup();
+  host_log_close();
   uv_library_shutdown();
   return rc;
 }

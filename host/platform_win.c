@@ -708,8 +708,16 @@ int plat_pid_start_time(int pid, long long *out) {
  * running after the study grace period (GOLIAT_STUDY_GRACE, default 30 s)
  * plus 30 s is killed. A child that ends on its own is started again after
  * RESTART_DELAY_MS, like systemd's Restart=always. The child runs in the
- * folder of goliat-host.exe; its output and the supervisor's own lines are
- * appended to NAME.log there. */
+ * folder of goliat-host.exe.
+ *
+ * The log is NAME.log in that folder unless the service's environment (the
+ * registry's Environment value) sets GOLIAT_LOG_FILE: the supervisor sets
+ * GOLIAT_LOG_FILE for its child, which writes its log there and rotates it
+ * by size (log.c). The supervisor's own lines, and whatever the child
+ * writes on stdout and stderr (a script's fatal error, the warning of a log
+ * file that cannot be written), are appended to the same file through a
+ * pipe and a thread; the supervisor opens the file for each write only, so
+ * that the child's rotation can always rename it. */
 
 #define RESTART_DELAY_MS 10000
 #define STOP_EVENT_VAR L"GOLIAT_SERVICE_STOP_EVENT"
@@ -750,17 +758,38 @@ static struct {
   wchar_t *name;
   char **argv; /* SCRIPT [ARG...], NULL-terminated */
   SERVICE_STATUS_HANDLE handle;
-  HANDLE stop;       /* manual-reset event: a stop was asked for */
-  HANDLE child_stop; /* auto-reset event the child waits on (SIGBREAK) */
-  HANDLE log;
+  HANDLE stop;          /* manual-reset event: a stop was asked for */
+  HANDLE child_stop;    /* auto-reset event the child waits on (SIGBREAK) */
+  wchar_t *log;         /* the log file: GOLIAT_LOG_FILE, or default_log */
+  wchar_t *default_log; /* NAME.log next to goliat-host.exe */
   DWORD checkpoint;
 } svc;
+
+static HANDLE open_for_append(const wchar_t *path) {
+  return CreateFileW(path, FILE_APPEND_DATA,
+                     FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                     NULL, OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
+}
+
+/* Append data to the log, opened for this write only (the child may rename
+ * it at any time); to NAME.log next to the exe when the log file cannot be
+ * opened, so that the reason, which the child writes on stderr, is found
+ * somewhere. Any thread. */
+static void svc_append(const char *data, DWORD len) {
+  HANDLE h = svc.log ? open_for_append(svc.log) : INVALID_HANDLE_VALUE;
+  if (h == INVALID_HANDLE_VALUE && svc.default_log &&
+      svc.log != svc.default_log)
+    h = open_for_append(svc.default_log);
+  if (h == INVALID_HANDLE_VALUE)
+    return;
+  DWORD written;
+  WriteFile(h, data, len, &written, NULL);
+  CloseHandle(h);
+}
 
 static void svc_log(const char *fmt, ...) HOST_PRINTF(1, 2);
 
 static void svc_log(const char *fmt, ...) {
-  if (svc.log == INVALID_HANDLE_VALUE)
-    return;
   char line[1024];
   SYSTEMTIME t;
   GetSystemTime(&t);
@@ -778,8 +807,7 @@ static void svc_log(const char *fmt, ...) {
   if (n > (int)sizeof line - 2)
     n = (int)sizeof line - 2;
   line[n++] = '\n';
-  DWORD written;
-  WriteFile(svc.log, line, (DWORD)n, &written, NULL);
+  svc_append(line, (DWORD)n);
 }
 
 static void svc_set(DWORD state, DWORD wait_hint) {
@@ -836,9 +864,23 @@ static wchar_t *exe_path(void) {
   }
 }
 
-/* Start goliat-host SCRIPT [ARG...] in a new process group; returns its
+/* Copies what the child writes on stdout and stderr to the log, until
+ * every holder of the pipe's write end has closed it (the child, and the
+ * studies that inherited it). */
+static DWORD WINAPI svc_forward(LPVOID arg) {
+  HANDLE in = arg;
+  char buf[4096];
+  DWORD n;
+  while (ReadFile(in, buf, sizeof buf, &n, NULL) && n > 0)
+    svc_append(buf, n);
+  CloseHandle(in);
+  return 0;
+}
+
+/* Start goliat-host SCRIPT [ARG...] in a new process group, its stdout and
+ * stderr forwarded to the log by a thread (*forward, or NULL); returns its
  * process handle, or NULL. */
-static HANDLE svc_start_child(const wchar_t *exe, DWORD *pid) {
+static HANDLE svc_start_child(const wchar_t *exe, DWORD *pid, HANDLE *forward) {
   char *self = to_utf8(exe);
   size_t n = 0;
   while (svc.argv[n])
@@ -860,10 +902,11 @@ static HANDLE svc_start_child(const wchar_t *exe, DWORD *pid) {
   SECURITY_ATTRIBUTES sa = {sizeof sa, NULL, TRUE};
   HANDLE in = CreateFileW(L"NUL", GENERIC_READ, FILE_SHARE_READ, &sa,
                           OPEN_EXISTING, 0, NULL);
-  HANDLE out = INVALID_HANDLE_VALUE;
-  if (svc.log == INVALID_HANDLE_VALUE ||
-      !DuplicateHandle(GetCurrentProcess(), svc.log, GetCurrentProcess(), &out,
-                       0, TRUE, DUPLICATE_SAME_ACCESS))
+  HANDLE out = INVALID_HANDLE_VALUE, pipe_in = NULL;
+  *forward = NULL;
+  if (CreatePipe(&pipe_in, &out, &sa, 0))
+    SetHandleInformation(pipe_in, HANDLE_FLAG_INHERIT, 0);
+  else
     out = CreateFileW(L"NUL", GENERIC_WRITE, FILE_SHARE_WRITE, &sa,
                       OPEN_EXISTING, 0, NULL);
   STARTUPINFOW si;
@@ -884,6 +927,9 @@ static HANDLE svc_start_child(const wchar_t *exe, DWORD *pid) {
   if (out != INVALID_HANDLE_VALUE)
     CloseHandle(out);
   free(cmd);
+  if (pipe_in && (!ok || !(*forward = CreateThread(NULL, 0, svc_forward,
+                                                   pipe_in, 0, NULL))))
+    CloseHandle(pipe_in);
   if (!ok) {
     SetLastError(err);
     return NULL;
@@ -931,7 +977,8 @@ static void svc_run(void) {
   wchar_t *exe = exe_path();
   if (!exe)
     return;
-  /* work in the folder of goliat-host.exe, and log there */
+  /* work in the folder of goliat-host.exe, and log there unless
+   * GOLIAT_LOG_FILE says where */
   wchar_t *slash = wcsrchr(exe, L'\\');
   size_t dlen = slash ? (size_t)(slash - exe) : 0;
   size_t nlen = wcslen(svc.name);
@@ -942,11 +989,19 @@ static void svc_run(void) {
     if (dlen > 0)
       SetCurrentDirectoryW(log);
     swprintf(log + dlen, nlen + 6, L"%ls%ls.log", dlen ? L"\\" : L"", svc.name);
-    svc.log =
-        CreateFileW(log, FILE_APPEND_DATA,
-                    FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
-                    NULL, OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, NULL);
-    free(log);
+  }
+  svc.default_log = log;
+  DWORD size = GetEnvironmentVariableW(L"GOLIAT_LOG_FILE", NULL, 0);
+  if (size > 1) { /* the operator's, from the registry's Environment */
+    svc.log = malloc(size * sizeof *svc.log);
+    if (svc.log &&
+        !GetEnvironmentVariableW(L"GOLIAT_LOG_FILE", svc.log, size)) {
+      free(svc.log);
+      svc.log = NULL; /* svc_append writes to default_log */
+    }
+  } else if (log) {
+    svc.log = log;
+    SetEnvironmentVariableW(L"GOLIAT_LOG_FILE", log); /* for the child */
   }
   /* a console for the child and its studies (Ctrl-Break between them) */
   if (!GetConsoleWindow() && AllocConsole()) {
@@ -965,7 +1020,8 @@ static void svc_run(void) {
 
   while (WaitForSingleObject(svc.stop, 0) != WAIT_OBJECT_0) {
     DWORD pid = 0;
-    HANDLE child = svc_start_child(exe, &pid);
+    HANDLE forward;
+    HANDLE child = svc_start_child(exe, &pid, &forward);
     if (!child) {
       svc_log("cannot start goliat-host: error %lu; trying again in %d s",
               (unsigned long)GetLastError(), RESTART_DELAY_MS / 1000);
@@ -982,6 +1038,12 @@ static void svc_run(void) {
     DWORD code = 0;
     GetExitCodeProcess(child, &code);
     CloseHandle(child);
+    if (forward) {
+      /* its last words before the line that says it exited; a study that
+       * inherited the pipe keeps the thread going, so not for long */
+      WaitForSingleObject(forward, 2000);
+      CloseHandle(forward);
+    }
     if (w == WAIT_OBJECT_0) {
       svc_log("goliat-host exited with code %lu; service stopped",
               (unsigned long)code);
@@ -1002,9 +1064,6 @@ static void WINAPI svc_main(DWORD argc, LPWSTR *argv) {
     return;
   svc_set(SERVICE_START_PENDING, 10000);
   svc_run();
-  if (svc.log != INVALID_HANDLE_VALUE)
-    CloseHandle(svc.log);
-  svc.log = INVALID_HANDLE_VALUE;
   svc_set(SERVICE_STOPPED, 0);
 }
 
@@ -1015,7 +1074,6 @@ int plat_service_main(int argc, char **argv) {
   }
   svc.name = to_wide(argv[2]);
   svc.argv = argv + 3;
-  svc.log = INVALID_HANDLE_VALUE;
   svc.stop = CreateEventW(NULL, TRUE, FALSE, NULL);
   if (!svc.name || !svc.stop) {
     fputs("goliat-host: --service: invalid name or out of resources\n", stderr);

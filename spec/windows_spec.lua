@@ -459,7 +459,9 @@ describe("Windows", function()
 
     it("runs the script, restarts it after it exits, and turns a service "
       .. "stop into its SIGBREAK handler (broken if stop kills it or a crash "
-      .. "ends the service)", function()
+      .. "ends the service); its log, stderr and the supervisor's lines go to "
+      .. "NAME.log, rotated at 10 MiB (broken if the service's log is unbounded "
+      .. "or loses what the script writes on stderr)", function()
         if not enabled then
           pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
         end
@@ -469,6 +471,12 @@ describe("Windows", function()
           local host = require "host"
           local out = arg[1]
           local runs = select(2, (host.fs.read(out) or ""):gsub("start", ""))
+          host.log.info("svc log line %d", runs)
+          io.stderr:write("svc stderr line ", runs, "\n")
+          if runs == 1 then -- lines of 1 MiB and more: 10 do not fit in
+            -- the default GOLIAT_LOG_MAX_BYTES (10 MiB)
+            for i = 1, 11 do host.log.info("%d%s", i, string.rep("y", 1048576)) end
+          end
           host.fs.append(out, "start " .. host.sys.cwd() .. "\n")
           if runs == 0 then os.exit(3) end -- a crash: the service restarts it
           local stop = false
@@ -504,10 +512,29 @@ describe("Windows", function()
         local text = fs.read(out)
         assert.matches("^start " .. exe_dir:gsub("%p", "%%%0") .. "\n", text)
         assert.matches("got SIGBREAK\nend\n$", text)
-        local svc_log = fs.read(fs.join(exe_dir, name .. ".log")) or ""
-        assert.matches("exited with code 3; starting it again", svc_log, 1, true)
-        assert.matches("exited with code 0; service stopped", svc_log, 1, true)
-        fs.remove(fs.join(exe_dir, name .. ".log"))
+        local log_file = fs.join(exe_dir, name .. ".log")
+        finally(function()
+          fs.remove(log_file)
+          fs.remove(log_file .. ".1")
+        end)
+        local old = fs.read(log_file .. ".1") or ""
+        local svc_log = fs.read(log_file) or ""
+        assert.is_nil(fs.stat(log_file .. ".2"))
+        assert.is_true(#old > 9 * 1048576 and #old <= 10485760, "size " .. #old)
+        -- the first run's lines, its last words on stderr before the
+        -- supervisor's line that says it exited
+        local first = old:match("^(.-) info  1yyy")
+        assert.truthy(first, "no rotation")
+        local at = first:find("exited with code 3; starting it again", 1, true)
+        assert.truthy(at, first)
+        assert.truthy(first:find(" info  svc log line 0\n", 1, true), first)
+        assert.truthy(first:find("svc stderr line 0\n", 1, true) < at, first)
+        assert.matches(" info  svc log line 1\n", first, 1, true)
+        assert.matches("svc stderr line 1\n", old .. svc_log, 1, true)
+        -- the 10th and 11th big lines, and the end
+        assert.matches(" info  10yyy", svc_log, 1, true)
+        assert.matches(" info  11yyy", svc_log, 1, true)
+        assert.matches("exited with code 0; service stopped\n$", svc_log)
       end)
   end)
 end)
