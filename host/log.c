@@ -280,10 +280,36 @@ static int l_set_level(lua_State *L) {
   return 1;
 }
 
+/* host.log.to_file(path[, max_bytes[, keep]]) -> true | nil, msg, code:
+ * as GOLIAT_LOG_FILE (a settings file may name the log file). */
+static int l_to_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, HOST_LOG_MAX_BYTES);
+  lua_Integer keep = luaL_optinteger(L, 3, HOST_LOG_KEEP);
+  luaL_argcheck(L, max > 0, 2, "must be > 0");
+  luaL_argcheck(L, keep >= 0 && keep <= HOST_LOG_KEEP_MAX, 3, "out of range");
+  int rc = host_log_to_file(path, (int64_t)max, (int)keep);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* host.log.file() -> the log file's path, or nil (standard error) */
+static int l_file(lua_State *L) {
+  if (lf.path)
+    lua_pushstring(L, lf.path);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
 void host_open_log(lua_State *L) {
   static const luaL_Reg funcs[] = {
-      {"debug", l_debug}, {"info", l_info},           {"warn", l_warn},
-      {"error", l_error}, {"set_level", l_set_level}, {NULL, NULL}};
+      {"debug", l_debug},         {"info", l_info},
+      {"warn", l_warn},           {"error", l_error},
+      {"set_level", l_set_level}, {"to_file", l_to_file},
+      {"file", l_file},           {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "log");
 }

@@ -149,3 +149,26 @@ describe("--status", function()
       assert.equals(0, info.outbox)
     end)
 end)
+
+describe("a settings file naming GOLIAT_LOG_FILE", function()
+  it("sends the agent's log to that file (broken if only the environment " ..
+    "can name it)", function()
+      local work = cluster.temp_dir("logfile")
+      local conf = fs.join(work, "agent.conf")
+      local log = fs.join(work, "agent-file.log")
+      assert(fs.write_atomic(conf, "GOLIAT_MONITORING_URL=http://127.0.0.1:9\n" ..
+        "GOLIAT_LOG_FILE=" .. log .. "\nGOLIAT_LOG_KEEP=2\n"))
+      local env = { GOLIAT_CONFIG = conf, GOLIAT_WORK_DIR = work,
+        GOLIAT_PUBLIC_IP_URL = "", GOLIAT_MACHINE_ID = "spec-worker" }
+      local agent = assert(host.proc.spawn { argv = { cluster.goliat_host,
+        fs.join(cluster.source_dir, "scripts", "agent.lua") }, env = env,
+        stdout = fs.join(work, "stderr.txt"), stderr = "stdout" })
+      local ok = cluster.wait_until(function()
+        return (fs.read(log) or ""):find("goliat agent", 1, true)
+      end, 30)
+      cluster.stop(agent)
+      assert(ok, "no log in the file; stderr: " ..
+        tostring(fs.read(fs.join(work, "stderr.txt"))))
+      assert.not_matches("goliat agent", fs.read(fs.join(work, "stderr.txt")) or "")
+    end)
+end)

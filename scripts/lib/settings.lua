@@ -399,6 +399,35 @@ function M.apply_host(host, s)
     end
     host.task.set_limit(n)
   end
+  -- the host took GOLIAT_LOG_FILE from the environment, if it was there
+  local file = e.GOLIAT_LOG_FILE
+  if file and host.log.file and not host.log.file() then
+    local function log_count(var, default, low, high)
+      local v = host.sys.getenv(var)
+      local src = "environment"
+      if not v or v == "" then
+        v, src = e[var] and e[var].value, e[var] and e[var].source
+      end
+      if not v then return default end
+      local n = math.tointeger(tonumber(v))
+      if not n or n < low or n > high then
+        return nil, string.format("%s must be a whole number from %d to " ..
+          "%d, got '%s' (%s)", var, low, high, v, src)
+      end
+      return n
+    end
+    local max, err = log_count("GOLIAT_LOG_MAX_BYTES", 10485760, 1,
+      math.maxinteger)
+    if not max then return nil, err end
+    local keep
+    keep, err = log_count("GOLIAT_LOG_KEEP", 5, 0, 100)
+    if not keep then return nil, err end
+    local ok, ferr = host.log.to_file(file.value, max, keep)
+    if not ok then
+      return nil, "GOLIAT_LOG_FILE: cannot write the log to " .. file.value ..
+        ": " .. tostring(ferr) .. " (" .. file.source .. ")"
+    end
+  end
   return true
 end
 
