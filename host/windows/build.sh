@@ -243,7 +243,7 @@ flock -u 9
 # ---- goliat-host.exe: the same CMakeLists.txt, if(WIN32) branches ----
 log "goliat-host.exe in $build_dir"
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_TOOLCHAIN_FILE="$here/mingw-w64.cmake" \
+  -DCMAKE_TOOLCHAIN_FILE="$here/mingw-w64.cmake" -DGOLIAT_WERROR=ON \
   -DGOLIAT_WIN_DEPS="$deps" >/dev/null
 cmake --build "$build_dir" --target goliat-host -j "$jobs" >/dev/null
 exe=$build_dir/goliat-host.exe
