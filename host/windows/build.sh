@@ -249,7 +249,13 @@ cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release \
   -DGOLIAT_WIN_DEPS="$deps" >/dev/null
 cmake --build "$build_dir" --target goliat-host -j "$jobs" >/dev/null
 exe=$build_dir/goliat-host.exe
-version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$build_dir/CMakeCache.txt")
+# the version of project() in CMakeLists.txt, for the zip's name
+host_version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' \
+  "$build_dir/CMakeCache.txt")
+if [ -z "$host_version" ]; then
+  echo "build.sh: no CMAKE_PROJECT_VERSION in $build_dir/CMakeCache.txt" >&2
+  exit 1
+fi
 
 # DLLs it needs beyond Windows' own (none expected: everything is static)
 system_dlls='^(kernel32|user32|advapi32|shell32|ole32|ws2_32|iphlpapi|userenv|psapi|dbghelp|crypt32|bcrypt|secur32|normaliz|msvcrt|api-ms-win-.*)\.dll$'
@@ -272,7 +278,7 @@ done
 # both from the install rules: goliat-host.exe (stripped), scripts/ with
 # goliat-agent.conf.example, README-windows.txt
 dist=$root/dist/goliat-host-windows
-zip_name=goliat-host-$version-windows-x64.zip
+zip_name=goliat-host-$host_version-windows-x64.zip
 rm -rf "$dist" "$root"/dist/goliat-host-*windows*.zip
 cmake --install "$build_dir" --prefix "$dist" --strip >/dev/null
 rm -f "$build_dir"/goliat-host-*windows*.zip
