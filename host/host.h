@@ -14,7 +14,11 @@
 
 #include "log.h"
 
-#define HOST_VERSION "0.1.0"
+/* goliat-host --version, host.version and the HTTP User-Agent: the VERSION
+ * of project() in CMakeLists.txt, passed on the compiler's command line */
+#ifndef HOST_VERSION
+#error "HOST_VERSION is not defined: build with CMakeLists.txt"
+#endif
 
 typedef void (*host_close_fn)(void *data);
 

@@ -367,6 +367,8 @@ int http_server_parse_for_fuzz(const char *data, size_t len) {
 #define STREAM_BATCH 65536 /* body_repeat: bytes per write, about */
 #define MAX_CONNS 1024     /* per server; more are closed at once */
 #define BACKLOG 128
+/* "[" IPv6 address "]:" port and the NUL: the longest name of an address */
+#define ADDR_NAME_SIZE (INET6_ADDRSTRLEN + sizeof "[]:65535" - 1)
 
 static int buf_puts(hs_buf *b, const char *s) {
   return buf_append(b, s, strlen(s));
@@ -421,7 +423,7 @@ typedef struct hs_conn {
   size_t stream_len;    /* bytes in a full batch */
   uint64_t stream_left; /* bytes still to write */
   struct hs_conn *prev, *next;
-  char peer[64];
+  char peer[ADDR_NAME_SIZE];
   char desc[160]; /* "GET /path" for logs */
 } hs_conn;
 
@@ -1282,35 +1284,35 @@ static void server_close(hs_server *srv) {
   srv->handler_ref = srv->self_ref = LUA_NOREF;
 }
 
-/* "ip:port" (or "[ip]:port") of addr; 0 on success. */
+/* "ip:port" (or "[ip]:port") of addr into out (ADDR_NAME_SIZE bytes are
+ * always enough); 0 on success, -1 if addr has no name or out is too
+ * small. */
 static int addr_name(const struct sockaddr_storage *ss, char *out, size_t size,
                      int *port) {
-  char ip[64];
+  char ip[INET6_ADDRSTRLEN];
+  int n = -1;
   if (ss->ss_family == AF_INET6) {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
     if (uv_ip6_name(a, ip, sizeof ip) != 0)
       return -1;
     *port = ntohs(a->sin6_port);
-    snprintf(out, size, "[%s]:%d", ip, *port);
-    return 0;
-  }
-  if (ss->ss_family == AF_INET) {
+    n = snprintf(out, size, "[%s]:%d", ip, *port);
+  } else if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
     if (uv_ip4_name(a, ip, sizeof ip) != 0)
       return -1;
     *port = ntohs(a->sin_port);
-    snprintf(out, size, "%s:%d", ip, *port);
-    return 0;
+    n = snprintf(out, size, "%s:%d", ip, *port);
   }
-  return -1;
+  return n >= 0 && (size_t)n < size ? 0 : -1;
 }
 
 static void peer_name(uv_tcp_t *tcp, char *out, size_t size) {
   struct sockaddr_storage ss;
   int len = sizeof ss, port;
-  snprintf(out, size, "?");
-  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0)
-    addr_name(&ss, out, size, &port);
+  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0 ||
+      addr_name(&ss, out, size, &port) != 0)
+    snprintf(out, size, "?");
 }
 
 static hs_conn *conn_new(hs_server *srv, uv_tcp_t *tcp, uv_timer_t *timer) {

@@ -117,11 +117,11 @@ int plat_tree_kill(plat_tree *tree, plat_child *child, int pid) {
 }
 
 #ifdef __linux__
-/* Read /proc/<name>/stat; returns a pointer just after the command name
+/* Read /proc/<pid>/stat; returns a pointer just after the command name
  * (which may hold spaces and parentheses), or NULL. */
-static const char *read_stat(const char *name, char *buf, size_t size) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%s/stat", name);
+static const char *read_stat(pid_t pid, char *buf, size_t size) {
+  char path[sizeof "/proc/-2147483648/stat"];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   FILE *f = fopen(path, "r");
   if (!f)
     return NULL;
@@ -132,12 +132,12 @@ static const char *read_stat(const char *name, char *buf, size_t size) {
   return end ? end + 1 : NULL;
 }
 
-/* Whether /proc/<name>/stat shows a live (not zombie) member of group pgid.
+/* Whether /proc/<pid>/stat shows a live (not zombie) member of group pgid.
  * The fields after the command name (which may hold spaces and parentheses)
  * are: state ppid pgrp. */
-static int live_member(const char *name, int pgid) {
+static int live_member(pid_t pid, int pgid) {
   char buf[512];
-  const char *rest = read_stat(name, buf, sizeof buf);
+  const char *rest = read_stat(pid, buf, sizeof buf);
   char state;
   int ppid, pgrp;
   if (!rest || sscanf(rest, " %c %d %d", &state, &ppid, &pgrp) != 3)
@@ -155,7 +155,7 @@ static int group_has_live_member(int pgid) {
   struct dirent *e;
   while (!found && (e = readdir(d)) != NULL)
     if (e->d_name[0] >= '0' && e->d_name[0] <= '9')
-      found = live_member(e->d_name, pgid);
+      found = live_member((pid_t)strtol(e->d_name, NULL, 10), pgid);
   closedir(d);
   return found;
 }
@@ -181,9 +181,8 @@ int plat_pid_alive(int pid) {
   if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno != EPERM))
     return 0;
 #ifdef __linux__
-  char name[16], buf[512], state;
-  snprintf(name, sizeof name, "%d", pid);
-  const char *rest = read_stat(name, buf, sizeof buf);
+  char buf[512], state;
+  const char *rest = read_stat((pid_t)pid, buf, sizeof buf);
   if (rest && sscanf(rest, " %c", &state) == 1)
     return state != 'Z' && state != 'X';
 #endif
@@ -222,9 +221,8 @@ void plat_unlock(plat_lock *lock) {
 
 int plat_pid_start_time(int pid, long long *out) {
 #ifdef __linux__
-  char name[16], buf[1024];
-  snprintf(name, sizeof name, "%d", pid);
-  const char *rest = read_stat(name, buf, sizeof buf);
+  char buf[1024];
+  const char *rest = read_stat((pid_t)pid, buf, sizeof buf);
   if (!rest)
     return UV_ESRCH;
   /* fields 3..21 precede starttime (field 22) */
@@ -270,10 +268,10 @@ int plat_orphans(const int *own, size_t n, int signum) {
       continue;
     char buf[512], state;
     int ppid;
-    const char *rest = read_stat(e->d_name, buf, sizeof buf);
+    pid_t pid = (pid_t)strtol(e->d_name, NULL, 10);
+    const char *rest = read_stat(pid, buf, sizeof buf);
     if (!rest || sscanf(rest, " %c %d", &state, &ppid) != 2 || ppid != self)
       continue;
-    pid_t pid = (pid_t)strtol(e->d_name, NULL, 10);
     int ours = 0;
     for (size_t i = 0; i < n && !ours; i++)
       ours = own[i] == (int)pid;

@@ -16,7 +16,7 @@ targets=(fuzz_http_server fuzz_http_client)
 bash tests/install-packages.sh clang libclang-rt-14-dev
 
 cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DGOLIAT_FUZZ=ON \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGOLIAT_WERROR=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/goliat-fuzz.XXXXXX")

@@ -19,11 +19,14 @@ if [ -d "$curl_inc/curl" ]; then
 else
   cp -r /usr/include/x86_64-linux-gnu/curl "$inc/"
 fi
+# HOST_VERSION comes from project() in CMakeLists.txt
+version=$(sed -n 's/^project(goliat-host VERSION \([^ )]*\).*/\1/p' CMakeLists.txt)
 status=0
 for f in host/*.c; do
   case $f in *_posix.c) continue ;; esac
   if ! $cc -std=c11 -D__USE_MINGW_ANSI_STDIO=1 -fsyntax-only -Wall -Wextra \
-      -Wshadow -Werror -Ihost -I"$inc" -I/usr/include/lua5.4 "$f"; then
+      -Wshadow -Werror "-DHOST_VERSION=\"$version\"" -Ihost -I"$inc" \
+      -I/usr/include/lua5.4 "$f"; then
     status=1
   fi
 done

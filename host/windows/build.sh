@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Cross-builds goliat-host.exe for 64-bit Windows on Debian 12 and packs it
-# with scripts/ into dist/goliat-host-windows/ and dist/goliat-host-windows.zip.
+# with scripts/ (CMakeLists.txt's install rules) into dist/goliat-host-windows/
+# and, with cpack, dist/goliat-host-<version>-windows-x64.zip (the version of
+# project() in CMakeLists.txt).
 #
 #   bash host/windows/build.sh            (as root the first time: it installs
 #                                          the Debian packages it needs)
@@ -31,7 +33,7 @@ log() { printf '%s build.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # ---- Debian packages needed for the build ----
 packages=(gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64 mingw-w64-x86-64-dev
-  cmake make dpkg-dev zip xz-utils wine64)
+  cmake make dpkg-dev xz-utils wine64)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -243,32 +245,54 @@ flock -u 9
 # ---- goliat-host.exe: the same CMakeLists.txt, if(WIN32) branches ----
 log "goliat-host.exe in $build_dir"
 cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_TOOLCHAIN_FILE="$here/mingw-w64.cmake" \
+  -DCMAKE_TOOLCHAIN_FILE="$here/mingw-w64.cmake" -DGOLIAT_WERROR=ON \
   -DGOLIAT_WIN_DEPS="$deps" >/dev/null
 cmake --build "$build_dir" --target goliat-host -j "$jobs" >/dev/null
 exe=$build_dir/goliat-host.exe
-$target-strip -o "$build_dir/goliat-host-stripped.exe" "$exe"
+# the version of project() in CMakeLists.txt, for the zip's name
+host_version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' \
+  "$build_dir/CMakeCache.txt")
+if [ -z "$host_version" ]; then
+  echo "build.sh: no CMAKE_PROJECT_VERSION in $build_dir/CMakeCache.txt" >&2
+  exit 1
+fi
 
 # DLLs it needs beyond Windows' own (none expected: everything is static)
 system_dlls='^(kernel32|user32|advapi32|shell32|ole32|ws2_32|iphlpapi|userenv|psapi|dbghelp|crypt32|bcrypt|secur32|normaliz|msvcrt|api-ms-win-.*)\.dll$'
 extra_dlls=$($target-objdump -p "$exe" | sed -n 's/^\s*DLL Name: //p' |
   tr '[:upper:]' '[:lower:]' | grep -Ev "$system_dlls" || true)
 
-# ---- the folder an operator copies to a VM, and its zip ----
-dist=$root/dist/goliat-host-windows
-rm -rf "$dist" "$dist.zip"
-mkdir -p "$dist"
-cp "$build_dir/goliat-host-stripped.exe" "$dist/goliat-host.exe"
-cp -r "$root/scripts" "$dist/scripts"
+# (copied to $build_dir/dlls/, which the install rules ship next to the exe)
+rm -rf "$build_dir/dlls"
+mkdir -p "$build_dir/dlls"
 for dll in $extra_dlls; do
   found=$(find /usr/lib/gcc/$target /usr/$target -iname "$dll" | head -n1)
   if [ -z "$found" ]; then
     echo "build.sh: goliat-host.exe needs $dll, which was not found" >&2
     exit 1
   fi
-  cp "$found" "$dist/"
+  cp "$found" "$build_dir/dlls/"
 done
-sed 's/$/\r/' "$here/README-windows.md" >"$dist/README-windows.txt"
-(cd "$root/dist" && zip -qr -X goliat-host-windows.zip goliat-host-windows)
 
-log "done in $(($(date +%s) - t_start)) s: $dist (+ .zip; DLLs: ${extra_dlls:-none})"
+# ---- the folder an operator copies to a VM, and its zip ----
+# both from the install rules: goliat-host.exe (stripped), scripts/ with
+# goliat-agent.conf.example, README-windows.txt
+dist=$root/dist/goliat-host-windows
+zip_name=goliat-host-$host_version-windows-x64.zip
+rm -rf "$dist" "$root"/dist/goliat-host-*windows*.zip
+cmake --install "$build_dir" --prefix "$dist" --strip >/dev/null
+rm -f "$build_dir"/goliat-host-*windows*.zip
+(cd "$build_dir" && cpack -G ZIP >/dev/null)
+mv "$build_dir/$zip_name" "$root/dist/"
+# what an operator unzips: one folder, the exe and the agent in it
+listing=$(cd "$root/dist" && cmake -E tar tf "$zip_name")
+for f in goliat-host.exe scripts/agent.lua scripts/study_wrapper.lua \
+  scripts/goliat-agent.conf.example README-windows.txt; do
+  if ! grep -qx "goliat-host-windows/$f" <<<"$listing"; then
+    echo "build.sh: $zip_name lacks goliat-host-windows/$f" >&2
+    exit 1
+  fi
+done
+
+log "done in $(($(date +%s) - t_start)) s: $dist and dist/$zip_name" \
+  "($(stat -c %s "$root/dist/$zip_name") bytes; DLLs: ${extra_dlls:-none})"
