@@ -129,7 +129,30 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall \
 grep -qx "# edited by tests/package.sh" "$conf" ||
   fail "reinstalling the package replaced the edited $conf"
 
-# --check against the development dashboard: added with --check
+# ---- the installed agent's --check against the development dashboard ----
+mkdir -p "$probe/work" "$probe/project/configs" "$probe/project/data"
+goliat-host examples/dashboard.lua --port 0 --port-file "$probe/port" \
+  >"$probe/dashboard.log" 2>&1 &
+dash_pid=$!
+for _ in $(seq 100); do [ -s "$probe/port" ] && break; sleep 0.1; done
+[ -s "$probe/port" ] || { kill "$dash_pid"; fail "the development dashboard did not start"; }
+cat >"$probe/agent.conf" <<EOF
+GOLIAT_MONITORING_URL=http://127.0.0.1:$(cat "$probe/port")
+GOLIAT_PUBLIC_IP_URL=
+GOLIAT_WORK_DIR=$probe/work
+GOLIAT_PROJECT_DIR=$probe/project
+GOLIAT_STUDY_COMMAND=["python3","-m","goliat","study"]
+EOF
+log "goliat-host $scripts/agent.lua --check"
+set +e
+GOLIAT_CONFIG=$probe/agent.conf PYTHONPATH=$root/examples \
+  goliat-host "$scripts/agent.lua" --check | tee "$probe/check.txt"
+check_rc=${PIPESTATUS[0]}
+set -e
+kill "$dash_pid" 2>/dev/null || true
+wait "$dash_pid" 2>/dev/null || true
+[ "$check_rc" = 0 ] || fail "the installed agent's --check exited $check_rc"
+grep -q "^OK   heartbeat" "$probe/check.txt" || fail "--check made no heartbeat"
 
 if [ -n "${GOLIAT_PKG_KEEP:-}" ]; then
   log "installed and checked; kept (GOLIAT_PKG_KEEP)"
