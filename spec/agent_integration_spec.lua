@@ -59,25 +59,26 @@ describe("the agent with the example dashboard", function()
     assert.matches("code 3", m.message)
   end)
 
-  it("keeps its heartbeat rhythm during a slow config download", function()
+  it("keeps beating while a config download hangs (broken if the " ..
+    "heartbeat waits behind the download)", function()
     -- the dashboard answers the config request only after 4 s
     queue(dash, { duration_s = 0.1, steps = 1 }, { delay_s = 4, id = "slow" })
     agent = cluster.start_agent(cluster.agent_env(dash.url, work), work)
     assert(reports_at_least(dash, 1, 60), "no report arrived")
     local ev = cluster.events(dash)
-    local handed_at
-    for _, u in ipairs(ev.handed) do
-      if u.id == "slow" then handed_at = true end
+    local asked_at
+    for _, r in ipairs(ev.requests) do
+      if r.path == "/configs/slow.json" then asked_at = asked_at or r.at end
     end
-    assert.is_true(handed_at)
-    -- heartbeats every 0.5 s: a heartbeat blocked behind the download would
-    -- leave a 4 s hole; allow generous slack for a busy machine
-    local beats, max_gap = ev.heartbeats, 0
-    for i = 2, #beats do
-      max_gap = math.max(max_gap, beats[i].at - beats[i - 1].at)
+    assert(asked_at, "the config was never asked for")
+    -- heartbeats every 0.5 s: while the reply is held back for 4 s, a
+    -- heartbeat stuck behind the download would give none at all; no
+    -- rhythm is asserted (a loaded machine may delay a few)
+    local during = 0
+    for _, b in ipairs(ev.heartbeats) do
+      if b.at > asked_at and b.at < asked_at + 4 then during = during + 1 end
     end
-    assert.is_true(#beats >= 8, "heartbeats: " .. #beats)
-    assert.is_true(max_gap < 2.5, "longest gap between heartbeats: " .. max_gap)
+    assert.is_true(during >= 2, "heartbeats during the download: " .. during)
   end)
 
   it("on SIGHUP logs it and keeps running and beating (it used to die)",
