@@ -20,6 +20,8 @@ static const char usage[] =
     "usage: goliat-host SCRIPT [ARG...]\n"
     "       goliat-host --version | --help\n"
     "       goliat-host --service NAME SCRIPT [ARG...]   (Windows service)\n"
+    "       goliat-host --service-reload NAME   (reload a Windows service's\n"
+    "                                           script, as SIGHUP on Linux)\n"
     "\n"
     "Runs the Lua 5.4 SCRIPT with the `host` module (tasks, HTTP client and\n"
     "server, processes, timers, files, system) and `cjson`. The script's\n"
@@ -302,6 +304,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "--service") == 0)
     return plat_service_main(argc, argv);
+  if (strcmp(argv[1], "--service-reload") == 0)
+    return plat_service_reload(argc, argv);
   if (argv[1][0] == '-' && argv[1][1] != '\0') {
     fprintf(stderr, "goliat-host: unknown option %s\n\n%s", argv[1], usage);
     return 2;

@@ -4,6 +4,7 @@
 #ifndef GOLIAT_PLATFORM_H
 #define GOLIAT_PLATFORM_H
 
+#include <signal.h>
 #include <time.h>
 #include <uv.h>
 
@@ -21,6 +22,21 @@ void plat_args(int *argc, char ***argv);
  * service NAME (platform_win.c). Elsewhere it prints why not and returns
  * 2. Returns the process exit code. */
 int plat_service_main(int argc, char **argv);
+
+/* goliat-host --service-reload NAME: ask the running Windows service NAME
+ * to reload its script (SERVICE_CONTROL_PARAMCHANGE). Elsewhere it prints
+ * how to reload there and returns 2. Returns the process exit code. */
+int plat_service_reload(int argc, char **argv);
+
+/* The signal number behind host.sys.on_signal("reload"): SIGHUP on POSIX.
+ * Windows has no such signal: there it is a number of the host's own,
+ * raised in a service's child when the service is asked to reload
+ * (platform_win.c). */
+#ifdef _WIN32
+#define PLAT_SIGRELOAD 12
+#else
+#define PLAT_SIGRELOAD SIGHUP
+#endif
 
 /* ---- child processes ---- */
 

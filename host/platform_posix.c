@@ -41,6 +41,15 @@ int plat_service_main(int argc, char **argv) {
   return 2;
 }
 
+int plat_service_reload(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  fputs("goliat-host: --service-reload is for Windows; on Linux: systemctl "
+        "reload goliat-agent, or kill -HUP the agent's pid\n",
+        stderr);
+  return 2;
+}
+
 /* ---- child processes: libuv's uv_process_t ---- */
 
 struct plat_child {

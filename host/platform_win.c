@@ -13,7 +13,7 @@
  * a uv_async_t.
  *
  * Also here: UTF-8 command-line arguments, and the service mode
- * (goliat-host --service NAME SCRIPT [ARG...]).
+ * (goliat-host --service NAME SCRIPT [ARG...], --service-reload NAME).
  */
 #include "log.h"
 #include "platform.h"
@@ -33,11 +33,11 @@ struct plat_tree {
   HANDLE job;
 };
 
-static void watch_service_stop(void);
+static void watch_service_events(void);
 
 void plat_init(void) {
   SetConsoleOutputCP(CP_UTF8);
-  watch_service_stop();
+  watch_service_events();
   /* "\n" stays "\n" in output and logs, as on POSIX */
   _setmode(_fileno(stdin), _O_BINARY);
   _setmode(_fileno(stdout), _O_BINARY);
@@ -721,13 +721,17 @@ int plat_pid_start_time(int pid, long long *out) {
 
 #define RESTART_DELAY_MS 10000
 #define STOP_EVENT_VAR L"GOLIAT_SERVICE_STOP_EVENT"
+#define RELOAD_EVENT_VAR L"GOLIAT_SERVICE_RELOAD_EVENT"
+/* a reload, as `sc control NAME 128` sends it (128-255 are the service's
+ * own); goliat-host --service-reload sends SERVICE_CONTROL_PARAMCHANGE */
+#define SERVICE_CONTROL_RELOAD 128
 
 /* libuv's own dispatch of a console control event to the uv_signal_t
  * watchers of signum (src/win/signal.c; not in uv.h). It runs the same
  * path as a Ctrl-Break typed in the console. */
 int uv__signal_dispatch(int signum);
 
-static HANDLE stop_wait;
+static HANDLE stop_wait, reload_wait;
 
 static VOID CALLBACK on_service_stop(PVOID arg, BOOLEAN timed_out) {
   (void)arg;
@@ -737,21 +741,39 @@ static VOID CALLBACK on_service_stop(PVOID arg, BOOLEAN timed_out) {
     ExitProcess(STATUS_CONTROL_C_EXIT);
 }
 
+static VOID CALLBACK on_service_reload(PVOID arg, BOOLEAN timed_out) {
+  (void)arg;
+  (void)timed_out;
+  /* to the script's host.sys.on_signal("reload") handlers; without one,
+   * nothing happens */
+  uv__signal_dispatch(PLAT_SIGRELOAD);
+}
+
+/* Wait, on the thread pool, for the event named in the variable var, and
+ * call fn each time it is set. The variable is removed so that no
+ * grandchild waits on it. */
+static void watch_event(const wchar_t *var, WAITORTIMERCALLBACK fn,
+                        HANDLE *wait) {
+  wchar_t name[128];
+  DWORD n = GetEnvironmentVariableW(var, name, 128);
+  if (n == 0 || n >= 128)
+    return;
+  SetEnvironmentVariableW(var, NULL);
+  HANDLE ev = OpenEventW(SYNCHRONIZE, FALSE, name);
+  if (ev && !RegisterWaitForSingleObject(wait, ev, fn, NULL, INFINITE,
+                                         WT_EXECUTEDEFAULT))
+    CloseHandle(ev);
+}
+
 /* In the child of a service (see below): a stop of the service arrives as
  * an event named in GOLIAT_SERVICE_STOP_EVENT and becomes SIGBREAK, as a
  * Ctrl-Break would; console control events do not cross into a service
- * reliably. The variable is removed so that no grandchild waits on it. */
-static void watch_service_stop(void) {
-  wchar_t name[128];
-  DWORD n = GetEnvironmentVariableW(STOP_EVENT_VAR, name, 128);
-  if (n == 0 || n >= 128)
-    return;
-  SetEnvironmentVariableW(STOP_EVENT_VAR, NULL);
-  uv_hrtime(); /* initialises libuv (its signal table) before any stop */
-  HANDLE ev = OpenEventW(SYNCHRONIZE, FALSE, name);
-  if (ev && !RegisterWaitForSingleObject(&stop_wait, ev, on_service_stop, NULL,
-                                         INFINITE, WT_EXECUTEDEFAULT))
-    CloseHandle(ev);
+ * reliably. A reload arrives as the event named in
+ * GOLIAT_SERVICE_RELOAD_EVENT and becomes PLAT_SIGRELOAD. */
+static void watch_service_events(void) {
+  uv_hrtime(); /* initialises libuv (its signal table) before any event */
+  watch_event(STOP_EVENT_VAR, on_service_stop, &stop_wait);
+  watch_event(RELOAD_EVENT_VAR, on_service_reload, &reload_wait);
 }
 
 static struct {
@@ -760,6 +782,7 @@ static struct {
   SERVICE_STATUS_HANDLE handle;
   HANDLE stop;          /* manual-reset event: a stop was asked for */
   HANDLE child_stop;    /* auto-reset event the child waits on (SIGBREAK) */
+  HANDLE child_reload;  /* auto-reset event: reload (PLAT_SIGRELOAD) */
   wchar_t *log;         /* the log file: GOLIAT_LOG_FILE, or default_log */
   wchar_t *default_log; /* NAME.log next to goliat-host.exe */
   DWORD checkpoint;
@@ -816,7 +839,8 @@ static void svc_set(DWORD state, DWORD wait_hint) {
   st.dwServiceType = SERVICE_WIN32_OWN_PROCESS;
   st.dwCurrentState = state;
   if (state == SERVICE_RUNNING)
-    st.dwControlsAccepted = SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN;
+    st.dwControlsAccepted = SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN |
+                            SERVICE_ACCEPT_PARAMCHANGE;
   st.dwWin32ExitCode = NO_ERROR;
   st.dwWaitHint = wait_hint;
   if (state != SERVICE_RUNNING && state != SERVICE_STOPPED)
@@ -833,6 +857,12 @@ static DWORD WINAPI svc_control(DWORD control, DWORD type, LPVOID data,
   case SERVICE_CONTROL_STOP:
   case SERVICE_CONTROL_SHUTDOWN:
     SetEvent(svc.stop);
+    return NO_ERROR;
+  case SERVICE_CONTROL_PARAMCHANGE:
+  case SERVICE_CONTROL_RELOAD:
+    svc_log("reload requested: passed on to goliat-host");
+    if (svc.child_reload)
+      SetEvent(svc.child_reload);
     return NO_ERROR;
   case SERVICE_CONTROL_INTERROGATE:
     return NO_ERROR;
@@ -1016,6 +1046,12 @@ static void svc_run(void) {
   svc.child_stop = CreateEventW(NULL, FALSE, FALSE, stop_name);
   if (svc.child_stop)
     SetEnvironmentVariableW(STOP_EVENT_VAR, stop_name); /* inherited */
+  wchar_t reload_name[64];
+  swprintf(reload_name, 64, L"Local\\goliat-host-service-reload-%lu",
+           (unsigned long)GetCurrentProcessId());
+  svc.child_reload = CreateEventW(NULL, FALSE, FALSE, reload_name);
+  if (svc.child_reload)
+    SetEnvironmentVariableW(RELOAD_EVENT_VAR, reload_name);
   svc_set(SERVICE_RUNNING, 0);
 
   while (WaitForSingleObject(svc.stop, 0) != WAIT_OBJECT_0) {
@@ -1031,6 +1067,8 @@ static void svc_run(void) {
     svc_log("started goliat-host %s (pid %lu)", svc.argv[0],
             (unsigned long)pid);
     ResetEvent(svc.child_stop);
+    if (svc.child_reload)
+      ResetEvent(svc.child_reload);
     HANDLE handles[2] = {svc.stop, child};
     DWORD w = WaitForMultipleObjects(2, handles, FALSE, INFINITE);
     if (w == WAIT_OBJECT_0)
@@ -1091,4 +1129,51 @@ int plat_service_main(int argc, char **argv) {
     fprintf(stderr, "goliat-host: cannot run as a service: %s\n",
             uv_strerror(uv_translate_sys_error((int)e)));
   return 2;
+}
+
+/* goliat-host --service-reload NAME */
+int plat_service_reload(int argc, char **argv) {
+  if (argc != 3) {
+    fputs("usage: goliat-host --service-reload NAME\n", stderr);
+    return 2;
+  }
+  wchar_t *name = to_wide(argv[2]);
+  SC_HANDLE scm = name ? OpenSCManagerW(NULL, NULL, SC_MANAGER_CONNECT) : NULL;
+  SC_HANDLE service =
+      scm ? OpenServiceW(scm, name, SERVICE_PAUSE_CONTINUE) : NULL;
+  SERVICE_STATUS st;
+  BOOL ok =
+      service && ControlService(service, SERVICE_CONTROL_PARAMCHANGE, &st);
+  DWORD e = ok ? 0 : GetLastError();
+  if (service)
+    CloseServiceHandle(service);
+  if (scm)
+    CloseServiceHandle(scm);
+  free(name);
+  if (ok) {
+    printf("goliat-host: asked the service %s to reload; its log says "
+           "whether the new script was taken up\n",
+           argv[2]);
+    return 0;
+  }
+  const char *why;
+  switch (e) {
+  case ERROR_SERVICE_DOES_NOT_EXIST:
+    why = "no such service";
+    break;
+  case ERROR_SERVICE_NOT_ACTIVE:
+    why = "the service is not running";
+    break;
+  case ERROR_ACCESS_DENIED:
+    why = "access denied (run it as an administrator)";
+    break;
+  case ERROR_INVALID_SERVICE_CONTROL:
+    why = "the service does not take reloads (is it goliat-host --service?)";
+    break;
+  default:
+    why = uv_strerror(uv_translate_sys_error((int)e));
+  }
+  fprintf(stderr, "goliat-host: cannot reload the service %s: %s\n", argv[2],
+          why);
+  return 1;
 }

@@ -1,6 +1,7 @@
 /* sys.c: host.sys: environment, machine facts and signal handlers. */
 #include "host.h"
 #include "log.h"
+#include "platform.h"
 #include "task.h"
 
 #include <signal.h>
@@ -167,7 +168,8 @@ static const struct {
   const char *name;
   int num;
 } signal_names[] = {
-    {"SIGINT", SIGINT},     {"SIGTERM", SIGTERM},
+    {"SIGINT", SIGINT},
+    {"SIGTERM", SIGTERM},
 #ifdef SIGHUP
     {"SIGHUP", SIGHUP},
 #endif
@@ -175,8 +177,11 @@ static const struct {
     {"SIGBREAK", SIGBREAK},
 #endif
 #ifdef SIGUSR1
-    {"SIGUSR1", SIGUSR1},   {"SIGUSR2", SIGUSR2},
+    {"SIGUSR1", SIGUSR1},
+    {"SIGUSR2", SIGUSR2},
 #endif
+    /* a request to reload: SIGHUP on POSIX, a service control on Windows */
+    {"reload", PLAT_SIGRELOAD},
 };
 
 static int signal_number(const char *name) {

@@ -876,8 +876,10 @@ function Agent:stop(signal)
 end
 
 ------------------------------------------------------------------------------
--- Reload (SIGHUP on Linux): the edited agent.lua, its lib/ and the settings
--- file are taken up without stopping the study. A separate goliat-host
+-- Reload (SIGHUP on Linux; for the Windows service, `goliat-host
+-- --service-reload NAME` or `sc control NAME paramchange`): the edited
+-- agent.lua, its lib/ and the settings file are taken up without stopping
+-- the study. A separate goliat-host
 -- first loads them (--validate); if they do not load, the agent keeps
 -- running as it is and logs why. Otherwise the host runs agent.lua again
 -- in the same process (host.restart), and the new agent takes the running
@@ -963,10 +965,11 @@ function Agent:start()
   for _, name in ipairs(signals) do
     h.sys.on_signal(name, function(sig) self:stop(sig) end)
   end
-  if h.sys.platform() ~= "windows" then
-    -- an edited agent.lua or settings file, taken up without a stop
-    h.sys.on_signal("SIGHUP", function() self:reload("SIGHUP") end)
-  end
+  -- an edited agent.lua or settings file, taken up without a stop: SIGHUP
+  -- on Linux, the service's reload control on Windows
+  local reload = h.sys.platform() == "windows" and "a service reload"
+    or "SIGHUP"
+  h.sys.on_signal("reload", function() self:reload(reload) end)
   self:supervise("heartbeat", Agent.heartbeat_loop)
   self:supervise("worker", Agent.work_loop)
 end

@@ -477,6 +477,32 @@ describe("a reload (SIGHUP)", function()
       assert.equals("finished", f:reports()[1].message.type)
     end)
 
+  it("on Windows comes from the service's reload control, while SIGHUP " ..
+    "(the console closing) still stops the agent (broken if the two are " ..
+    "mixed up)", function()
+      local function windows_fake()
+        local f = fake_host.new { platform = "windows", env = {
+          GOLIAT_MONITORING_URL = P.DASH, GOLIAT_WORK_DIR = "/work/agent",
+          GOLIAT_PUBLIC_IP_URL = "" } }
+        P.dashboard(f)
+        validating(f, 0, "")
+        P.start(f)
+        f:run_for(5)
+        return f
+      end
+      local f = windows_fake()
+      f:signal("reload")
+      f:run_for(30)
+      assert.equals(1, f.restarts)
+      assert.is_nil(f.exit_code)
+      assert.matches("a service reload received", f:log_text())
+      f = windows_fake()
+      f:signal("SIGHUP")
+      f:run_for(30)
+      assert.is_nil(f.restarts)
+      assert.equals(0, f.exit_code)
+    end)
+
   it("whose edit does not load is refused with the file and line, and the " ..
     "agent keeps running as it was", function()
       local f = fake()

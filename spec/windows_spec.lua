@@ -536,5 +536,84 @@ describe("Windows", function()
         assert.matches(" info  11yyy", svc_log, 1, true)
         assert.matches("exited with code 0; service stopped\n$", svc_log)
       end)
+
+    it("passes goliat-host --service-reload NAME and sc control NAME "
+      .. "paramchange on to the script's on_signal(\"reload\") handler, in "
+      .. "the same process (broken if a reload stops or restarts the "
+      .. "service's child, or never arrives)", function()
+        if not enabled then
+          pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-reload-" .. host.sys.pid()
+        local out = path("reload.out")
+        write(path("reload.lua"), [[
+          local host = require "host"
+          local out = arg[1]
+          host.fs.append(out, "start " .. host.sys.pid() .. "\n")
+          local stop = false
+          host.sys.on_signal("reload", function(sig)
+            host.fs.append(out, "got " .. sig .. " " .. host.sys.pid() .. "\n")
+            host.restart()
+          end)
+          host.sys.on_signal("SIGBREAK", function() stop = true end)
+          while not stop do host.time.sleep(0.1) end
+          host.fs.append(out, "end\n")
+        ]])
+        local bin = string.format('"%s" --service %s "%s" "%s"', exe, name,
+          path("reload.lua"), out)
+        local code, log = sc("create", name, "binPath=", bin)
+        assert.equal(0, code, log)
+        local exe_dir = exe:match("^(.*)[\\/]")
+        finally(function()
+          host.proc.spawn({ argv = { "sc", "stop", name }, stdout = "null" }):wait()
+          H.wait_until(function() return service_state(name) == "STOPPED" end, 20)
+          sc("delete", name)
+          fs.remove(fs.join(exe_dir, name .. ".log"))
+        end)
+        code, log = sc("start", name)
+        assert.equal(0, code, log)
+        local function starts()
+          return select(2, (fs.read(out) or ""):gsub("start", ""))
+        end
+        assert.is_true(H.wait_until(function() return starts() >= 1 end, 30),
+          "not started")
+        host.time.sleep(0.5) -- let it install its handler
+        local reload_out = path("reload-cmd.txt")
+        local p = assert(host.proc.spawn { argv = { exe, "--service-reload",
+          name }, stdout = reload_out, stderr = "stdout" })
+        assert.equal(0, p:wait(), fs.read(reload_out))
+        assert.is_true(H.wait_until(function() return starts() >= 2 end, 30),
+          "no reload: " .. tostring(fs.read(out)))
+        -- wine's sc.exe has no "control" command: Windows only
+        local rounds = 1
+        if not host.sys.getenv("GOLIAT_WINE") then
+          host.time.sleep(0.5)
+          code, log = sc("control", name, "paramchange")
+          assert.equal(0, code, log)
+          assert.is_true(H.wait_until(function() return starts() >= 3 end, 30),
+            "no reload by sc: " .. tostring(fs.read(out)))
+          rounds = 2
+        end
+        local text = fs.read(out)
+        local pid = text:match("^start (%d+)\n")
+        assert.truthy(pid, text)
+        local q = pid:gsub("%p", "%%%0")
+        local want = "^start " .. q .. "\n" ..
+          string.rep("got reload " .. q .. "\nstart " .. q .. "\n", rounds)
+        assert.matches(want .. "$", text)
+        local svc_log = fs.read(fs.join(exe_dir, name .. ".log")) or ""
+        assert.matches("reload requested: passed on to goliat%-host", svc_log)
+        assert.not_matches("exited with code", svc_log)
+      end)
+
+    it("--service-reload names a service that does not exist (broken if it "
+      .. "fails silently)", function()
+        local out = path("reload-none.txt")
+        local p = assert(host.proc.spawn { argv = { exe, "--service-reload",
+          "goliat-no-such-service" }, stdout = out, stderr = "stdout" })
+        assert.equal(1, p:wait())
+        assert.matches("cannot reload the service goliat%-no%-such%-service: "
+          .. "no such service", fs.read(out))
+      end)
   end)
 end)

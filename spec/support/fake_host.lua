@@ -268,6 +268,8 @@ function Fake:make_host()
       }
     end,
     on_signal = function(name, fn)
+      -- as the real host: "reload" is SIGHUP on POSIX
+      if name == "reload" and f.platform ~= "windows" then name = "SIGHUP" end
       f.signal_handlers[name] = fn
       return { close = function() f.signal_handlers[name] = nil end }
     end,
