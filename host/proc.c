@@ -423,11 +423,15 @@ static const char *check_stdio(lua_State *L, int opts, const char *field) {
   return v;
 }
 
+/* Never through a link planted at path: the host may run as root and write
+ * in folders that others can write (UV_FS_O_NOFOLLOW is 0 on Windows,
+ * where creating a link needs a privilege). */
 static int open_output(const char *path) {
   uv_fs_t req;
-  int fd =
-      uv_fs_open(NULL, &req, path,
-                 UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND, 0644, NULL);
+  int fd = uv_fs_open(NULL, &req, path,
+                      UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND |
+                          UV_FS_O_NOFOLLOW,
+                      0644, NULL);
   uv_fs_req_cleanup(&req);
   return fd;
 }

@@ -151,11 +151,8 @@ describe("settings that must fail loudly", function()
         local s, err = agent.load_settings(f.host)
         assert.is_nil(s)
         assert.matches(var, err)
-        local old = io.stderr
-        io.stderr = { write = function() end } -- luacheck: ignore
-        P.start(f)
-        f:run_for(1)
-        io.stderr = old -- luacheck: ignore
+        local said = P.start_refused(f)
+        assert.matches(var, said)
         assert.equals(2, f.exit_code)
         assert.equals(0, #f.requests)
       end)

@@ -17,11 +17,8 @@ describe("settings", function()
     local f = fake_host.new { env = {} }
     local _, err = agent.load_settings(f.host)
     assert.matches("GOLIAT_MONITORING_URL", err)
-    local old = io.stderr
-    io.stderr = { write = function() end } -- luacheck: ignore
-    start(f)
-    f:run_for(1)
-    io.stderr = old -- luacheck: ignore
+    local said = P.start_refused(f)
+    assert.matches("GOLIAT_MONITORING_URL", said)
     assert.equals(2, f.exit_code)
     assert.equals(0, #f.requests)
   end)

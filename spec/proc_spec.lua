@@ -121,6 +121,20 @@ describe("host.proc", function()
   end)
 
   describe("options", function()
+    it("stdout never writes through a symbolic link planted at its path "
+      .. "(broken if root could be made to append to any file)", function()
+        if H.windows then
+          pending("symbolic links: creating one needs a privilege on Windows")
+        end
+        local target = path("target.txt")
+        host.fs.write_atomic(target, "kept")
+        assert.equal(0, (H.run({ argv = { "ln", "-s", target, path("out") } })))
+        local p, err = proc.spawn({ argv = { "echo", "hi" }, stdout = path("out") })
+        assert.is_nil(p)
+        assert.matches("symbolic links", err)
+        assert.equal("kept", host.fs.read(target))
+      end)
+
     it("env adds and overrides variables while the host's PATH is still inherited "
       .. "(broken if env replaces the environment)", function()
         local out = path("env.txt")

@@ -80,6 +80,22 @@ function M.start(f)
   f:start(function(host) agent.main(host) end)
 end
 
+-- Start the agent for a second with io.stderr captured (a refused start
+-- writes its reason there, not in the log); returns what it wrote.
+function M.start_refused(f)
+  local old, written = io.stderr, {}
+  io.stderr = { write = function(_, ...) -- luacheck: ignore
+    for _, piece in ipairs({ ... }) do written[#written + 1] = tostring(piece) end
+  end }
+  local ok, err = pcall(function()
+    M.start(f)
+    f:run_for(1)
+  end)
+  io.stderr = old -- luacheck: ignore
+  assert(ok, err)
+  return table.concat(written)
+end
+
 -- Files written other than the agent's own bookkeeping (outbox, state),
 -- after checking that every write stayed inside the work directory.
 function M.data_writes(f)
