@@ -315,12 +315,14 @@ describe("host.proc", function()
     it("terminate waits for a grandchild that outlives the child (broken if it "
       .. "returns when only the child has exited)", function()
         -- the child exits at once on TERM; its grandchild ignores TERM
-        local pidfile = path("grandchild.pid")
+        local pidfile, ready = path("grandchild.pid"), path("grandchild.ready")
         local p = spawn({
-          argv = { "sh", "-c", "(trap '' TERM; exec sleep 300) & echo $! > '" .. pidfile
-            .. "'; wait" },
+          argv = { "sh", "-c", "(trap '' TERM; echo > '" .. ready ..
+            "'; exec sleep 300) & echo $! > '" .. pidfile .. "'; wait" },
         })
         local grandchild = read_pid(pidfile)
+        -- its TERM is ignored only from here on
+        assert.is_true(H.wait_until(function() return host.fs.exists(ready) end, 10))
         local t0 = host.time.monotonic()
         p:terminate(0.5)
         local elapsed = host.time.monotonic() - t0
