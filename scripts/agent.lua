@@ -218,8 +218,12 @@ function Agent:heartbeat_loop()
           math.min(retry_after, self.s.heartbeat_retry_cap))
       end
     end
-    self.last_beat = { at = self.host.time.now(), ok = ok and true or false,
-      error = not ok and self.log.redact(tostring(err)) or nil }
+    local now, last = self.host.time.now(), self.last_beat
+    ok = ok and true or false
+    self.last_beat = { at = now, ok = ok,
+      error = not ok and self.log.redact(tostring(err)) or nil,
+      -- when the current run of successes or failures began
+      since = last and last.ok == ok and last.since or now }
     self:write_status()
     self.host.time.sleep(delay)
   end
@@ -295,8 +299,10 @@ function Agent:config_path(name)
 end
 
 -- The status file (agent_status.json) that `--status` reads: rewritten
--- when what it says changes, and at least every status_every seconds (so
--- that the last heartbeat shown is never older than that).
+-- when what it says changes (a heartbeat that fails after one that did
+-- not, a study that starts or ends, ...), and at least every status_every
+-- seconds, so that the time of the last heartbeat it holds is never older
+-- than that.
 function Agent:write_status(force)
   local h = self.host
   local study = self.study
@@ -310,7 +316,8 @@ function Agent:write_status(force)
     stopping = self.stopping,
     waiting = self.waiting,
     heartbeat = self.last_beat and { ok = self.last_beat.ok,
-      error = self.last_beat.error } or nil,
+      error = self.last_beat.error, since = self.last_beat.since,
+      every = self.s.heartbeat_interval } or nil,
     last_error = self.last_failure,
     study = study and {
       assignment_id = study.assignment.id,

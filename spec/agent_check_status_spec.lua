@@ -128,7 +128,7 @@ describe("--status", function()
       assert(cluster.wait_until(function()
         local code
         code, out = run_option(env, "--status")
-        return code == 0 and out:find("last heartbeat: ok", 1, true)
+        return code == 0 and out:find("heartbeat: ok (every ", 1, true)
       end, 30), "no running status: " .. tostring(out))
       assert.matches("agent: running %(pid " .. agent.proc.pid .. ",", out)
       assert.matches("study: none", out)

@@ -71,8 +71,12 @@ function M.text(info)
   end
   local hb = st.heartbeat
   if hb then
-    add("last heartbeat: %s, %s ago%s", hb.ok and "ok" or "FAILED",
-      ago(now, st.heartbeat_at), hb.error and " (" .. hb.error .. ")" or "")
+    -- the file is rewritten when the heartbeat starts or stops failing, and
+    -- every 30 s otherwise: say how old the last one it holds is
+    add("heartbeat: %s%s (every %s s; the last one recorded %s ago)",
+      hb.ok and "ok" or "FAILING for " .. ago(now, hb.since or st.heartbeat_at),
+      hb.error and ": " .. hb.error or "", num(hb.every or "?"),
+      ago(now, st.heartbeat_at))
   end
   local study = st.study
   if study then
