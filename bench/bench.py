@@ -293,9 +293,10 @@ def run_side_by_side(args, tmp, transport, certs):
 
 
 def strace_total(path):
+    # % time, seconds, usecs/call, calls, [errors,] "total"
     for line in open(path):
         if line.strip().endswith("total"):
-            return int(line.split()[2])
+            return int(line.split()[3])
     raise RuntimeError(f"no total in {path}")
 
 
@@ -303,17 +304,17 @@ def callgrind_ir(args, tmp, client, dashboard):
     """User-space instructions per request over a window, under callgrind."""
     out = os.path.join(tmp, f"callgrind.{client.name}.out")
     p = start(client, tmp, ["valgrind", "--tool=callgrind",
-                            "--collect-atstart=no",
+                            "--instr-atstart=no",
                             f"--callgrind-out-file={out}"])
     try:
         time.sleep(args.warmup * 2)  # valgrind starts slowly
         ctl = ["callgrind_control"]
         subprocess.run(ctl + ["-i", "on", str(p.pid)], check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = dashboard.requests()
         time.sleep(args.callgrind_window)
         subprocess.run(ctl + ["-i", "off", str(p.pid)], check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         reqs = dashboard.requests() - before
     finally:
         stop(p, 60)

@@ -69,7 +69,8 @@ local DEFAULTS = {
   heartbeat_retry_cap = 15,    -- heartbeats back off less: the dashboard
                                --   shows a worker offline after 30 s
   retry_after_max = 600,       -- ignore Retry-After beyond this (seconds)
-  jitter = 0.1,                -- periodic loops vary by +/- 10%
+  jitter = 0.1,                -- periodic loops vary by +/- 10%; the
+                               --   heartbeat comes up to 10% early only
 
   request_timeout = 15,        -- dashboard calls, seconds
   gpu_probe_timeout = 10,      -- nvidia-smi, seconds
@@ -201,14 +202,22 @@ function Agent:heartbeat()
   return self:call("POST", "/api/heartbeat", body)
 end
 
--- A failed heartbeat is tried again at the normal interval (it is one
--- small request, and the dashboard shows the worker offline after 30 s),
--- or after the server's Retry-After, but never later than
+-- Each heartbeat starts up to jitter (10%) before heartbeat_interval has
+-- passed since the start of the one before, never after: so a connection
+-- is never idle for as long as the interval, and a server that closes idle
+-- connections after the interval (Node's default keep-alive timeout is
+-- 5 s, the default interval) keeps it, sparing a new TLS handshake per
+-- beat. A failed heartbeat is tried again at the normal interval (it is
+-- one small request, and the dashboard shows the worker offline after
+-- 30 s), or after the server's Retry-After, but never later than
 -- heartbeat_retry_cap.
 function Agent:heartbeat_loop()
+  local h = self.host
   while true do
+    local started = h.time.monotonic()
     local ok, err, retry_after = self:heartbeat()
-    local delay = self:jittered(self.s.heartbeat_interval)
+    local delay = self.s.heartbeat_interval *
+      (1 - self.s.jitter * math.random())
     if ok then
       self:note_success("heartbeat")
     else
@@ -224,8 +233,12 @@ function Agent:heartbeat_loop()
       error = not ok and self.log.redact(tostring(err)) or nil,
       -- when the current run of successes or failures began
       since = last and last.ok == ok and last.since or now }
+    self.first_beat_over = true
     self:write_status()
-    self.host.time.sleep(delay)
+    -- after a failure, the full delay from now: a slow or struggling
+    -- dashboard never gets beats back to back
+    h.time.sleep(ok and math.max(0, started + delay - h.time.monotonic())
+      or delay)
   end
 end
 
@@ -826,6 +839,15 @@ function M.start_time_text(t)
 end
 
 function Agent:work_loop()
+  -- one connection at start-up: the first heartbeat opens it, then the
+  -- first poll (or report) reuses it (bounded: a hung heartbeat does not
+  -- hold the work back)
+  local h = self.host
+  local deadline = h.time.monotonic() + self.s.request_timeout
+  while not self.first_beat_over and not self.stopping and
+      h.time.monotonic() < deadline do
+    h.time.sleep(0.01)
+  end
   self:flush_outbox()
   self:recover()
   while not self.stopping do

@@ -119,6 +119,45 @@ describe("heartbeat", function()
     end
   end)
 
+  it("starts each beat at most one interval after the start of the one " ..
+    "before, so that a connection is never idle for a whole interval " ..
+    "(broken if jitter or the request's own time makes a beat late: a " ..
+    "server that closes connections idle for 5 s then costs a TLS " ..
+    "handshake per beat)", function()
+      local f = new_fake()
+      dashboard(f)
+      local inner = f.http_handler
+      f.http_handler = function(req, ff)
+        if req.url:match("/api/heartbeat$") then ff.host.time.sleep(0.4) end
+        return inner(req, ff)
+      end
+      start(f)
+      f:run_for(300)
+      local beats = f:requests_to("/api/heartbeat$")
+      assert.is_true(#beats >= 55, "beats: " .. #beats)
+      for i = 2, #beats do
+        local gap = beats[i].at - beats[i - 1].at
+        assert.is_true(gap >= 4.5 - 1e-9 and gap <= 5 + 1e-9, "gap " .. gap)
+      end
+    end)
+
+  it("goes first at start-up: the first poll waits for the first " ..
+    "heartbeat's reply, and so reuses its connection (broken if both " ..
+    "start at once and open two connections)", function()
+      local f = new_fake()
+      dashboard(f)
+      local inner = f.http_handler
+      f.http_handler = function(req, ff)
+        if req.url:match("/api/heartbeat$") then ff.host.time.sleep(0.4) end
+        return inner(req, ff)
+      end
+      start(f)
+      f:run_for(5)
+      local polls = f:requests_to("/api/assignment")
+      assert.is_true(#polls >= 1)
+      assert.is_true(polls[1].at >= 0.4, "first poll at " .. polls[1].at)
+    end)
+
   it("keeps beating while a study runs", function()
     local f = new_fake()
     dashboard(f, { queue = { assignment() },
