@@ -6,10 +6,24 @@
  * finished transfers are collected with curl_multi_info_read(). Every uv
  * handle is malloc'd on its own and freed in its close callback, since the
  * Lua state may be gone before libuv has finished closing it.
+ *
+ * What lasts from one request to the next, so that an idle agent costs
+ * little per request:
+ * - connections (the multi handle's cache), and their sockets' uv_poll_t:
+ *   the sockets of connections are opened and closed here
+ *   (CURLOPT_OPENSOCKETFUNCTION, CLOSESOCKETFUNCTION, close-on-exec), so a
+ *   socket's poll handle is kept while curl keeps the connection between
+ *   transfers and closed just before the socket is;
+ * - TLS sessions and DNS answers (a share handle), so that a new
+ *   connection to the dashboard resumes its TLS session;
+ * - the parsed CA store (libcurl's CA cache): it works only without a CA
+ *   directory, so the CA directory is left out whenever a CA file is used
+ *   (the one given, or libcurl's default bundle when it can be read).
  */
 #include "fs.h"
 #include "host.h"
 #include "log.h"
+#include "platform.h"
 #include "task.h"
 
 #include <curl/curl.h>
@@ -31,15 +45,20 @@ typedef struct http_req http_req;
 typedef struct http_multi {
   host_ctx *ctx;
   CURLM *multi;
+  CURLSH *share;
   uv_timer_t *timer;
-  http_req *reqs;  /* transfers in flight */
-  sock_ctx *socks; /* sockets being watched */
+  http_req *reqs;        /* transfers in flight */
+  sock_ctx *socks;       /* sockets being watched */
+  int default_ca_usable; /* libcurl's default CA file can be read */
 } http_multi;
 
 struct sock_ctx {
   uv_poll_t poll; /* first: the close callback frees the whole struct */
   curl_socket_t fd;
   http_multi *m;
+  int own;    /* opened here (a connection's): closed by on_close_socket */
+  int idle;   /* curl is not watching it (a kept connection) */
+  int events; /* what the poll handle watches, 0 when stopped */
   sock_ctx *prev, *next;
 };
 
@@ -424,6 +443,13 @@ static void free_handle(uv_handle_t *h) {
 static void on_poll(uv_poll_t *poll, int status, int events) {
   sock_ctx *sc = poll->data;
   http_multi *m = sc->m;
+  if (sc->idle) {
+    /* a kept connection that the server closed (or wrote to): curl finds
+     * out when it next wants the connection; until then, stop watching */
+    uv_poll_stop(&sc->poll);
+    sc->events = 0;
+    return;
+  }
   int flags = 0;
   if (status < 0)
     flags = CURL_CSELECT_ERR;
@@ -464,8 +490,15 @@ static void sock_close(http_multi *m, sock_ctx *sc) {
   uv_close((uv_handle_t *)&sc->poll, free_handle);
 }
 
-static sock_ctx *sock_open(http_multi *m, curl_socket_t s) {
-  sock_ctx *sc = malloc(sizeof *sc);
+static sock_ctx *sock_find(http_multi *m, curl_socket_t s) {
+  for (sock_ctx *sc = m->socks; sc; sc = sc->next)
+    if (sc->fd == s)
+      return sc;
+  return NULL;
+}
+
+static sock_ctx *sock_open(http_multi *m, curl_socket_t s, int own) {
+  sock_ctx *sc = calloc(1, sizeof *sc);
   if (!sc)
     return NULL;
   int rc = uv_poll_init_socket(&m->ctx->loop, &sc->poll, s);
@@ -477,12 +510,12 @@ static sock_ctx *sock_open(http_multi *m, curl_socket_t s) {
   sc->poll.data = sc;
   sc->fd = s;
   sc->m = m;
+  sc->own = own;
   sc->prev = NULL;
   sc->next = m->socks;
   if (m->socks)
     m->socks->prev = sc;
   m->socks = sc;
-  curl_multi_assign(m->multi, s, sc);
   return sc;
 }
 
@@ -494,18 +527,57 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *ud,
   if (what == CURL_POLL_REMOVE) {
     if (sc) {
       curl_multi_assign(m->multi, s, NULL);
-      sock_close(m, sc);
+      if (sc->own)
+        sc->idle = 1; /* a kept connection: its poll handle stays */
+      else
+        sock_close(m, sc); /* curl's own (the resolver's), closed by curl */
     }
     return 0;
   }
-  if (!sc && !(sc = sock_open(m, s)))
-    return -1;
+  if (!sc) {
+    sc = sock_find(m, s); /* a kept connection's, again in use */
+    if (!sc && !(sc = sock_open(m, s, 0)))
+      return -1;
+    curl_multi_assign(m->multi, s, sc);
+  }
+  sc->idle = 0;
   int events = 0;
   if (what & CURL_POLL_IN)
     events |= UV_READABLE;
   if (what & CURL_POLL_OUT)
     events |= UV_WRITABLE;
+  if (events == sc->events)
+    return 0; /* already so: no system call */
+  sc->events = events;
   return uv_poll_start(&sc->poll, events, on_poll) == 0 ? 0 : -1;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: a connection's socket, close-on-exec. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose,
+                                    struct curl_sockaddr *addr) {
+  http_multi *m = ud;
+  if (purpose != CURLSOCKTYPE_IPCXN)
+    return CURL_SOCKET_BAD;
+  curl_socket_t s =
+      plat_open_socket(addr->family, addr->socktype, addr->protocol);
+  if (s == CURL_SOCKET_BAD)
+    return s;
+  if (!sock_open(m, s, 1)) {
+    plat_close_socket(s);
+    return CURL_SOCKET_BAD;
+  }
+  return s;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: its poll handle first, then the socket (its
+ * number may be reused at once). */
+static int on_close_socket(void *ud, curl_socket_t s) {
+  http_multi *m = ud;
+  sock_ctx *sc = sock_find(m, s);
+  if (sc)
+    sock_close(m, sc);
+  plat_close_socket(s);
+  return 0;
 }
 
 /* ---- the multi handle ---- */
@@ -520,7 +592,8 @@ static void multi_close(void *data) {
     out_finish(req, 1);
     req_free(req);
   }
-  curl_multi_cleanup(m->multi);
+  curl_multi_cleanup(m->multi); /* closes the connections */
+  curl_share_cleanup(m->share);
   while (m->socks)
     sock_close(m, m->socks);
   uv_timer_stop(m->timer);
@@ -528,6 +601,37 @@ static void multi_close(void *data) {
   if (the_multi == m)
     the_multi = NULL;
   free(m);
+}
+
+/* TLS sessions and DNS answers, shared by every transfer (one thread: no
+ * lock functions). */
+static CURLSH *share_new(void) {
+  CURLSH *sh = curl_share_init();
+  if (sh && (curl_share_setopt(sh, CURLSHOPT_SHARE,
+                               CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+             curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) !=
+                 CURLSHE_OK)) {
+    curl_share_cleanup(sh);
+    sh = NULL;
+  }
+  return sh;
+}
+
+/* Whether libcurl's default CA file exists: then the CA directory can be
+ * left out, which turns libcurl's CA cache on. */
+static int default_ca_usable(void) {
+  int usable = 0;
+  CURL *e = curl_easy_init();
+  char *path = NULL;
+  if (e && curl_easy_getinfo(e, CURLINFO_CAINFO, &path) == CURLE_OK && path) {
+    uv_fs_t req;
+    usable = uv_fs_stat(NULL, &req, path, NULL) == 0 &&
+             (req.statbuf.st_mode & S_IFMT) == S_IFREG;
+    uv_fs_req_cleanup(&req);
+  }
+  if (e)
+    curl_easy_cleanup(e);
+  return usable;
 }
 
 static CURLMcode multi_setup(http_multi *m) {
@@ -553,13 +657,17 @@ static http_multi *get_multi(host_ctx *ctx) {
   m->ctx = ctx;
   m->timer = malloc(sizeof *m->timer);
   m->multi = curl_multi_init();
-  if (!m->timer || !m->multi || multi_setup(m) != CURLM_OK) {
+  m->share = share_new();
+  if (!m->timer || !m->multi || !m->share || multi_setup(m) != CURLM_OK) {
     if (m->multi)
       curl_multi_cleanup(m->multi);
+    if (m->share)
+      curl_share_cleanup(m->share);
     free(m->timer);
     free(m);
     return NULL;
   }
+  m->default_ca_usable = default_ca_usable();
   uv_timer_init(&ctx->loop, m->timer);
   m->timer->data = m;
   uv_unref((uv_handle_t *)m->timer);
@@ -743,6 +851,13 @@ static CURLcode setup_easy(CURL *e, const req_opts *o, http_req *req) {
   SET(CURLOPT_SSL_VERIFYHOST, 2L);
   if (o->cainfo)
     SET(CURLOPT_CAINFO, o->cainfo);
+  if (o->cainfo || req->m->default_ca_usable)
+    SET(CURLOPT_CAPATH, NULL); /* the CA cache works without it */
+  SET(CURLOPT_SHARE, req->m->share);
+  SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  SET(CURLOPT_OPENSOCKETDATA, (void *)req->m);
+  SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+  SET(CURLOPT_CLOSESOCKETDATA, (void *)req->m);
   SET(CURLOPT_USERAGENT, "goliat-host/" HOST_VERSION);
   if (req->max_size > 0 && !(o->method && strcmp(o->method, "HEAD") == 0))
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->max_size);

@@ -127,4 +127,10 @@ typedef struct plat_lock plat_lock;
 int plat_lock_file(const char *path, plat_lock **lock);
 void plat_unlock(plat_lock *lock);
 
+/* Open and close a socket for libcurl's connections (socket() and close()
+ * or closesocket()); plat_open_socket returns -1 (INVALID_SOCKET) on
+ * failure. */
+uv_os_sock_t plat_open_socket(int family, int type, int protocol);
+void plat_close_socket(uv_os_sock_t s);
+
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #ifdef __linux__
@@ -302,4 +303,20 @@ int plat_orphans(const int *own, size_t n, int signum) {
   (void)signum;
   return 0;
 #endif
+}
+
+/* close-on-exec, so that a study never inherits the agent's connections */
+uv_os_sock_t plat_open_socket(int family, int type, int protocol) {
+#ifdef SOCK_CLOEXEC
+  return socket(family, type | SOCK_CLOEXEC, protocol);
+#else
+  int s = socket(family, type, protocol);
+  if (s >= 0)
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+  return s;
+#endif
+}
+
+void plat_close_socket(uv_os_sock_t s) {
+  close(s);
 }

@@ -1177,3 +1177,13 @@ int plat_service_reload(int argc, char **argv) {
           why);
   return 1;
 }
+
+uv_os_sock_t plat_open_socket(int family, int type, int protocol) {
+  /* not inherited by children (WSA_FLAG_NO_HANDLE_INHERIT) */
+  return WSASocketW(family, type, protocol, NULL, 0,
+                    WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+}
+
+void plat_close_socket(uv_os_sock_t s) {
+  closesocket(s);
+}
