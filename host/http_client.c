@@ -47,6 +47,8 @@ typedef struct http_multi {
   CURLM *multi;
   CURLSH *share;
   uv_timer_t *timer;
+  uv_prepare_t *kick;    /* curl's "time out now": before the loop polls */
+  int kicking;           /* in kick's callback */
   http_req *reqs;        /* transfers in flight */
   sock_ctx *socks;       /* sockets being watched */
   int default_ca_usable; /* libcurl's default CA file can be read */
@@ -469,13 +471,36 @@ static void on_timer(uv_timer_t *timer) {
   check_done(m);
 }
 
+/* curl's timeout of 0 ms, which it asks for as soon as a transfer is
+ * added: run in the loop's prepare phase, right after the task that made
+ * the request has yielded, rather than by a timer, which would cost the
+ * loop one more turn (a poll of the sockets that cannot wait). */
+static void on_kick(uv_prepare_t *kick) {
+  http_multi *m = kick->data;
+  uv_prepare_stop(kick);
+  m->kicking = 1;
+  int running;
+  curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done(m);
+  /* a transfer done already (a fast server): its task goes on now, not
+   * after one more turn of the loop */
+  task_run_ready(m->ctx);
+  m->kicking = 0;
+}
+
 static int on_curl_timer(CURLM *multi, long timeout_ms, void *ud) {
   (void)multi;
   http_multi *m = ud;
-  if (timeout_ms < 0)
+  uv_prepare_stop(m->kick);
+  if (timeout_ms < 0) {
     uv_timer_stop(m->timer);
-  else
+  } else if (timeout_ms == 0 && !m->kicking) {
+    /* (from kick's own callback, the prepare phase has passed: a timer) */
+    uv_timer_stop(m->timer);
+    uv_prepare_start(m->kick, on_kick);
+  } else {
     uv_timer_start(m->timer, on_timer, (uint64_t)timeout_ms, 0);
+  }
   return 0;
 }
 
@@ -527,9 +552,12 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *ud,
   if (what == CURL_POLL_REMOVE) {
     if (sc) {
       curl_multi_assign(m->multi, s, NULL);
-      if (sc->own)
-        sc->idle = 1; /* a kept connection: its poll handle stays */
-      else
+      if (sc->own) {
+        /* a kept connection: its poll handle stays, and does not keep
+         * the host running by itself */
+        sc->idle = 1;
+        uv_unref((uv_handle_t *)&sc->poll);
+      } else
         sock_close(m, sc); /* curl's own (the resolver's), closed by curl */
     }
     return 0;
@@ -540,7 +568,10 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *ud,
       return -1;
     curl_multi_assign(m->multi, s, sc);
   }
-  sc->idle = 0;
+  if (sc->idle) {
+    sc->idle = 0;
+    uv_ref((uv_handle_t *)&sc->poll);
+  }
   int events = 0;
   if (what & CURL_POLL_IN)
     events |= UV_READABLE;
@@ -598,6 +629,8 @@ static void multi_close(void *data) {
     sock_close(m, m->socks);
   uv_timer_stop(m->timer);
   uv_close((uv_handle_t *)m->timer, free_handle);
+  uv_prepare_stop(m->kick);
+  uv_close((uv_handle_t *)m->kick, free_handle);
   if (the_multi == m)
     the_multi = NULL;
   free(m);
@@ -656,14 +689,17 @@ static http_multi *get_multi(host_ctx *ctx) {
     return NULL;
   m->ctx = ctx;
   m->timer = malloc(sizeof *m->timer);
+  m->kick = malloc(sizeof *m->kick);
   m->multi = curl_multi_init();
   m->share = share_new();
-  if (!m->timer || !m->multi || !m->share || multi_setup(m) != CURLM_OK) {
+  if (!m->timer || !m->kick || !m->multi || !m->share ||
+      multi_setup(m) != CURLM_OK) {
     if (m->multi)
       curl_multi_cleanup(m->multi);
     if (m->share)
       curl_share_cleanup(m->share);
     free(m->timer);
+    free(m->kick);
     free(m);
     return NULL;
   }
@@ -671,6 +707,8 @@ static http_multi *get_multi(host_ctx *ctx) {
   uv_timer_init(&ctx->loop, m->timer);
   m->timer->data = m;
   uv_unref((uv_handle_t *)m->timer);
+  uv_prepare_init(&ctx->loop, m->kick); /* active only while a kick waits */
+  m->kick->data = m;
   host_on_close(ctx, multi_close, m);
   the_multi = m;
   return m;

@@ -184,7 +184,11 @@ static void resume(host_ctx *ctx, task *t) {
 }
 
 static void on_ready(uv_idle_t *idle) {
-  host_ctx *ctx = idle->data;
+  task_run_ready(idle->data);
+}
+
+void task_run_ready(host_ctx *ctx) {
+  uv_idle_t *idle = &ctx->ready_idle;
   task *last = ctx->ready_tail; /* tasks queued now wait for the next turn */
   while (ctx->ready_head && !ctx->closing && !ctx->exiting) {
     task *t = ctx->ready_head;

@@ -57,6 +57,11 @@ void task_start_main(host_ctx *ctx, lua_State *L, int nargs);
 /* Number of tasks not yet finished. */
 int task_count_alive(host_ctx *ctx);
 
+/* Run the tasks that are ready now (those made ready meanwhile wait for
+ * the next turn), as the loop's idle phase does; for a loop callback that
+ * has just woken tasks and would rather not wait a turn of the loop. */
+void task_run_ready(host_ctx *ctx);
+
 /* Install the hook that stops tasks running too long without yielding. */
 void task_install_watchdog(lua_State *L);
 

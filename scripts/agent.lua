@@ -320,7 +320,7 @@ function Agent:write_status(force)
   local h = self.host
   local study = self.study
   local st = {
-    pid = h.sys.pid(),
+    pid = self.pid or h.sys.pid(),
     version = h.version,
     started_at = self.started_at,
     dashboard = self.log.redact(self.s.monitoring_url),
@@ -975,6 +975,7 @@ end
 function Agent:start()
   local h = self.host
   self.started_at = h.time.now()
+  self.pid = h.sys.pid()
   -- on Linux, what a killed wrapper leaves is re-parented to the agent
   -- (end_leftovers), not to init
   h.proc.keep_tree()
