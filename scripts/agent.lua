@@ -161,17 +161,26 @@ end
 -- or nil, message and the Retry-After delay (seconds) when the server asked
 -- for one; the response itself comes fourth whenever there was one, and
 -- when there was none, the transport's error code fifth.
+-- body: a table (sent as JSON) or a string already encoded.
 function Agent:call(method, path, body)
-  local headers = { ["Accept"] = "application/json" }
-  if body then headers["Content-Type"] = "application/json" end
-  if self.s.api_token then
-    headers["Authorization"] = "Bearer " .. self.s.api_token
+  -- the two sets of headers, made once (they depend on the settings only)
+  local sets = self.call_headers
+  if not sets then
+    local plain = { ["Accept"] = "application/json" }
+    if self.s.api_token then
+      plain["Authorization"] = "Bearer " .. self.s.api_token
+    end
+    local json = { ["Content-Type"] = "application/json" }
+    for k, v in pairs(plain) do json[k] = v end
+    sets = { plain = plain, json = json }
+    self.call_headers = sets
   end
+  if type(body) == "table" then body = cjson.encode(body) end
   local res, err, code = self.host.http.request {
     method = method,
     url = self.s.monitoring_url .. path,
-    headers = headers,
-    body = body and cjson.encode(body) or nil,
+    headers = body and sets.json or sets.plain,
+    body = body,
     timeout = self.s.request_timeout,
     max_size = self.s.max_reply_bytes,
     cainfo = self.s.ca_bundle,
@@ -196,10 +205,16 @@ end
 ------------------------------------------------------------------------------
 -- Step 1: heartbeat, every heartbeat_interval, from start-up on.
 ------------------------------------------------------------------------------
+-- The body is encoded once, and again only when the facts change (the GPU
+-- probe's answer comes after the first beats).
 function Agent:heartbeat()
-  local body = { machineId = self.s.machine_id }
-  for k, v in pairs(self.facts) do body[k] = v end
-  return self:call("POST", "/api/heartbeat", body)
+  local facts = self.facts
+  if not self.beat_body or self.beat_gpu ~= facts.gpuName then
+    local body = { machineId = self.s.machine_id }
+    for k, v in pairs(facts) do body[k] = v end
+    self.beat_body, self.beat_gpu = cjson.encode(body), facts.gpuName
+  end
+  return self:call("POST", "/api/heartbeat", self.beat_body)
 end
 
 -- Each heartbeat starts up to jitter (10%) before heartbeat_interval has
