@@ -9,6 +9,7 @@
  *
  * What lasts from one request to the next, so that an idle agent costs
  * little per request:
+ * - a few easy handles, reset (curl_easy_reset) rather than freed;
  * - connections (the multi handle's cache), and their sockets' uv_poll_t:
  *   the sockets of connections are opened and closed here
  *   (CURLOPT_OPENSOCKETFUNCTION, CLOSESOCKETFUNCTION, close-on-exec), so a
@@ -38,6 +39,7 @@
 #define MAX_REDIRS 5L
 #define HEADERS_MAX (1024 * 1024) /* all response headers together */
 #define BODY_MIN_CAP 16384
+#define SPARE_MAX 4 /* easy handles kept for the next transfers */
 
 typedef struct sock_ctx sock_ctx;
 typedef struct http_req http_req;
@@ -47,8 +49,10 @@ typedef struct http_multi {
   CURLM *multi;
   CURLSH *share;
   uv_timer_t *timer;
-  uv_prepare_t *kick;    /* curl's "time out now": before the loop polls */
-  int kicking;           /* in kick's callback */
+  uv_prepare_t *kick;     /* curl's "time out now": before the loop polls */
+  int kicking;            /* in kick's callback */
+  CURL *spare[SPARE_MAX]; /* easy handles of finished transfers, reset */
+  int nspare;
   http_req *reqs;        /* transfers in flight */
   sock_ctx *socks;       /* sockets being watched */
   int default_ca_usable; /* libcurl's default CA file can be read */
@@ -205,8 +209,13 @@ static void req_unlink(http_multi *m, http_req *req) {
 /* Free everything a request holds (the easy handle is no longer in the
  * multi handle). */
 static void req_free(http_req *req) {
-  if (req->easy)
+  http_multi *m = req->m;
+  if (req->easy && m->nspare < SPARE_MAX) {
+    curl_easy_reset(req->easy);
+    m->spare[m->nspare++] = req->easy;
+  } else if (req->easy) {
     curl_easy_cleanup(req->easy);
+  }
   curl_slist_free_all(req->headers);
   buf_free(&req->body);
   buf_free(&req->hdrs);
@@ -623,6 +632,8 @@ static void multi_close(void *data) {
     out_finish(req, 1);
     req_free(req);
   }
+  while (m->nspare > 0)
+    curl_easy_cleanup(m->spare[--m->nspare]);
   curl_multi_cleanup(m->multi); /* closes the connections */
   curl_share_cleanup(m->share);
   while (m->socks)
@@ -938,7 +949,8 @@ static int l_request(lua_State *L) {
   http_req *req = m ? req_new(m, &o) : NULL;
   if (!req)
     return luaL_error(L, WHAT ": out of memory");
-  if (!build_headers(L, 2, &o, req) || !(req->easy = curl_easy_init())) {
+  req->easy = m->nspare > 0 ? m->spare[--m->nspare] : curl_easy_init();
+  if (!build_headers(L, 2, &o, req) || !req->easy) {
     req_free(req);
     return luaL_error(L, WHAT ": out of memory");
   }
