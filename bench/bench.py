@@ -73,14 +73,18 @@ class Dashboard:
 
     def __init__(self, host, tmp, name):
         port_file = os.path.join(tmp, f"dash-{name}.port")
+        self.log = os.path.join(tmp, f"dash-{name}.log")
         self.proc = subprocess.Popen(
             [host, os.path.join(ROOT, "examples", "dashboard.lua"),
              "--port", "0", "--port-file", port_file],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
         self.port = int(wait_for_file(port_file))
         self.url = f"http://127.0.0.1:{self.port}"
 
     def events(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the dashboard exited ({self.proc.returncode}):"
+                               f" {open(self.log).read()[-2000:]}")
         with urllib.request.urlopen(self.url + "/dev/events", timeout=10) as r:
             return json.load(r)
 
