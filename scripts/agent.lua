@@ -333,7 +333,29 @@ end
 -- than that.
 function Agent:write_status(force)
   local h = self.host
-  local study = self.study
+  local study, beat = self.study, self.last_beat
+  local now = h.time.now()
+  -- what the file says that can change, compared without encoding anything
+  -- (this runs with every heartbeat)
+  local seen = {
+    protocol = self.protocol and self.protocol.name, stopping = self.stopping,
+    waiting = self.waiting, failure = self.last_failure,
+    ok = beat and beat.ok, error = beat and beat.error, study = study,
+    attempt = study and study.state.attempt,
+    study_pid = study and study.proc.pid,
+  }
+  local last = self.status_seen
+  if not force and last and
+      now - (self.status_written or 0) < self.s.status_every then
+    local same = true
+    for k, v in pairs(seen) do
+      if last[k] ~= v then same = false; break end
+    end
+    for k in pairs(last) do
+      if seen[k] == nil then same = false; break end
+    end
+    if same then return end
+  end
   local st = {
     pid = self.pid or h.sys.pid(),
     version = h.version,
@@ -356,16 +378,10 @@ function Agent:write_status(force)
       started_at = study.state.started_at,
     } or nil,
   }
-  local text = cjson.encode(st)
-  local now = h.time.now()
-  if text == self.status_text and not force and
-      now - (self.status_written or 0) < self.s.status_every then
-    return
-  end
-  st.heartbeat_at = self.last_beat and self.last_beat.at or nil
+  st.heartbeat_at = beat and beat.at or nil
   st.updated_at = now
   if h.fs.write_atomic(self.status_file, cjson.encode(st)) then
-    self.status_text, self.status_written = text, now
+    self.status_seen, self.status_written = seen, now
   end
 end
 
