@@ -900,8 +900,10 @@ static CURLcode setup_easy(CURL *e, const req_opts *o, http_req *req) {
   SET(CURLOPT_SSL_VERIFYHOST, 2L);
   if (o->cainfo)
     SET(CURLOPT_CAINFO, o->cainfo);
+  /* the CA cache works only without a CA directory (a TLS backend without
+   * CA directories, Schannel, refuses the option: nothing to leave out) */
   if (o->cainfo || req->m->default_ca_usable)
-    SET(CURLOPT_CAPATH, NULL); /* the CA cache works without it */
+    curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
   SET(CURLOPT_SHARE, req->m->share);
   SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
   SET(CURLOPT_OPENSOCKETDATA, (void *)req->m);

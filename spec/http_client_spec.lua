@@ -388,6 +388,19 @@ describe("host.http.request", function()
       end
     end)
 
+  it("takes a CA file (cainfo) on every platform's TLS backend, also for " ..
+    "plain HTTP (broken if an option the backend lacks fails the request: " ..
+    "Schannel has no CA directory)", function()
+      local ca = temp_path()
+      local f = assert(io.open(ca, "wb"))
+      f:write("not a certificate, and not read for plain HTTP\n")
+      f:close()
+      local res, msg = host.http.request({ url = base .. "/hello", cainfo = ca })
+      os.remove(ca)
+      assert.is_table(res, msg)
+      assert.are.equal("hello", res.body)
+    end)
+
   it("runs concurrent requests from several tasks", function()
     local tasks = {}
     for i = 1, 5 do
