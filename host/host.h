@@ -30,12 +30,13 @@ typedef struct host_close_hook {
 
 typedef struct host_ctx {
   uv_loop_t loop;
-  lua_State *L;             /* the main state */
-  int exit_code;            /* what the process returns */
-  int closing;              /* set once shutdown has begun: wake nothing */
-  double task_limit_s;      /* longest a task may run without yielding */
-  uint64_t resume_start_ns; /* uv_hrtime() when the running task resumed */
-  struct task *running;     /* the task being resumed, or NULL */
+  lua_State *L;        /* the main state */
+  int exit_code;       /* what the process returns */
+  int closing;         /* set once shutdown has begun: wake nothing */
+  double task_limit_s; /* longest a task may run without yielding */
+  /* read by the watchdog's ticker, which interrupts the loop's thread */
+  volatile uint64_t resume_start_ns; /* uv_hrtime() when it resumed */
+  struct task *volatile running;     /* the task being resumed, or NULL */
   host_close_hook *close_hooks;
   uv_idle_t ready_idle; /* runs ready tasks; active only while some are */
   struct task *ready_head, *ready_tail;

@@ -127,6 +127,16 @@ typedef struct plat_lock plat_lock;
 int plat_lock_file(const char *path, plat_lock **lock);
 void plat_unlock(plat_lock *lock);
 
+/* The watchdog's ticker (task.c): tick() is called about every period_s
+ * seconds that the process spends on a CPU (POSIX: a CPU-time timer whose
+ * signal goes to the calling thread, so that an idle process is never
+ * woken), or of wall time (Windows: a timer-queue timer; the calling
+ * thread is suspended while tick runs). tick interrupts the calling
+ * thread: it may only read memory and call lua_sethook. Starting it again
+ * replaces the period. Returns 0 or a libuv error. */
+int plat_ticker_start(void (*tick)(void), double period_s);
+void plat_ticker_stop(void);
+
 /* Open and close a socket for libcurl's connections (socket() and close()
  * or closesocket()); plat_open_socket returns -1 (INVALID_SOCKET) on
  * failure. */

@@ -2,6 +2,9 @@
  * process group: the child is spawned detached (setsid), so it leads a new
  * session and group, and every descendant that does not leave the group on
  * purpose is signalled with it. */
+#ifdef __linux__
+#define _GNU_SOURCE /* gettid, SIGEV_THREAD_ID */
+#endif
 #include "platform.h"
 
 #include <errno.h>
@@ -12,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef __linux__
@@ -319,4 +323,65 @@ uv_os_sock_t plat_open_socket(int family, int type, int protocol) {
 
 void plat_close_socket(uv_os_sock_t s) {
   close(s);
+}
+
+/* ---- the watchdog's ticker: SIGPROF from a CPU-time timer ---- */
+
+static void (*ticker_fn)(void);
+static timer_t ticker;
+static int ticker_on;
+
+static void on_ticker_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  void (*fn)(void) = ticker_fn;
+  if (fn)
+    fn();
+  errno = saved;
+}
+
+int plat_ticker_start(void (*tick)(void), double period_s) {
+  plat_ticker_stop();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_ticker_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGPROF, &sa, NULL) != 0)
+    return -errno;
+  struct sigevent ev;
+  memset(&ev, 0, sizeof ev);
+  ev.sigev_signo = SIGPROF;
+#ifdef SIGEV_THREAD_ID
+  /* to this thread, which runs Lua; never to a helper thread */
+  ev.sigev_notify = SIGEV_THREAD_ID;
+  ev._sigev_un._tid = gettid(); /* glibc names no macro for it */
+#else
+  ev.sigev_notify = SIGEV_SIGNAL;
+#endif
+  if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &ev, &ticker) != 0)
+    return -errno;
+  struct itimerspec its;
+  its.it_value.tv_sec = (time_t)period_s;
+  its.it_value.tv_nsec = (long)((period_s - (double)its.it_value.tv_sec) * 1e9);
+  if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+    its.it_value.tv_nsec = 1000000;
+  its.it_interval = its.it_value;
+  ticker_fn = tick;
+  if (timer_settime(ticker, 0, &its, NULL) != 0) {
+    int e = -errno;
+    timer_delete(ticker);
+    ticker_fn = NULL;
+    return e;
+  }
+  ticker_on = 1;
+  return 0;
+}
+
+void plat_ticker_stop(void) {
+  if (!ticker_on)
+    return;
+  timer_delete(ticker);
+  ticker_on = 0;
+  ticker_fn = NULL;
 }

@@ -1187,3 +1187,46 @@ uv_os_sock_t plat_open_socket(int family, int type, int protocol) {
 void plat_close_socket(uv_os_sock_t s) {
   closesocket(s);
 }
+
+/* ---- the watchdog's ticker: a timer-queue timer ---- */
+
+static void (*ticker_fn)(void);
+static HANDLE ticker_timer, ticker_thread;
+
+static VOID CALLBACK on_ticker(PVOID arg, BOOLEAN fired) {
+  (void)arg;
+  (void)fired;
+  /* the thread that runs Lua stands still while tick looks at it */
+  if (SuspendThread(ticker_thread) == (DWORD)-1)
+    return;
+  ticker_fn();
+  ResumeThread(ticker_thread);
+}
+
+int plat_ticker_start(void (*tick)(void), double period_s) {
+  plat_ticker_stop();
+  if (!DuplicateHandle(GetCurrentProcess(), GetCurrentThread(),
+                       GetCurrentProcess(), &ticker_thread,
+                       THREAD_SUSPEND_RESUME, FALSE, 0))
+    return uv_translate_sys_error((int)GetLastError());
+  ticker_fn = tick;
+  DWORD ms = period_s < 0.001 ? 1 : (DWORD)(period_s * 1000);
+  if (!CreateTimerQueueTimer(&ticker_timer, NULL, on_ticker, NULL, ms, ms,
+                             WT_EXECUTEDEFAULT)) {
+    int e = uv_translate_sys_error((int)GetLastError());
+    CloseHandle(ticker_thread);
+    ticker_thread = NULL;
+    ticker_timer = NULL;
+    return e;
+  }
+  return 0;
+}
+
+void plat_ticker_stop(void) {
+  if (!ticker_timer)
+    return;
+  /* waits for a tick under way */
+  DeleteTimerQueueTimer(NULL, ticker_timer, INVALID_HANDLE_VALUE);
+  CloseHandle(ticker_thread);
+  ticker_timer = ticker_thread = NULL;
+}

@@ -7,6 +7,7 @@
  */
 #include "task.h"
 #include "log.h"
+#include "platform.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,9 @@
 #define TASK_MT "host.task"
 #define JOIN_MT "host.task.join"
 #define TASKS_KEY "host.tasks" /* registry: thread -> task userdata */
-#define WATCHDOG_COUNT 10000   /* instructions between watchdog checks */
+#define WATCHDOG_COUNT                                                         \
+  10000 /* instructions between checks, in the                                 \
+           coroutines a task makes of its own */
 
 typedef enum { T_READY, T_RUNNING, T_WAITING, T_DONE, T_FAILED } task_state;
 
@@ -154,8 +157,8 @@ static void resume(host_ctx *ctx, task *t) {
   int nargs = t->pending_nargs, nres = 0;
   t->pending_nargs = 0;
   t->state = T_RUNNING;
+  ctx->resume_start_ns = uv_hrtime(); /* before running: see watchdog_tick */
   ctx->running = t;
-  ctx->resume_start_ns = uv_hrtime();
   int st = lua_resume(t->co, ctx->L, nargs, &nres);
   ctx->running = NULL;
   if (ctx->closing)
@@ -305,11 +308,59 @@ int task_count_alive(host_ctx *ctx) {
   return ctx->tasks_alive;
 }
 
-/* ---- the watchdog ---- */
+/* ---- the watchdog ----
+ *
+ * A task that behaves costs nothing: its thread has no hook. A ticker
+ * (platform.h: a timer of the process's CPU time on POSIX, so an idle host
+ * is never woken) looks at the running task from outside; once it has run
+ * longer than the limit, the ticker sets a count hook of 1 on the task's
+ * thread, as Lua allows from outside the running code, and the hook stops
+ * the task. Coroutines that a task creates itself (coroutine.create and
+ * .wrap, replaced below) keep a count hook, checked every WATCHDOG_COUNT
+ * instructions: the ticker cannot reach them. */
 
-/* Runs in the task's thread and in every coroutine the task created (they
- * inherit the hook). Once over the limit the task is over: it is yielded for
- * good at the first instruction where its thread can yield. */
+static host_ctx *watched; /* whose tasks the ticker looks at */
+
+static void watchdog(lua_State *L, lua_Debug *ar);
+
+/* The ticker: interrupts the loop's thread (or, on Windows, holds it). */
+static void watchdog_tick(void) {
+  host_ctx *ctx = watched;
+  if (!ctx)
+    return;
+  task *t = ctx->running;
+  if (!t || t->stopped || ctx->task_limit_s <= 0)
+    return;
+  if ((double)(uv_hrtime() - ctx->resume_start_ns) / 1e9 > ctx->task_limit_s)
+    lua_sethook(t->co, watchdog, LUA_MASKCOUNT, 1);
+}
+
+/* Ticks a few times per limit, at most once a second. */
+static void watchdog_arm(host_ctx *ctx) {
+  if (ctx->task_limit_s <= 0) {
+    plat_ticker_stop();
+    return;
+  }
+  double period = ctx->task_limit_s / 4;
+  if (period > 1)
+    period = 1;
+  if (period < 0.01)
+    period = 0.01;
+  int rc = plat_ticker_start(watchdog_tick, period);
+  if (rc != 0)
+    host_log(LOG_WARN, "the task watchdog cannot start: %s", uv_strerror(rc));
+}
+
+static void watchdog_close(void *data) {
+  (void)data;
+  plat_ticker_stop();
+  watched = NULL;
+}
+
+/* Runs in a task's thread once the ticker has found it over the limit, and
+ * in the coroutines of a task's own every WATCHDOG_COUNT instructions. Once
+ * over the limit the task is over: it is yielded for good at the first
+ * instruction where its thread can yield. */
 static void watchdog(lua_State *L, lua_Debug *ar) {
   (void)ar;
   host_ctx *ctx = host_get(L);
@@ -319,8 +370,11 @@ static void watchdog(lua_State *L, lua_Debug *ar) {
   if (!t->stopped) {
     double ran = (double)(uv_hrtime() - ctx->resume_start_ns) / 1e9;
     if (ctx->task_limit_s <= 0 || ran <= ctx->task_limit_s) {
-      if (lua_gethookcount(L) != WATCHDOG_COUNT) /* a stopped task's */
-        task_install_watchdog(L);
+      /* set by a tick during an earlier run: the task behaves again */
+      if (L == t->co)
+        lua_sethook(L, NULL, 0, 0);
+      else if (lua_gethookcount(L) != WATCHDOG_COUNT)
+        lua_sethook(L, watchdog, LUA_MASKCOUNT, WATCHDOG_COUNT);
       return;
     }
     t->stopped = 1;
@@ -345,8 +399,64 @@ static void watchdog(lua_State *L, lua_Debug *ar) {
   lua_error(L);
 }
 
+/* coroutine.create, counted (see above) */
+static int co_create(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_sethook(co, watchdog, LUA_MASKCOUNT, WATCHDOG_COUNT);
+  return 1;
+}
+
+/* The function coroutine.wrap returns: resumes its coroutine (upvalue 1)
+ * and returns what it yields or returns; raises its error, with the
+ * caller's position when the error is a string. */
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int nargs = lua_gettop(L), nres;
+  if (!lua_checkstack(co, nargs))
+    return luaL_error(L, "too many arguments to resume");
+  lua_xmove(L, co, nargs);
+  int st = lua_resume(co, L, nargs, &nres);
+  if (st == LUA_OK || st == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      return luaL_error(L, "too many results to resume");
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  int cst = lua_status(co);
+  if (cst != LUA_OK && cst != LUA_YIELD) /* it died: close its variables */
+    cst = lua_resetthread(co);
+  lua_xmove(co, L, 1); /* the error */
+  if (cst != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+static int co_wrap(lua_State *L) {
+  co_create(L);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
 void task_install_watchdog(lua_State *L) {
-  lua_sethook(L, watchdog, LUA_MASKCOUNT, WATCHDOG_COUNT);
+  host_ctx *ctx = host_get(L);
+  watched = ctx;
+  host_on_close(ctx, watchdog_close, NULL);
+  watchdog_arm(ctx);
+  if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+    lua_pushcfunction(L, co_create);
+    lua_setfield(L, -2, "create");
+    lua_pushcfunction(L, co_wrap);
+    lua_setfield(L, -2, "wrap");
+  }
+  lua_pop(L, 1);
 }
 
 /* ---- Lua API ---- */
@@ -424,6 +534,8 @@ static int l_set_limit(lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0, 1, "must be >= 0 (0 turns the watchdog off)");
   ctx->task_limit_s = s;
+  if (watched == ctx)
+    watchdog_arm(ctx); /* the ticker's period follows the limit */
   lua_pushnumber(L, old);
   return 1;
 }

@@ -62,7 +62,10 @@ int task_count_alive(host_ctx *ctx);
  * has just woken tasks and would rather not wait a turn of the loop. */
 void task_run_ready(host_ctx *ctx);
 
-/* Install the hook that stops tasks running too long without yielding. */
+/* Start the watchdog that stops tasks running too long without yielding
+ * (task.c: a ticker from outside, no hook on a task that behaves), and
+ * make coroutine.create and coroutine.wrap give the coroutines a task makes
+ * of its own a counting hook. */
 void task_install_watchdog(lua_State *L);
 
 #endif

@@ -260,6 +260,57 @@ describe("host.task", function()
         assert.equal(0, r.code)
       end)
 
+    it("leaves a task that behaves without a hook, so that its Lua runs at "
+      .. "full speed, while the coroutines a task makes itself are counted "
+      .. "(broken if every instruction of every task pays for the watchdog)",
+      function()
+        local t = host.task.spawn(function()
+          local co = coroutine.create(function() return debug.gethook() end)
+          local _, co_hook, co_mask = coroutine.resume(co)
+          local wrapped = coroutine.wrap(function() return debug.gethook() end)
+          local _, w_mask = wrapped()
+          local own = debug.gethook()
+          return own, co_hook ~= nil and co_mask, w_mask
+        end)
+        local ok, own, co_mask, w_mask = t:join()
+        assert.is_true(ok, tostring(own))
+        assert.is_nil(own)
+        assert.equal("", co_mask) -- a count hook: no call, return or line
+        assert.equal("", w_mask)
+      end)
+
+    it("coroutine.wrap keeps its behaviour: values in and out, errors raised "
+      .. "with the caller's position, a dead coroutine refused (broken if the "
+      .. "watchdog's wrap differs from Lua's)", function()
+        local gen = coroutine.wrap(function(a)
+          local b = coroutine.yield(a + 1)
+          return b * 2, "done"
+        end)
+        assert.equal(2, gen(1))
+        local x, y = gen(5)
+        assert.equal(10, x)
+        assert.equal("done", y)
+        local ok, err = pcall(gen)
+        assert.is_false(ok)
+        assert.matches("cannot resume dead coroutine", err)
+        local bad = coroutine.wrap(function() error("boom") end)
+        ok, err = pcall(bad)
+        assert.is_false(ok)
+        assert.matches("boom", err)
+        local obj = {}
+        ok, err = pcall(coroutine.wrap(function() error(obj) end))
+        assert.is_false(ok)
+        assert.equal(obj, err)
+        local closed = false
+        local tbc = coroutine.wrap(function()
+          local _ <close> = setmetatable({}, { __close = function()
+            closed = true end })
+          error("with a variable to close")
+        end)
+        assert.is_false((pcall(tbc)))
+        assert.is_true(closed)
+      end)
+
     it("stops a loop below a C function even when pcall retries it (broken if an error "
       .. "that pcall catches is all the watchdog does)", function()
         local r = H.run_host({ "spec/fixtures/hang.lua", "cboundary" },
