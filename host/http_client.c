@@ -10,6 +10,7 @@
  * What lasts from one request to the next, so that an idle agent costs
  * little per request:
  * - a few easy handles, reset (curl_easy_reset) rather than freed;
+ * - a few header lists, found again by their text;
  * - connections (the multi handle's cache), and their sockets' uv_poll_t:
  *   the sockets of connections are opened and closed here
  *   (CURLOPT_OPENSOCKETFUNCTION, CLOSESOCKETFUNCTION, close-on-exec), so a
@@ -39,7 +40,8 @@
 #define MAX_REDIRS 5L
 #define HEADERS_MAX (1024 * 1024) /* all response headers together */
 #define BODY_MIN_CAP 16384
-#define SPARE_MAX 4 /* easy handles kept for the next transfers */
+#define SPARE_MAX 4   /* easy handles kept for the next transfers */
+#define HEADER_SETS 4 /* header lists kept for the next transfers */
 
 typedef struct sock_ctx sock_ctx;
 typedef struct http_req http_req;
@@ -53,6 +55,11 @@ typedef struct http_multi {
   int kicking;            /* in kick's callback */
   CURL *spare[SPARE_MAX]; /* easy handles of finished transfers, reset */
   int nspare;
+  struct {      /* header lists made before, by their text */
+    char *text; /* "line\nline\n...": what the list holds */
+    struct curl_slist *list;
+  } sets[HEADER_SETS];
+  int nsets;
   http_req *reqs;        /* transfers in flight */
   sock_ctx *socks;       /* sockets being watched */
   int default_ca_usable; /* libcurl's default CA file can be read */
@@ -77,6 +84,7 @@ struct http_req {
   http_multi *m;
   CURL *easy;
   struct curl_slist *headers;
+  int headers_shared; /* headers belong to m->sets */
   task_waiter waiter;
   buf body;
   buf hdrs; /* lower-case name '\0' value '\0', for the last response */
@@ -216,7 +224,8 @@ static void req_free(http_req *req) {
   } else if (req->easy) {
     curl_easy_cleanup(req->easy);
   }
-  curl_slist_free_all(req->headers);
+  if (!req->headers_shared)
+    curl_slist_free_all(req->headers);
   buf_free(&req->body);
   buf_free(&req->hdrs);
   free(req->out_path);
@@ -634,6 +643,11 @@ static void multi_close(void *data) {
   }
   while (m->nspare > 0)
     curl_easy_cleanup(m->spare[--m->nspare]);
+  while (m->nsets > 0) {
+    m->nsets--;
+    curl_slist_free_all(m->sets[m->nsets].list);
+    free(m->sets[m->nsets].text);
+  }
   curl_multi_cleanup(m->multi); /* closes the connections */
   curl_share_cleanup(m->share);
   while (m->socks)
@@ -810,6 +824,62 @@ static void read_opts(lua_State *L, req_opts *o) {
 
 /* ---- building the transfer ---- */
 
+static int make_headers(lua_State *L, int idx, const req_opts *o,
+                        http_req *req);
+
+/* The text of the header list that make_headers would make, pushed on L
+ * ("Name: value\n" lines; few headers: concatenated as it goes). */
+static const char *headers_text(lua_State *L, int idx, const req_opts *o,
+                                size_t *len) {
+  lua_pushstring(L, o->has_expect ? "" : "Expect:\n");
+  int acc = lua_gettop(L);
+  if (!lua_isnil(L, idx)) {
+    lua_pushnil(L);
+    while (lua_next(L, idx)) { /* acc ... key value */
+      lua_pushvalue(L, acc);
+      lua_pushvalue(L, -3); /* copies: the key must stay as it is */
+      lua_pushliteral(L, ": ");
+      lua_pushvalue(L, -4);
+      lua_pushliteral(L, "\n");
+      lua_concat(L, 5);
+      lua_replace(L, acc);
+      lua_pop(L, 1); /* the value; the key stays for lua_next */
+    }
+  }
+  return lua_tolstring(L, acc, len);
+}
+
+/* The request's header list: one made before for the same text, else a new
+ * one, kept for the next requests while there is room. 0 when out of
+ * memory. */
+static int build_headers(lua_State *L, int idx, const req_opts *o,
+                         http_req *req) {
+  http_multi *m = req->m;
+  size_t len;
+  const char *text = headers_text(L, idx, o, &len);
+  for (int i = 0; i < m->nsets; i++)
+    if (strlen(m->sets[i].text) == len &&
+        memcmp(m->sets[i].text, text, len) == 0) {
+      req->headers = m->sets[i].list;
+      req->headers_shared = 1;
+      lua_pop(L, 1);
+      return 1;
+    }
+  int ok = make_headers(L, idx, o, req);
+  if (ok && m->nsets < HEADER_SETS && strlen(text) == len) {
+    char *copy = malloc(len + 1);
+    if (copy) {
+      memcpy(copy, text, len + 1);
+      m->sets[m->nsets].text = copy;
+      m->sets[m->nsets].list = req->headers;
+      m->nsets++;
+      req->headers_shared = 1;
+    }
+  }
+  lua_pop(L, 1);
+  return ok;
+}
+
 static long to_ms(double s) {
   double ms = s * 1000.0 + 0.5;
   return ms >= (double)LONG_MAX ? LONG_MAX : (long)ms;
@@ -837,8 +907,8 @@ static int add_header_line(http_req *req, const char *name, size_t nlen,
 
 /* The curl list of the request headers (table at idx, already checked);
  * 0 when out of memory. */
-static int build_headers(lua_State *L, int idx, const req_opts *o,
-                         http_req *req) {
+static int make_headers(lua_State *L, int idx, const req_opts *o,
+                        http_req *req) {
   /* "Expect:" removes the header: no 1 s wait for "100 Continue" */
   if (!o->has_expect) {
     struct curl_slist *list = curl_slist_append(req->headers, "Expect:");

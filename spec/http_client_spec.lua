@@ -401,6 +401,27 @@ describe("host.http.request", function()
       assert.are.equal("hello", res.body)
     end)
 
+  it("sends each request its own headers while header lists are kept for " ..
+    "reuse (broken if a kept list is sent with another set of headers)",
+    function()
+      local sets = {}
+      for i = 1, 6 do -- more sets than are kept
+        sets[i] = { ["X-Set"] = tostring(i), ["X-Extra-" .. i] = "e" .. i }
+      end
+      for round = 1, 3 do
+        for i = 1, 6 do
+          local res = assert(host.http.request({ url = base .. "/echo",
+            headers = sets[i], body = "r" .. round }))
+          local got = cjson.decode(res.body).headers
+          assert.are.equal(tostring(i), got["x-set"])
+          assert.are.equal("e" .. i, got["x-extra-" .. i])
+          for j = 1, 6 do
+            if j ~= i then assert.is_nil(got["x-extra-" .. j]) end
+          end
+        end
+      end
+    end)
+
   it("runs concurrent requests from several tasks", function()
     local tasks = {}
     for i = 1, 5 do
