@@ -119,18 +119,24 @@ describe("heartbeat", function()
     end
   end)
 
+  -- A fake dashboard whose heartbeat replies take `seconds`.
+  local function slow_heartbeats(seconds)
+    local f = new_fake()
+    dashboard(f)
+    local inner = f.http_handler
+    f.http_handler = function(req, ff)
+      if req.url:match("/api/heartbeat$") then ff.host.time.sleep(seconds) end
+      return inner(req, ff)
+    end
+    return f
+  end
+
   it("starts each beat at most one interval after the start of the one " ..
     "before, so that a connection is never idle for a whole interval " ..
     "(broken if jitter or the request's own time makes a beat late: a " ..
     "server that closes connections idle for 5 s then costs a TLS " ..
     "handshake per beat)", function()
-      local f = new_fake()
-      dashboard(f)
-      local inner = f.http_handler
-      f.http_handler = function(req, ff)
-        if req.url:match("/api/heartbeat$") then ff.host.time.sleep(0.4) end
-        return inner(req, ff)
-      end
+      local f = slow_heartbeats(0.4)
       start(f)
       f:run_for(300)
       local beats = f:requests_to("/api/heartbeat$")
@@ -144,13 +150,7 @@ describe("heartbeat", function()
   it("goes first at start-up: the first poll waits for the first " ..
     "heartbeat's reply, and so reuses its connection (broken if both " ..
     "start at once and open two connections)", function()
-      local f = new_fake()
-      dashboard(f)
-      local inner = f.http_handler
-      f.http_handler = function(req, ff)
-        if req.url:match("/api/heartbeat$") then ff.host.time.sleep(0.4) end
-        return inner(req, ff)
-      end
+      local f = slow_heartbeats(0.4)
       start(f)
       f:run_for(5)
       local polls = f:requests_to("/api/assignment")

@@ -51,6 +51,19 @@ describe("a dashboard behind a private CA", function()
     return "https://127.0.0.1:" .. assert(port, "the HTTPS server did not start")
   end
 
+  -- The HTTPS server's URL and a work dir for the agent; nothing (the spec
+  -- is pending) without openssl and python3.
+  local function serve_and_work_dir()
+    if not (have("openssl") and have("python3")) then
+      pending("needs openssl and python3")
+      return nil
+    end
+    local url = start_server()
+    local work = path("work")
+    assert(fs.mkdir_p(work))
+    return url, work
+  end
+
   local function heartbeats()
     local n = 0
     for line in (fs.read(path("requests")) or ""):gmatch("[^\n]+") do
@@ -61,14 +74,8 @@ describe("a dashboard behind a private CA", function()
 
   it("is refused without GOLIAT_CA_BUNDLE, and the log says it is TLS",
     function()
-      if not (have("openssl") and have("python3")) then
-        pending("needs openssl and python3")
-        return
-      end
-      local url = start_server()
-      local work = path("work")
-      assert(fs.mkdir_p(work))
-    assert(fs.mkdir_p(work))
+      local url, work = serve_and_work_dir()
+      if not url then return end
       agent = cluster.start_agent(cluster.agent_env(url, work), work)
       assert(cluster.wait_until(function()
         return (fs.read(agent.log) or ""):find("heartbeat failed", 1, true)
@@ -78,13 +85,8 @@ describe("a dashboard behind a private CA", function()
     end)
 
   it("makes --check say FAIL TLS without the CA, and OK with it", function()
-    if not (have("openssl") and have("python3")) then
-      pending("needs openssl and python3")
-      return
-    end
-    local url = start_server()
-    local work = path("work")
-    assert(fs.mkdir_p(work))
+    local url, work = serve_and_work_dir()
+    if not url then return end
     local env = cluster.agent_env(url, work)
     env.CURL_CA_BUNDLE, env.SSL_CERT_FILE = "", "" -- this machine's own
     local agent_lua = fs.join(cluster.source_dir, "scripts", "agent.lua")
@@ -100,13 +102,8 @@ describe("a dashboard behind a private CA", function()
   end)
 
   it("is accepted with GOLIAT_CA_BUNDLE naming the CA", function()
-    if not (have("openssl") and have("python3")) then
-      pending("needs openssl and python3")
-      return
-    end
-    local url = start_server()
-    local work = path("work")
-    assert(fs.mkdir_p(work))
+    local url, work = serve_and_work_dir()
+    if not url then return end
     agent = cluster.start_agent(cluster.agent_env(url, work,
       { GOLIAT_CA_BUNDLE = path("ca.pem") }), work)
     assert(cluster.wait_until(function() return heartbeats() >= 2 end, 30),

@@ -457,6 +457,23 @@ describe("Windows", function()
       return (fs.read(out) or ""):match("STATE%s*:%s*%d+%s+(%u+)")
     end
 
+    -- Install the service name running `script out`, stopped and deleted
+    -- (then cleanup() called) when the spec ends, and start it.
+    local function install_and_start(name, script, out, cleanup)
+      local bin = string.format('"%s" --service %s "%s" "%s"', exe, name,
+        script, out)
+      local code, log = sc("create", name, "binPath=", bin)
+      assert.equal(0, code, log)
+      finally(function()
+        host.proc.spawn({ argv = { "sc", "stop", name }, stdout = "null" }):wait()
+        H.wait_until(function() return service_state(name) == "STOPPED" end, 20)
+        sc("delete", name)
+        if cleanup then cleanup() end
+      end)
+      code, log = sc("start", name)
+      assert.equal(0, code, log)
+    end
+
     it("runs the script, restarts it after it exits, and turns a service "
       .. "stop into its SIGBREAK handler (broken if stop kills it or a crash "
       .. "ends the service); its log, stderr and the supervisor's lines go to "
@@ -487,23 +504,13 @@ describe("Windows", function()
           while not stop do host.time.sleep(0.1) end
           host.fs.append(out, "end\n")
         ]])
-        local bin = string.format('"%s" --service %s "%s" "%s"', exe, name,
-          path("svc.lua"), out)
-        local code, log = sc("create", name, "binPath=", bin)
-        assert.equal(0, code, log)
-        finally(function()
-          host.proc.spawn({ argv = { "sc", "stop", name }, stdout = "null" }):wait()
-          H.wait_until(function() return service_state(name) == "STOPPED" end, 20)
-          sc("delete", name)
-        end)
-        code, log = sc("start", name)
-        assert.equal(0, code, log)
+        install_and_start(name, path("svc.lua"), out)
         assert.is_true(H.wait_until(function()
           local s = fs.read(out) or ""
           return select(2, s:gsub("start", "")) >= 2
         end, 30), "not restarted: " .. tostring(fs.read(out)))
         host.time.sleep(0.5) -- let it install its handler
-        code, log = sc("stop", name)
+        local code, log = sc("stop", name)
         assert.equal(0, code, log)
         assert.is_true(H.wait_until(function()
           return service_state(name) == "STOPPED"
@@ -559,19 +566,10 @@ describe("Windows", function()
           while not stop do host.time.sleep(0.1) end
           host.fs.append(out, "end\n")
         ]])
-        local bin = string.format('"%s" --service %s "%s" "%s"', exe, name,
-          path("reload.lua"), out)
-        local code, log = sc("create", name, "binPath=", bin)
-        assert.equal(0, code, log)
         local exe_dir = exe:match("^(.*)[\\/]")
-        finally(function()
-          host.proc.spawn({ argv = { "sc", "stop", name }, stdout = "null" }):wait()
-          H.wait_until(function() return service_state(name) == "STOPPED" end, 20)
-          sc("delete", name)
+        install_and_start(name, path("reload.lua"), out, function()
           fs.remove(fs.join(exe_dir, name .. ".log"))
         end)
-        code, log = sc("start", name)
-        assert.equal(0, code, log)
         local function starts()
           return select(2, (fs.read(out) or ""):gsub("start", ""))
         end
@@ -588,7 +586,7 @@ describe("Windows", function()
         local rounds = 1
         if not host.sys.getenv("GOLIAT_WINE") then
           host.time.sleep(0.5)
-          code, log = sc("control", name, "paramchange")
+          local code, log = sc("control", name, "paramchange")
           assert.equal(0, code, log)
           assert.is_true(H.wait_until(function() return starts() >= 3 end, 30),
             "no reload by sc: " .. tostring(fs.read(out)))
