@@ -15,6 +15,7 @@
 
 #define TASK_MT "host.task"
 #define JOIN_MT "host.task.join"
+#define EVENT_MT "host.task.event"
 #define TASKS_KEY "host.tasks" /* registry: thread -> task userdata */
 #define WATCHDOG_COUNT                                                         \
   10000 /* instructions between checks, in the                                 \
@@ -502,6 +503,129 @@ static int l_join(lua_State *L) {
   return task_wait(L, &j->waiter);
 }
 
+/* ---- events: a task waits until another task sets the event ----
+ *
+ * A pulse, not a latch: set() wakes the tasks waiting at that moment and
+ * is not remembered. Each wait may have a timeout (a timer of its own). A
+ * waiter is unlinked from its event by whichever comes first: set(), its
+ * timeout, or the event's collection; its memory is freed with its timer. */
+
+typedef struct ev_wait {
+  task_waiter waiter;
+  uv_timer_t timer;
+  int has_timer;
+  struct ev_wait *next;
+  struct event *ev; /* NULL once unlinked */
+} ev_wait;
+
+typedef struct event {
+  ev_wait *head;
+} event;
+
+static void free_ev_wait(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void ev_unlink(ev_wait *w) {
+  if (!w->ev)
+    return;
+  for (ev_wait **p = &w->ev->head; *p; p = &(*p)->next)
+    if (*p == w) {
+      *p = w->next;
+      break;
+    }
+  w->ev = NULL;
+}
+
+/* Wake w's task with `result` (or forget it) and release w. */
+static void ev_release(ev_wait *w, int wake, int result) {
+  lua_State *co = wake ? task_waiter_thread(&w->waiter) : NULL;
+  if (co) {
+    lua_pushboolean(co, result);
+    task_waiter_wake(&w->waiter, 1);
+  } else {
+    task_waiter_cancel(&w->waiter);
+  }
+  if (w->has_timer) {
+    uv_timer_stop(&w->timer);
+    uv_close((uv_handle_t *)&w->timer, free_ev_wait);
+  } else {
+    free(w);
+  }
+}
+
+static void on_ev_timeout(uv_timer_t *timer) {
+  ev_wait *w = timer->data;
+  ev_unlink(w);
+  ev_release(w, 1, 0);
+}
+
+static event *check_event(lua_State *L) {
+  return luaL_checkudata(L, 1, EVENT_MT);
+}
+
+static int l_event(lua_State *L) {
+  event *e = lua_newuserdatauv(L, sizeof *e, 0);
+  e->head = NULL;
+  luaL_setmetatable(L, EVENT_MT);
+  return 1;
+}
+
+/* event:wait([seconds]): true when set() woke it, false after seconds. */
+static int l_event_wait(lua_State *L) {
+  event *e = check_event(L);
+  lua_Number s = luaL_optnumber(L, 2, -1);
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || (s >= 0 && s < 1e9), 2,
+                "seconds must be >= 0");
+  task_check_can_wait(L, "event:wait");
+  ev_wait *w = calloc(1, sizeof *w);
+  if (!w)
+    return luaL_error(L, "out of memory");
+  w->waiter.ref = LUA_NOREF;
+  if (s >= 0) {
+    uv_loop_t *loop = &host_get(L)->loop;
+    uv_timer_init(loop, &w->timer);
+    w->timer.data = w;
+    w->has_timer = 1;
+    uv_update_time(loop); /* as host.time.sleep does */
+    uv_timer_start(&w->timer, on_ev_timeout, (uint64_t)(s * 1000.0 + 0.5), 0);
+  }
+  w->ev = e;
+  w->next = e->head;
+  e->head = w;
+  lua_settop(L, 1); /* the event stays on the task's stack while it waits */
+  return task_wait(L, &w->waiter);
+}
+
+/* event:set(): wakes every task waiting on the event now; returns how
+ * many. */
+static int l_event_set(lua_State *L) {
+  event *e = check_event(L);
+  ev_wait *list = e->head;
+  e->head = NULL;
+  int n = 0;
+  while (list) {
+    ev_wait *w = list;
+    list = w->next;
+    w->ev = NULL;
+    n += task_waiter_thread(&w->waiter) != NULL;
+    ev_release(w, 1, 1);
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+static int l_event_gc(lua_State *L) {
+  event *e = check_event(L);
+  while (e->head) {
+    ev_wait *w = e->head;
+    e->head = w->next;
+    w->ev = NULL;
+    ev_release(w, 0, 0);
+  }
+  return 0;
+}
+
 static int l_status(lua_State *L) {
   lua_pushstring(L, state_names[check_task(L, 1)->state]);
   return 1;
@@ -588,9 +712,20 @@ void host_open_task(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
 
+  static const luaL_Reg event_methods[] = {
+      {"wait", l_event_wait}, {"set", l_event_set}, {NULL, NULL}};
+  luaL_newmetatable(L, EVENT_MT);
+  luaL_newlib(L, event_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_event_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+
   static const luaL_Reg funcs[] = {
-      {"spawn", l_spawn},         {"current", l_current}, {"yield", l_yield},
-      {"set_limit", l_set_limit}, {"count", l_count},     {NULL, NULL}};
+      {"spawn", l_spawn}, {"current", l_current},
+      {"yield", l_yield}, {"set_limit", l_set_limit},
+      {"count", l_count}, {"event", l_event},
+      {NULL, NULL}};
   luaL_newlib(L, funcs);
   lua_setfield(L, -2, "task");
 

@@ -101,6 +101,7 @@ function M.new(host, settings)
   self.busy = false      -- an assignment is being handled
   self.study = nil       -- { proc, assignment, state } while one runs
   self.stopping = nil    -- the signal's name once a stop was asked for
+  self.beat_done = host.task.event() -- set as each heartbeat ends
   local fs = host.fs
   self.state_file = fs.join(settings.work_dir, "agent_state.json")
   self.status_file = fs.join(settings.work_dir, M.STATUS_FILE)
@@ -250,6 +251,7 @@ function Agent:heartbeat_loop()
       since = last and last.ok == ok and last.since or now }
     self.first_beat_over = true
     self:write_status()
+    self.beat_done:set() -- the work loop's poll may ride on this wake-up
     -- after a failure, the full delay from now: a slow or struggling
     -- dashboard never gets beats back to back
     h.time.sleep(ok and math.max(0, started + delay - h.time.monotonic())
@@ -873,11 +875,8 @@ function Agent:work_loop()
   -- one connection at start-up: the first heartbeat opens it, then the
   -- first poll (or report) reuses it (bounded: a hung heartbeat does not
   -- hold the work back)
-  local h = self.host
-  local deadline = h.time.monotonic() + self.s.request_timeout
-  while not self.first_beat_over and not self.stopping and
-      h.time.monotonic() < deadline do
-    h.time.sleep(0.01)
+  if not self.first_beat_over then
+    self.beat_done:wait(self.s.request_timeout)
   end
   self:flush_outbox()
   self:recover()
@@ -890,12 +889,14 @@ function Agent:work_loop()
       work = false -- chosen, not taken: nothing to report
     end
     local delay = self:jittered(self.s.poll_interval)
+    local ride = false
     if work == nil then
       local n = self:note_failure(step, err)
       delay = math.max(delay, self:backoff(n, retry_after))
     else
       self:note_success(step)
       self:note_waiting(not work and err or nil)
+      ride = not work
       if work then
         self.busy = true
         local ran = self:handle(work)
@@ -909,7 +910,27 @@ function Agent:work_loop()
         end
       end
     end
-    if not self.stopping then self.host.time.sleep(delay) end
+    if not self.stopping then
+      if ride then self:wait_riding(delay) else self.host.time.sleep(delay) end
+    end
+  end
+end
+
+-- Wait about `delay` seconds before the next idle poll, ending just after
+-- a heartbeat: the first one that ends no more than half a heartbeat
+-- interval early, or at the latest half an interval late. An idle agent
+-- then wakes once for both requests, not twice (waking the process costs
+-- more CPU than the request itself), and the poll goes over the
+-- connection the heartbeat has just used. A delay shorter than the
+-- heartbeat interval is slept as it is.
+function Agent:wait_riding(delay)
+  local h, hb = self.host, self.s.heartbeat_interval
+  if delay < hb then return h.time.sleep(delay) end
+  local now = h.time.monotonic()
+  local earliest, latest = now + delay - hb / 2, now + delay + hb / 2
+  while now < earliest and not self.stopping do
+    if not self.beat_done:wait(latest - now) then return end
+    now = h.time.monotonic()
   end
 end
 

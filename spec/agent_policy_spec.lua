@@ -158,6 +158,41 @@ describe("heartbeat", function()
       assert.is_true(polls[1].at >= 0.4, "first poll at " .. polls[1].at)
     end)
 
+  it("sends each idle poll right as a heartbeat ends, about a poll interval " ..
+    "after the last poll, so that an idle agent wakes once for both " ..
+    "(broken if the poll keeps a timer of its own: the process then wakes " ..
+    "three times per 10 s instead of twice)", function()
+      local f = slow_heartbeats(0.4)
+      start(f)
+      f:run_for(300)
+      local ends = {}
+      for _, b in ipairs(f:requests_to("/api/heartbeat$")) do
+        ends[string.format("%.6f", b.at + 0.4)] = true
+      end
+      local polls = f:requests_to("/api/assignment")
+      assert.is_true(#polls >= 25, "polls: " .. #polls)
+      for i = 2, #polls do
+        assert.is_true(ends[string.format("%.6f", polls[i].at)],
+          "poll at " .. polls[i].at .. " is not at a heartbeat's end")
+        local gap = polls[i].at - polls[i - 1].at
+        -- the poll interval (10 s, jitter 10%), give or take half a beat
+        assert.is_true(gap >= 6.5 - 1e-9 and gap <= 13.5 + 1e-9, "gap " .. gap)
+      end
+    end)
+
+  it("still polls on time when no heartbeat ends (broken if the poll waits " ..
+    "for a heartbeat that hangs)", function()
+      local f = slow_heartbeats(1000)
+      start(f)
+      f:run_for(300)
+      local polls = f:requests_to("/api/assignment")
+      assert.is_true(#polls >= 20, "polls: " .. #polls)
+      for i = 2, #polls do
+        local gap = polls[i].at - polls[i - 1].at
+        assert.is_true(gap >= 6.5 - 1e-9 and gap <= 13.5 + 1e-9, "gap " .. gap)
+      end
+    end)
+
   it("keeps beating while a study runs", function()
     local f = new_fake()
     dashboard(f, { queue = { assignment() },

@@ -391,6 +391,94 @@ describe("host.task", function()
       end)
   end)
 
+  describe("events", function()
+    it("set wakes every task waiting at that moment, with true "
+      .. "(broken if set wakes only one, or none, or the wait returns false)", function()
+        local ev = host.task.event()
+        local got = {}
+        local function waiter(tag)
+          local r = ev:wait(30)
+          got[#got + 1] = { tag, r }
+        end
+        local a = host.task.spawn(waiter, "a")
+        local b = host.task.spawn(waiter, "b")
+        local c = host.task.spawn(function()
+          local r = ev:wait()
+          got[#got + 1] = { "c", r }
+        end)
+        host.task.yield() -- all three are waiting now
+        assert.same({}, got)
+        assert.equal(3, ev:set())
+        a:join(); b:join(); c:join()
+        table.sort(got, function(x, y) return x[1] < y[1] end)
+        assert.same({ { "a", true }, { "b", true }, { "c", true } }, got)
+      end)
+
+    it("is a pulse: a set with nobody waiting is not remembered, and a wait ends false "
+      .. "after its timeout (broken if set latches, or a timeout never fires)", function()
+        local ev = host.task.event()
+        assert.equal(0, ev:set())
+        assert.is_false(ev:wait(0.02))
+        -- the timed-out waiter is gone: a later set wakes nobody
+        assert.equal(0, ev:set())
+      end)
+
+    it("a waiter woken by set is not woken again by its timeout, and one that timed "
+      .. "out is not woken by a later set (broken if a wait returns twice)", function()
+        local ev = host.task.event()
+        local results = {}
+        local t = host.task.spawn(function()
+          results[#results + 1] = ev:wait(0.05)
+          results[#results + 1] = ev:wait(0.01)
+          host.time.sleep(0.1) -- past the first wait's timeout
+        end)
+        host.task.yield()
+        assert.equal(1, ev:set())
+        assert.is_true(t:join())
+        assert.same({ true, false }, results)
+        assert.equal(0, ev:set())
+      end)
+
+    it("wait rejects a negative timeout and a call from a plain coroutine (broken if "
+      .. "either waits)", function()
+        local ev = host.task.event()
+        assert.has_error(function() ev:wait(-1) end, "bad argument #1 to 'wait' "
+          .. "(seconds must be >= 0)")
+        local ok, msg = coroutine.resume(coroutine.create(function()
+          return ev:wait(1)
+        end))
+        assert.is_false(ok)
+        assert.matches("must be called from a task", msg)
+      end)
+
+    it("an event collected while nobody waits, and a host ending while a task waits, "
+      .. "leave nothing behind (broken if a waiter leaks; ASan and valgrind see it)",
+      function()
+        for _ = 1, 50 do
+          local ev = host.task.event()
+          local t = host.task.spawn(function() return ev:wait(0.001) end)
+          t:join()
+        end
+        collectgarbage()
+        local dir = H.tmpdir()
+        local script = host.fs.join(dir, "events.lua")
+        assert(host.fs.write_atomic(script, [[
+          local host = require "host"
+          local ev = host.task.event()
+          host.task.spawn(function() ev:wait() end)
+          host.task.spawn(function() ev:wait(60) end)
+          host.time.sleep(0.01)
+          print("waiting")
+          os.exit(0)
+        ]]))
+        local r = H.run_host({ script })
+        H.rm_rf(dir)
+        assert.is_false(r.timed_out)
+        assert.equal(0, r.code, r.stderr)
+        assert.matches("waiting", r.stdout)
+      end)
+  end)
+
   describe("status", function()
     it("goes ready -> running -> waiting -> done (broken if a state is reported wrongly)",
       function()

@@ -226,6 +226,22 @@ function Fake:make_host()
       return f:spawn(name, fn, ...)
     end,
     yield = function() coroutine.yield() end,
+    -- host.task.event(): a pulse; wait(s) is true when set, false after s
+    event = function()
+      local ev = { gen = 0, waiting = 0 }
+      function ev.wait(_, s)
+        local g = ev.gen
+        ev.waiting = ev.waiting + 1
+        block(s and f.now + s or nil, function() return ev.gen ~= g end)
+        ev.waiting = ev.waiting - 1
+        return ev.gen ~= g
+      end
+      function ev.set()
+        ev.gen = ev.gen + 1
+        return ev.waiting
+      end
+      return ev
+    end,
   }
 
   host.exit = function(code)
