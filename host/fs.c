@@ -159,11 +159,21 @@ static int l_write_atomic(lua_State *L) {
   size_t len;
   const char *path = luaL_checkstring(L, 1);
   const char *data = luaL_checklstring(L, 2, &len);
+  int sync = 1; /* opts.sync = false: no flush (a file that may be lost) */
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "sync");
+    luaL_argcheck(L, lua_isnil(L, -1) || lua_isboolean(L, -1), 3,
+                  "sync must be a boolean");
+    sync = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 2);
   const char *tmp = lua_pushfstring(L, "%s.tmp-%d-%d", path,
                                     (int)uv_os_getpid(), (int)++counter);
   /* owner-only: the agent's state, reports and configs are nobody else's */
   int rc = write_file(tmp, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0600,
-                      data, len, 1);
+                      data, len, sync);
   if (rc == 0) {
     uv_fs_t req;
     rc = uv_fs_rename(NULL, &req, tmp, path, NULL);

@@ -39,7 +39,7 @@
 #define DEFAULT_MAX_SIZE (16.0 * 1024 * 1024)
 #define MAX_REDIRS 5L
 #define HEADERS_MAX (1024 * 1024) /* all response headers together */
-#define BODY_MIN_CAP 16384
+#define BODY_MIN_CAP 2048
 #define SPARE_MAX 4   /* easy handles kept for the next transfers */
 #define HEADER_SETS 4 /* header lists kept for the next transfers */
 

@@ -382,7 +382,8 @@ function Agent:write_status(force)
   }
   st.heartbeat_at = beat and beat.at or nil
   st.updated_at = now
-  if h.fs.write_atomic(self.status_file, cjson.encode(st)) then
+  if h.fs.write_atomic(self.status_file, cjson.encode(st),
+      { sync = false }) then
     self.status_seen, self.status_written = seen, now
   end
 end

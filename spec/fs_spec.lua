@@ -44,6 +44,36 @@ describe("host.fs", function()
         assert.equal(big, fs.read(path("big")))
       end)
 
+    it("with sync = false still replaces the file whole and leaves the flush out, "
+      .. "while the default flushes (broken if the option is ignored either way; "
+      .. "strace counts the fsync calls)", function()
+        assert.is_true(fs.write_atomic(path("s"), "old", { sync = false }))
+        assert.is_true(fs.write_atomic(path("s"), "new", { sync = false }))
+        assert.equal("new", fs.read(path("s")))
+        assert.same({ "s" }, fs.list(dir))
+        assert.has_error(function() fs.write_atomic(path("s"), "x", { sync = "no" }) end,
+          "bad argument #3 to 'write_atomic' (sync must be a boolean)")
+        if H.windows or H.run({ argv = { "sh", "-c", "command -v strace" },
+            stdout = path("which") }) ~= 0 then
+          pending("needs strace (Linux)")
+        end
+        local function fsyncs(opts)
+          local script = path("w.lua")
+          assert(fs.write_atomic(script, 'local host = require "host"\n' ..
+            "assert(host.fs.write_atomic(arg[1], 'data', " .. opts .. "))\n"))
+          local out = path("strace.txt")
+          assert.equal(0, (H.run({ argv = { "strace", "-f", "-qq", "-e",
+            "trace=fsync,fdatasync", "-o", out, H.host_binary(), script,
+            path("target") } })))
+          local n = 0
+          for _ in (fs.read(out) or ""):gmatch("fsync%(") do n = n + 1 end
+          for _ in (fs.read(out) or ""):gmatch("fdatasync%(") do n = n + 1 end
+          return n
+        end
+        assert.equal(0, fsyncs("{ sync = false }"))
+        assert.is_true(fsyncs("nil") >= 1)
+      end)
+
     it("replaces an existing file and leaves no temporary file behind (broken if the "
       .. "temp file is not renamed over)", function()
         assert.is_true(fs.write_atomic(path("f"), "old contents that are longer"))

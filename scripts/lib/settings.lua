@@ -365,7 +365,7 @@ function M.load(host, defaults, opts)
       tostring(err)
   end
   local probe = host.fs.join(s.work_dir, M.WRITE_PROBE)
-  ok, err = host.fs.write_atomic(probe, "")
+  ok, err = host.fs.write_atomic(probe, "", { sync = false })
   if not ok then
     return nil, "GOLIAT_WORK_DIR: cannot write in " .. s.work_dir .. ": " ..
       tostring(err)
