@@ -98,6 +98,19 @@ static int l_pid(lua_State *L) {
   return 1;
 }
 
+/* host.sys.random(n): n bytes from the system's secure random source
+ * (getrandom, /dev/urandom; RtlGenRandom on Windows). */
+static int l_random(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 256, 1, "must be from 1 to 256");
+  unsigned char buf[256];
+  int rc = uv_random(NULL, NULL, buf, (size_t)n, 0, NULL);
+  if (rc != 0)
+    return luaL_error(L, "host.sys.random: %s", uv_strerror(rc));
+  lua_pushlstring(L, (const char *)buf, (size_t)n);
+  return 1;
+}
+
 static int l_cpu_count(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
   return 1;
@@ -279,6 +292,7 @@ void host_open_sys(lua_State *L) {
                                    {"environ", l_environ},
                                    {"hostname", l_hostname},
                                    {"pid", l_pid},
+                                   {"random", l_random},
                                    {"cwd", l_cwd},
                                    {"exepath", l_exepath},
                                    {"cpu_count", l_cpu_count},

@@ -60,6 +60,13 @@ local DEFAULTS = {
   oom_exit_code = 42,          --   exits with this code (out of memory)
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
+  gateway = false,             -- GOLIAT_GATEWAY=on: the study's messages go
+                               --   through the agent (lib/gateway.lua)
+  gateway_max_bytes = 256 * 1024 * 1024, -- GOLIAT_GATEWAY_MAX_BYTES: its
+                               --   queue's disk budget (and largest upload)
+  gateway_rate = 10,           -- GOLIAT_GATEWAY_RATE: messages per second
+                               --   it sends the dashboard, at most
+  gateway_send_timeout = 300,  -- one forwarded request (uploads), seconds
 
   -- Retry policy: after n consecutive failures wait a random time between
   -- 0 and min(retry_cap, retry_base * 2^(n-1)) (full jitter), but never less
@@ -345,6 +352,9 @@ function Agent:write_status(force)
     ok = beat and beat.ok, error = beat and beat.error, study = study,
     attempt = study and study.state.attempt,
     study_pid = study and study.proc.pid,
+    -- the gateway's queue: whether it holds a backlog (its size is written
+    -- with the rest, not a reason to write)
+    backlog = self.gateway and self.gateway.queue.count > 0,
   }
   local last = self.status_seen
   if not force and last and
@@ -379,6 +389,7 @@ function Agent:write_status(force)
       attempt = study.state.attempt,
       started_at = study.state.started_at,
     } or nil,
+    gateway = self.gateway and self.gateway:stats() or nil,
   }
   st.heartbeat_at = beat and beat.at or nil
   st.updated_at = now
@@ -415,7 +426,8 @@ end
 function Agent:study_env(a)
   return {
     GOLIAT_WEBGUI_ENABLED = "true",
-    GOLIAT_MONITORING_URL = self.s.monitoring_url,
+    -- with the gateway on, the study's messages go through the agent
+    GOLIAT_MONITORING_URL = self.study_url or self.s.monitoring_url,
     GOLIAT_MACHINE_ID = self.s.machine_id,
     GOLIAT_ASSIGNMENT_ID = a.id,
     GOLIAT_API_TOKEN = "", -- the agent's secret, not the study's
@@ -451,15 +463,36 @@ function Agent:run_study(a, config_path, run)
   end
 end
 
+-- The gateway serving assignment a's study (started when it is not yet),
+-- or nil when it is off or cannot listen: the study then sends to the
+-- dashboard itself, as without the gateway. rec: the {port, secret} of a
+-- study taken back after a restart. Returns the record for the state file.
+function Agent:gateway_for(a, rec)
+  local gw = self.gateway
+  if not gw then return nil end
+  if gw.server and gw.assignment_id == a.id then return self.gateway_rec end
+  local url, got = gw:serve(a.id, rec)
+  if not url then
+    self.log.error("assignment %s: %s; the study sends to the dashboard " ..
+      "itself", tostring(a.id), tostring(got))
+    self.study_url, self.gateway_rec = nil, nil
+    return nil
+  end
+  self.study_url, self.gateway_rec = url, got
+  return got
+end
+
 function Agent:run_attempt(a, config_path, attempt, started_at)
   local h = self.host
   local exit_file = self:file(a, "study_%d.exit.json")
   local log_path = self:file(a, "study_%d.log")
   h.fs.remove(exit_file) -- left by an earlier run of the same split
+  local gateway = self:gateway_for(a)
+  if gateway then self.gateway:new_attempt() end
   -- a restart that finds `starting` without a pid must not start it again
   self:save_state { assignment = a, config_path = config_path,
     attempt = attempt, started_at = started_at, exit_file = exit_file,
-    starting = true }
+    starting = true, gateway = gateway }
   local argv = { self.s.host_exe, self.s.wrapper_script,
     -- what the study leaves running gets half the grace: the other half
     -- is for the agent, should the wrapper itself be killed
@@ -491,6 +524,7 @@ function Agent:run_attempt(a, config_path, attempt, started_at)
     config_path = config_path,
     attempt = attempt,
     started_at = started_at,
+    gateway = gateway,
   }
   self:save_state(state)
   return self:watch_study(proc, state)
@@ -613,12 +647,30 @@ function Agent:outcome_text(outcome)
   return text
 end
 
+-- The report's text, with the study's own words when it sent a `finished`
+-- or `fatal_error` through the gateway (held there: the agent's report is
+-- the one the dashboard gets).
+function Agent:report_text(outcome, ok)
+  local text = self:outcome_text(outcome)
+  local said = outcome.study_said
+  if not said then return text end
+  local words = type(said.message) == "string" and said.message ~= "" and
+    said.message or nil
+  if said.type == "finished" and ok then
+    return words and string.format("%s (%s)", text, words) or text
+  elseif said.type == "finished" then
+    return string.format("%s, although the study reported it finished%s",
+      text, words and " (" .. words .. ")" or "")
+  end
+  return words and string.format("%s: %s", text, words) or text
+end
+
 function Agent:report_body(assignment_id, outcome, duration)
   local ok = not outcome.error and not outcome.timed_out and
     not self.stopping and outcome.exit_code == 0
   local message = {
     type = ok and "finished" or "fatal_error",
-    message = self.log.redact(self:outcome_text(outcome)),
+    message = self.log.redact(self:report_text(outcome, ok)),
     assignment_id = assignment_id or cjson.null,
     exit_code = math.tointeger(outcome.exit_code) or cjson.null,
     duration_s = math.floor(math.max(0, duration) * 1000 + 0.5) / 1000,
@@ -682,6 +734,7 @@ end
 function M.refused_for_good(status)
   return status >= 400 and status < 500 and status ~= 408 and status ~= 429
 end
+Agent.refused_for_good = M.refused_for_good -- for lib/gateway.lua
 
 -- Reports left by an earlier run, oldest first, before anything new.
 function Agent:flush_outbox()
@@ -696,6 +749,15 @@ end
 -- happens (a full disk, then a kill), the next start finds the state and
 -- reports the assignment from it.
 function Agent:finish(a_id, outcome, duration)
+  -- with the gateway: the study has exited; what it said at its end is
+  -- held, and what it sent before goes first
+  local gw, upto = self.gateway, nil
+  if gw then
+    local held
+    held, upto = gw:stop_serving(a_id)
+    outcome.study_said = held
+    self.study_url, self.gateway_rec = nil, nil
+  end
   local body = self:report_body(a_id, outcome, duration)
   self.log.info("assignment %s ended: %s", tostring(a_id),
     body.message.message)
@@ -705,6 +767,12 @@ function Agent:finish(a_id, outcome, duration)
   if file then clear() end
   local deadline = self.stopping and
     self.host.time.monotonic() + self.s.shutdown_report_for or nil
+  if gw and not gw:wait_sent(upto, deadline) then
+    self.log.error("assignment %s: the study's messages are not all sent " ..
+      "yet: its report waits in the outbox, behind them, for the next start",
+      tostring(a_id))
+    return
+  end
   self:deliver(file, item, deadline, clear)
 end
 
@@ -801,6 +869,7 @@ function Agent:recover()
   elseif self:same_process(state) then
     self.log.info("assignment %s: taking back the running study (pid %d)",
       tostring(a.id), state.pid)
+    self:gateway_for(a, state.gateway) -- the URL the study has: same port
     run.outcome = self:watch_study(assert(h.proc.attach(state.pid)), state)
     starts = self:rerun_due(run)
   else
@@ -878,6 +947,10 @@ function Agent:work_loop()
   -- hold the work back)
   if not self.first_beat_over then
     self.beat_done:wait(self.s.request_timeout)
+  end
+  if self.gateway then
+    -- what studies sent before this start goes before their reports
+    self.gateway:wait_sent(self.gateway.start_seq)
   end
   self:flush_outbox()
   self:recover()
@@ -1054,7 +1127,23 @@ function Agent:start()
     or "SIGHUP"
   h.sys.on_signal("reload", function() self:reload(reload) end)
   self:supervise("heartbeat", Agent.heartbeat_loop)
+  if self.s.gateway then self:start_gateway() end
   self:supervise("worker", Agent.work_loop)
+end
+
+-- The study's local gateway (lib/gateway.lua): its queue is sent by a loop
+-- of its own from now on. A study still running from before a restart
+-- gets its gateway back at once, on the same port, so that it loses as
+-- little as possible while the agent catches up.
+function Agent:start_gateway()
+  local gw = require("lib.gateway").new(self)
+  self.gateway = gw
+  self:supervise("gateway", function() gw:forward_loop() end)
+  local state = cjson.decode(self.host.fs.read(self.state_file) or "")
+  if type(state) == "table" and type(state.assignment) == "table" and
+      type(state.gateway) == "table" and self:same_process(state) then
+    self:gateway_for(state.assignment, state.gateway)
+  end
 end
 
 -- Settings from DEFAULTS, the settings file and the environment; nil,

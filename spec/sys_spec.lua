@@ -88,6 +88,29 @@ describe("host.sys", function()
       assert.is_true(#name > 0)
     end)
 
+    it("random gives n bytes that differ from call to call, and refuses n outside 1..256 "
+      .. "(broken if it repeats itself, returns a wrong length, or takes any n)", function()
+        local seen = {}
+        for _ = 1, 20 do
+          local r = sys.random(16)
+          assert.equal(16, #r)
+          assert.is_nil(seen[r], "a 16-byte value came twice")
+          seen[r] = true
+        end
+        -- all 256 byte values are possible: 4 KiB hits most of them
+        local counts = {}
+        for _ = 1, 16 do
+          for b in sys.random(256):gmatch(".") do counts[b] = true end
+        end
+        local distinct = 0
+        for _ in pairs(counts) do distinct = distinct + 1 end
+        assert.is_true(distinct > 200, "distinct byte values: " .. distinct)
+        assert.has_error(function() sys.random(0) end,
+          "bad argument #1 to 'random' (must be from 1 to 256)")
+        assert.has_error(function() sys.random(257) end,
+          "bad argument #1 to 'random' (must be from 1 to 256)")
+      end)
+
     it("pid is this process: a child's parent pid (broken if it is not the host's pid)",
       function()
         local pid = sys.pid()

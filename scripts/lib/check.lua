@@ -22,6 +22,7 @@ end
 local function shown(key, value, redact)
   if value == nil then return "(unset)" end
   if value == false then return "(off)" end
+  if value == true then return "on" end
   if key == "api_token" then return "***" end
   if type(value) == "table" then
     value = #value > 0 and cjson.encode(value) or "{}"

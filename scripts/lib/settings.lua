@@ -29,6 +29,9 @@ M.ENV = {
   claim_settle = "GOLIAT_CLAIM_SETTLE",
   study_log_max_mb = "GOLIAT_STUDY_LOG_MAX_MB",
   ca_bundle = "GOLIAT_CA_BUNDLE",
+  gateway = "GOLIAT_GATEWAY",
+  gateway_max_bytes = "GOLIAT_GATEWAY_MAX_BYTES",
+  gateway_rate = "GOLIAT_GATEWAY_RATE",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -199,6 +202,41 @@ local function count(name, value)
   return n
 end
 
+local ON_OFF = { on = true, off = false, ["true"] = true, ["false"] = false,
+  ["1"] = true, ["0"] = false, yes = true, no = false }
+
+local function on_off(name, value)
+  local v = ON_OFF[value:lower()]
+  if v == nil then
+    return nil, string.format("%s must be on or off, got '%s'", name, value)
+  end
+  return v
+end
+
+-- A number of bytes, with an optional K, M or G (powers of 1024).
+local function bytes(name, value)
+  local digits, unit = value:match("^%s*(%d+%.?%d*)%s*([KkMmGg]?)[Bb]?%s*$")
+  local n = tonumber(digits)
+  if n then
+    n = math.floor(n * (({ k = 2 ^ 10, m = 2 ^ 20, g = 2 ^ 30 })[unit:lower()]
+      or 1))
+  end
+  if not n or n < 1048576 then
+    return nil, string.format("%s must be a number of bytes >= 1 MiB (a K, " ..
+      "M or G may follow), got '%s'", name, value)
+  end
+  return n
+end
+
+local function rate(name, value)
+  local n = tonumber(value)
+  if not n or n ~= n or n == math.huge or n < 0.1 then
+    return nil, string.format("%s must be a number of messages per second " ..
+      ">= 0.1, got '%s'", name, value)
+  end
+  return n
+end
+
 local PROTOCOLS = { auto = true, assignment = true, ["super-study"] = true }
 
 local function protocol(name, value)
@@ -261,6 +299,9 @@ local PARSERS = {
   public_ip_url = public_ip_url,
   claim_settle = seconds_or_zero,
   study_log_max_mb = megabytes,
+  gateway = on_off,
+  gateway_max_bytes = bytes,
+  gateway_rate = rate,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.

@@ -50,6 +50,19 @@ function M.collect(host, agent_mod, s)
   out.outbox = waiting
   local rejected = fs.list(fs.join(s.work_dir, "rejected")) or {}
   out.rejected = #rejected
+  -- the study's gateway queue (lib/gateway.lua), read from its files
+  local gdir = fs.join(s.work_dir, "gateway")
+  local metas = {}
+  for _, name in ipairs(fs.list(gdir) or {}) do
+    if name:match("^%d+%.json$") then metas[#metas + 1] = name end
+  end
+  if #metas > 0 or s.gateway then
+    table.sort(metas)
+    local first = metas[1] and
+      cjson.decode(fs.read(fs.join(gdir, metas[1])) or "")
+    out.gateway = { waiting = #metas, on = s.gateway,
+      oldest_at = type(first) == "table" and tonumber(first.at) or nil }
+  end
   return out
 end
 
@@ -93,6 +106,13 @@ function M.text(info)
   add("outbox: %d report%s waiting%s", info.outbox,
     info.outbox == 1 and "" or "s", info.rejected > 0 and string.format(
       ", %d refused for good in rejected/", info.rejected) or "")
+  local g = info.gateway
+  if g then
+    add("gateway: %s, %d message%s of studies waiting to be sent%s",
+      g.on and "on" or "off (messages left from when it was on)", g.waiting,
+      g.waiting == 1 and "" or "s", g.oldest_at and
+      string.format(", the oldest from %s ago", ago(now, g.oldest_at)) or "")
+  end
   local e = st.last_error
   if e then
     add("last error: %s failed: %s (%s ago)", tostring(e.step),

@@ -34,6 +34,8 @@ function M.new(opts)
   f.procs = {}         -- fake process objects, in order
   f.logs = {}          -- { level, text }
   f.signal_handlers = {}
+  f.servers = {}       -- every host.http.serve, in order (kept when closed)
+  f.random_calls = 0
   f.exit_code = nil
   f.task_errors = {}   -- tracebacks of tasks that failed
   f.raise_errors = true -- a failing task fails the spec (unless joined)
@@ -160,6 +162,7 @@ end
 -- stay. start() then runs a new agent on the same machine.
 function Fake:kill_agent()
   for _, t in ipairs(self.tasks) do t.done = true end
+  for _, srv in ipairs(self.servers) do srv.closed = true end
   self.locks = {}
   self.signal_handlers = {}
   self.exit_code = nil
@@ -175,6 +178,30 @@ end
 ------------------------------------------------------------------------------
 -- Views for assertions
 ------------------------------------------------------------------------------
+
+-- A request to the open server whose URL prefix `url` is (a study posting
+-- through the agent's gateway): runs the handler as a task, as the real
+-- server does; returns its reply once the handler is done (nil and "closed"
+-- when no server is listening there: a connection refused).
+function Fake:send_to(url, method, path, body, headers)
+  local port, prefix = url:match("^http://127%.0%.0%.1:(%d+)(.*)$")
+  local srv
+  for _, s in ipairs(self.servers) do
+    if s.port_n == tonumber(port) and not s.closed then srv = s end
+  end
+  if not srv then return nil, "closed" end
+  local full = prefix .. path
+  local query = full:match("%?(.*)$") or ""
+  local req = { method = method, path = full:gsub("%?.*$", ""), query = query,
+    target = full, headers = headers or {}, body = body or "",
+    peer = "127.0.0.1" }
+  local reply
+  local t = self:spawn("gateway request", function()
+    reply = srv.handler(req)
+  end)
+  self:run_until(function() return t.done end, 60)
+  return reply
+end
 
 function Fake:requests_to(path_pattern)
   local out = {}
@@ -271,6 +298,13 @@ function Fake:make_host()
     getenv = function(name) return f.env[name] end,
     hostname = function() return "fake-vm" end,
     pid = function() return 4242 end,
+    -- distinct bytes on every call (not random: the specs are repeatable)
+    random = function(n)
+      f.random_calls = f.random_calls + 1
+      local out = {}
+      for i = 1, n do out[i] = string.char((f.random_calls * 31 + i * 7) % 256) end
+      return table.concat(out)
+    end,
     exepath = function() return "/opt/goliat/goliat-host" end,
     cpu_count = function() return 8 end,
     total_memory = function() return 32 * 2 ^ 30 end,
@@ -374,6 +408,19 @@ function Fake:make_host()
   }
 
   host.http = {
+    -- a server: its handler is called by Fake:send_to (no sockets); a port
+    -- asked for again is given again unless f.ports_taken[port]
+    serve = function(opts, handler)
+      local port = opts.port ~= 0 and opts.port or 41000 + #f.servers
+      if f.ports_taken and f.ports_taken[port] then
+        return nil, "address already in use", "EADDRINUSE"
+      end
+      local srv = { opts = opts, handler = handler, port_n = port }
+      function srv.port() return srv.port_n end
+      function srv.close() srv.closed = true end
+      table.insert(f.servers, srv)
+      return srv
+    end,
     request = function(opts)
       assert(type(opts.url) == "string", "request: url required")
       assert(opts.url:match("^https?://"), "only http and https URLs")

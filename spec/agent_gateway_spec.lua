@@ -1,0 +1,409 @@
+-- Policy specs of the study's local gateway (GOLIAT_GATEWAY=on,
+-- scripts/lib/gateway.lua): the real agent on the fake host. A "study"
+-- here posts through the gateway's handler (Fake:send_to) while the fake
+-- dashboard is up or down; what the dashboard received is then checked.
+local agent = require "agent"
+local cjson = require "cjson"
+
+local P = require "support.policy"
+local BLOB, TOKEN = P.BLOB, P.TOKEN
+
+-- A fake with the gateway on, a dashboard whose gui-update (and results)
+-- calls fail while `down()` says so, and one assignment whose study runs
+-- for `runs` seconds and exits with `code`.
+local function setup(opts)
+  opts = opts or {}
+  local env = { GOLIAT_GATEWAY = "on", GOLIAT_API_TOKEN = TOKEN }
+  for k, v in pairs(opts.env or {}) do env[k] = v end
+  local f = P.offline_fake(env)
+  local state = { down = false, status = nil }
+  P.dashboard(f, { queue = { P.assignment() },
+    configs = { [BLOB .. "/c3.json"] = "{}" },
+    override = function(req, path)
+      if path:match("^/api/gui%-update") or path:match("/results$") or
+          path:match("^/api/gui%-screenshots") then
+        if state.down then return nil, "connection refused", "connect" end
+        if state.status then
+          return P.json(state.status, { error = "no" }, state.headers)
+        end
+        if path:match("/results$") or path:match("screenshots") then
+          return P.json(200, { success = true })
+        end
+      end
+      if opts.override then return opts.override(req, path) end
+    end })
+  f.spawn_handler = function(o)
+    if o.argv[1]:match("nvidia") then return nil, "not found", "ENOENT" end
+    return { exit_code = opts.code or 0, after = opts.runs or 600 }
+  end
+  return f, state
+end
+
+-- The study's spawn (the wrapper), once it has started.
+local function study_of(f)
+  assert(f:run_until(function()
+    for _, o in ipairs(f.spawned) do
+      if o.argv[2] and o.argv[2]:match("study_wrapper") then return true end
+    end
+  end, 120), "the study never started")
+  for _, o in ipairs(f.spawned) do
+    if o.argv[2] and o.argv[2]:match("study_wrapper") then return o end
+  end
+end
+
+local function gui(msg)
+  return cjson.encode { machineId = "203.0.113.9", message = msg,
+    timestamp = 1 }
+end
+
+local JSON = { ["content-type"] = "application/json" }
+
+-- The study's gui-update messages the dashboard took (not the agent's own
+-- report, which carries an assignment_id), in order.
+local function delivered(f)
+  local out = {}
+  for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+    local doc = cjson.decode(r.body)
+    if r.delivered and doc.message.assignment_id == nil then
+      out[#out + 1] = doc.message
+    end
+  end
+  return out
+end
+
+local function report(f)
+  for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+    local doc = cjson.decode(r.body)
+    if r.delivered and doc.message.assignment_id ~= nil then
+      return doc.message, r
+    end
+  end
+end
+
+describe("the gateway (GOLIAT_GATEWAY=on)", function()
+  it("is off by default; on and off are read, anything else is refused " ..
+    "naming the variable", function()
+      local s = assert(agent.load_settings(P.new_fake().host))
+      assert.is_false(s.gateway)
+      assert.equals(256 * 1024 * 1024, s.gateway_max_bytes)
+      assert.equals(10, s.gateway_rate)
+      s = assert(agent.load_settings(P.new_fake { GOLIAT_GATEWAY = "on",
+        GOLIAT_GATEWAY_MAX_BYTES = "64M", GOLIAT_GATEWAY_RATE = "2" }.host))
+      assert.is_true(s.gateway)
+      assert.equals(64 * 1024 * 1024, s.gateway_max_bytes)
+      assert.equals(2, s.gateway_rate)
+      local _, err = agent.load_settings(P.new_fake {
+        GOLIAT_GATEWAY = "maybe" }.host)
+      assert.equals("GOLIAT_GATEWAY must be on or off, got 'maybe'", err)
+      _, err = agent.load_settings(P.new_fake {
+        GOLIAT_GATEWAY_MAX_BYTES = "10k" }.host)
+      assert.matches("GOLIAT_GATEWAY_MAX_BYTES must be a number of bytes", err)
+    end)
+
+  it("gives the study a loopback URL with a secret of its own, never the " ..
+    "token, and refuses a request without the secret (broken if another " ..
+    "local user could post as the study)", function()
+      local f = setup()
+      P.start(f)
+      local env = study_of(f).env
+      local url = env.GOLIAT_MONITORING_URL
+      assert.matches("^http://127%.0%.0%.1:%d+/gw/" .. string.rep("%x", 32) ..
+        "$", url)
+      assert.equals("", env.GOLIAT_API_TOKEN)
+      assert.equals("127.0.0.1", f.servers[1].opts.host)
+      local base = url:match("^(http://[^/]+)")
+      local before = #f:requests_to("/api/gui%-update$")
+      for _, wrong in ipairs { base, base .. "/gw/" .. string.rep("0", 32),
+          url:sub(1, -2) } do
+        local res = f:send_to(wrong, "POST", "/api/gui-update",
+          gui { type = "status", message = "forged" }, JSON)
+        assert.equals(403, res.status)
+      end
+      local res = f:send_to(url, "POST", "/api/gui-update",
+        gui { type = "status", message = "mine" }, JSON)
+      assert.equals(200, res.status)
+      f:run_for(5)
+      local got = f:requests_to("/api/gui%-update$")
+      assert.equals(before + 1, #got)
+      assert.equals("mine", cjson.decode(got[#got].body).message.message)
+      -- the dashboard's token is added by the agent
+      assert.equals("Bearer " .. TOKEN, got[#got].headers.Authorization)
+    end)
+
+  it("answers the study at once while the dashboard is down, then delivers " ..
+    "every message once, in order, when it is back", function()
+      local f, dash = setup()
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      for i = 1, 30 do
+        local res = f:send_to(url, "POST", "/api/gui-update",
+          gui { type = "status", message = "line " .. i, log_type = "info" },
+          JSON)
+        assert.equals(200, res.status)
+        f:run_for(1)
+      end
+      assert.same({}, delivered(f))
+      dash.down = false
+      f:run_for(120)
+      local got = delivered(f)
+      assert.equals(30, #got)
+      for i, m in ipairs(got) do assert.equals("line " .. i, m.message) end
+    end)
+
+  it("sends only the newest progress of each type that waited through an " ..
+    "outage, after the logs sent before it (broken if 50 Hz progress " ..
+    "piles up)", function()
+      local f, dash = setup()
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+        message = "before" }, JSON)
+      for i = 1, 200 do
+        f:send_to(url, "POST", "/api/gui-update", gui {
+          type = "overall_progress", current = i, total = 200 }, JSON)
+        f:send_to(url, "POST", "/api/gui-update", gui {
+          type = "stage_progress", name = "run", current = i, total = 200 },
+          JSON)
+      end
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+        message = "after" }, JSON)
+      dash.down = false
+      f:run_for(60)
+      local got = delivered(f)
+      assert.equals(4, #got)
+      assert.equals("before", got[1].message)
+      assert.same({ "overall_progress", 200 }, { got[2].type, got[2].current })
+      assert.same({ "stage_progress", 200 }, { got[3].type, got[3].current })
+      assert.equals("after", got[4].message)
+    end)
+
+  it("absorbs the study's own heartbeats (the agent beats already)", function()
+    local f = setup()
+    P.start(f)
+    local url = study_of(f).env.GOLIAT_MONITORING_URL
+    local res = f:send_to(url, "POST", "/api/heartbeat",
+      cjson.encode { machineId = "203.0.113.9" }, JSON)
+    assert.equals(200, res.status)
+    assert.same({ success = true }, cjson.decode(res.body))
+    f:run_for(30)
+    local beats = f:requests_to("/api/heartbeat$")
+    assert.is_true(#beats >= 5) -- the agent's own go on
+    for _, r in ipairs(beats) do
+      assert.is_nil(r.body:find("203.0.113.9", 1, true))
+    end
+  end)
+
+  it("holds the study's finished until its process exits, reports exit 3 " ..
+    "as fatal_error with the study's words, after everything it sent " ..
+    "(broken if a failed split shows as completed)", function()
+      local f = setup { code = 3, runs = 30 }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      for i = 1, 5 do
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+          message = "step " .. i }, JSON)
+      end
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "finished",
+        message = "all 12 simulations done" }, JSON)
+      f:run_for(120)
+      for _, m in ipairs(delivered(f)) do
+        assert.not_equals("finished", m.type)
+      end
+      local rep, rep_req = report(f)
+      assert.equals("fatal_error", rep.type)
+      assert.equals(3, rep.exit_code)
+      assert.equals("study exited with code 3, although the study reported " ..
+        "it finished (all 12 simulations done)", rep.message)
+      -- every message of the study arrived before the report
+      local got = delivered(f)
+      assert.equals(5, #got)
+      for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+        local doc = cjson.decode(r.body)
+        if doc.message.type == "status" then
+          assert.is_true(r.at <= rep_req.at)
+        end
+      end
+    end)
+
+  it("keeps the study's fatal_error words in the report of a failed exit",
+    function()
+      local f = setup { code = 1, runs = 10 }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "fatal_error",
+        message = "no license" }, JSON)
+      f:run_for(60)
+      local rep = report(f)
+      assert.equals("fatal_error", rep.type)
+      assert.equals("study exited with code 1: no license", rep.message)
+    end)
+
+  it("merges log batches waiting side by side into one request, lines in " ..
+    "order, and never sends more than the rate allows", function()
+      local f, dash = setup { env = { GOLIAT_GATEWAY_RATE = "2" } }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      for b = 1, 10 do
+        local logs = {}
+        for l = 1, 10 do
+          logs[l] = { message = string.format("b%d l%d", b, l),
+            log_type = "info", timestamp = b }
+        end
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "log_batch",
+          logs = logs, sequence = b }, JSON)
+      end
+      for i = 1, 20 do
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+          message = "s" .. i }, JSON)
+      end
+      local t0 = f.now
+      dash.down = false
+      f:run_for(60)
+      local got = delivered(f)
+      assert.equals("log_batch", got[1].type)
+      assert.equals(100, #got[1].logs)
+      for i, line in ipairs(got[1].logs) do
+        assert.equals(string.format("b%d l%d", (i - 1) // 10 + 1,
+          (i - 1) % 10 + 1), line.message)
+      end
+      assert.equals(1, got[1].sequence)
+      assert.equals(21, #got)
+      -- at most 2 per second: the 21 sends spread over 10 s at least
+      local sends = {}
+      for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+        if r.at >= t0 and r.delivered then sends[#sends + 1] = r.at end
+      end
+      for i = 3, #sends do
+        assert.is_true(sends[i] - sends[i - 2] >= 1 - 1e-9,
+          "three sends within a second at " .. sends[i])
+      end
+    end)
+
+  it("slows down on 429 and honours Retry-After, dropping nothing", function()
+    local f, dash = setup()
+    P.start(f)
+    local url = study_of(f).env.GOLIAT_MONITORING_URL
+    dash.status, dash.headers = 429, { ["retry-after"] = "7" }
+    for i = 1, 10 do
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+        message = "m" .. i }, JSON)
+    end
+    f:run_for(6)
+    local refused = #f:requests_to("/api/gui%-update$")
+    assert.equals(1, refused) -- one try, then the 7 s it was asked to wait
+    dash.status, dash.headers = nil, nil
+    f:run_for(60)
+    local got = delivered(f)
+    assert.equals(10, #got)
+    assert.equals("m1", got[1].message)
+    assert.equals("m10", got[10].message)
+  end)
+
+  it("keeps a message the dashboard refuses for good aside, and goes on " ..
+    "with the next", function()
+      local f = setup { override = function(req)
+        if req.body and req.body:find("poison", 1, true) then
+          return P.json(400, { error = "invalid payload" })
+        end
+      end }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+        message = "poison" }, JSON)
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+        message = "fine" }, JSON)
+      f:run_for(30)
+      local got = delivered(f)
+      assert.equals(1, #got)
+      assert.equals("fine", got[1].message)
+      local kept = f.files["/work/agent/gateway/rejected/000000000001.body"]
+      assert.matches("poison", kept)
+      assert.matches("refused the study's POST /api/gui%-update for good",
+        f:log_text())
+    end)
+
+  it("under the disk budget drops the oldest progress first, never a " ..
+    "result upload or a log line: those get 507 when there is no room",
+    function()
+      local f, dash = setup { env = { GOLIAT_GATEWAY_MAX_BYTES = "1M" } }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      local big = string.rep("x", 300 * 1024)
+      local mp = { ["content-type"] = "multipart/form-data; boundary=zz" }
+      local res = f:send_to(url, "POST", "/api/gui-screenshots", big, mp)
+      assert.equals(200, res.status)
+      res = f:send_to(url, "POST", "/api/assignments/a-1/results", big, mp)
+      assert.equals(200, res.status)
+      res = f:send_to(url, "POST", "/api/gui-update", gui {
+        type = "status", message = big }, JSON)
+      assert.equals(200, res.status)
+      -- no room left but the screenshot's: it goes, the upload stays
+      res = f:send_to(url, "POST", "/api/assignments/a-1/results", big .. "2",
+        mp)
+      assert.equals(200, res.status)
+      -- now only what must not be dropped is waiting: refused, not lost
+      res = f:send_to(url, "POST", "/api/gui-update", gui {
+        type = "status", message = big }, JSON)
+      assert.equals(507, res.status)
+      assert.matches("queue is full", cjson.decode(res.body).error)
+      dash.down = false
+      f:run_for(60)
+      local uploads = {}
+      for _, r in ipairs(f:requests_to("/results$")) do
+        if r.delivered then uploads[#uploads + 1] = r end
+      end
+      assert.equals(2, #uploads)
+      assert.equals(big, uploads[1].body)
+      assert.equals(big .. "2", uploads[2].body)
+      assert.equals("multipart/form-data; boundary=zz",
+        uploads[1].headers["Content-Type"])
+      for _, r in ipairs(f:requests_to("/api/gui%-screenshots")) do
+        assert.is_falsy(r.delivered) -- tried while down, then dropped
+      end
+    end)
+
+  it("survives a kill -9: the restarted agent serves the running study on " ..
+    "the same URL and sends what was queued before, then the report",
+    function()
+      local f, dash = setup { runs = 200 }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      for i = 1, 5 do
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+          message = "before " .. i }, JSON)
+      end
+      f:kill_agent()
+      assert.is_nil((f:send_to(url, "POST", "/api/gui-update", gui {
+        type = "status", message = "while down" }, JSON)))
+      P.start(f)
+      f:run_for(1)
+      for i = 1, 5 do
+        local res = f:send_to(url, "POST", "/api/gui-update", gui {
+          type = "status", message = "after " .. i }, JSON)
+        assert.equals(200, res.status)
+      end
+      dash.down = false
+      f:run_for(400)
+      local got = delivered(f)
+      local texts = {}
+      for i, m in ipairs(got) do texts[i] = m.message end
+      assert.same({ "before 1", "before 2", "before 3", "before 4", "before 5",
+        "after 1", "after 2", "after 3", "after 4", "after 5" }, texts)
+      local rep = report(f)
+      assert.equals("finished", rep.type)
+    end)
+
+  it("leaves the study's URL as the dashboard's when it is off", function()
+    local f = P.offline_fake()
+    P.dashboard(f, { queue = { P.assignment() },
+      configs = { [BLOB .. "/c3.json"] = "{}" } })
+    P.start(f)
+    assert.equals(P.DASH, study_of(f).env.GOLIAT_MONITORING_URL)
+    assert.equals(0, #f.servers)
+  end)
+end)
