@@ -25,6 +25,10 @@
 --       lists the last 5000 calls but /dev/ ones (method, path, at, auth:
 --       whether it carried an Authorization header, fault: the mode of the
 --       misbehaviour it got, if any)
+--       `results` lists the result uploads (POST /api/assignments/<id>/
+--       results, multipart, in both modes) and `screenshots` the
+--       POST /api/gui-screenshots calls, by size
+--   GET  /dev/results/<n>  the n-th result upload, byte for byte
 --   POST /dev/fail         misbehave on purpose, to test the agent:
 --       {"mode": "status", "path": "^/api/", "count": 1, ...}, or a JSON
 --       array of such faults. A call gets the first listed fault whose
@@ -115,6 +119,10 @@ local state = {
   configs = {},      -- id -> { body = json text, delay_s = seconds }
   heartbeats = {},   -- { machineId, at, facts }
   gui_updates = {},  -- { machineId, message, at }
+  results = {},      -- result uploads: { assignment_id, content_type, bytes,
+                     --   at } (the bodies in result_bodies, same order)
+  result_bodies = {},
+  screenshots = {},  -- { content_type, bytes, at }
   reports = 0,       -- gui updates that carry an assignment_id
   handed = {},       -- assignments handed out
   polls = 0,
@@ -243,6 +251,34 @@ local function gui_update(req)
     return bad_request("invalid payload")
   end
   note_gui_update(body)
+  return json_reply(200, { success = true })
+end
+
+-- POST /api/assignments/<id>/results: GOLIAT's upload of result files
+-- (multipart), kept as it came; GET /dev/results/<n> gives the n-th back.
+local function results_upload(req, id)
+  local ctype = req.headers["content-type"] or ""
+  if not ctype:match("^multipart/form%-data") then
+    return bad_request("expected multipart/form-data")
+  end
+  table.insert(state.results, { assignment_id = id, content_type = ctype,
+    bytes = #req.body, at = host.time.now() })
+  table.insert(state.result_bodies, req.body)
+  say("results for assignment %s: %d bytes", id, #req.body)
+  return json_reply(200, { success = true })
+end
+
+local function dev_result(n)
+  local body = state.result_bodies[n]
+  if not body then return json_reply(404, { error = "no such upload" }) end
+  return { status = 200, headers = {
+    ["Content-Type"] = state.results[n].content_type }, body = body }
+end
+
+-- POST /api/gui-screenshots: recorded (size only), not kept.
+local function screenshots(req)
+  table.insert(state.screenshots, { content_type =
+    req.headers["content-type"], bytes = #req.body, at = host.time.now() })
   return json_reply(200, { success = true })
 end
 
@@ -862,6 +898,9 @@ local function super_study_route(req)
   if m == "GET" and id then return ss_study(id) end
   id = p:match("^/api/assignments/([^/]+)/claim$")
   if m == "POST" and id then return ss_claim(req, id) end
+  id = p:match("^/api/assignments/([^/]+)/results$")
+  if m == "POST" and id then return results_upload(req, id) end
+  if m == "POST" and p == "/api/gui-screenshots" then return screenshots(req) end
   id = p:match("^/api/workers/([^/]+)$")
   if m == "DELETE" and id then return ss_delete_worker(id) end
   return next_404() -- /api/assignment among them: the deployed has none
@@ -934,6 +973,8 @@ local function dev_events()
   local ev = {
     heartbeats = state.heartbeats,
     gui_updates = state.gui_updates,
+    results = state.results,
+    screenshots = state.screenshots,
     handed = state.handed,
     polls = state.polls,
     requests = state.requests,
@@ -1112,7 +1153,12 @@ local function handle(req)
   if m == "POST" and p == "/api/heartbeat" then return heartbeat(req) end
   if m == "GET" and p == "/api/assignment" then return assignment(req) end
   if m == "POST" and p == "/api/gui-update" then return gui_update(req) end
-  local id = p:match("^/configs/([%w%-_]+)%.json$")
+  local id = p:match("^/api/assignments/([^/]+)/results$")
+  if m == "POST" and id then return results_upload(req, id) end
+  if m == "POST" and p == "/api/gui-screenshots" then return screenshots(req) end
+  id = p:match("^/dev/results/(%d+)$")
+  if m == "GET" and id then return dev_result(tonumber(id)) end
+  id = p:match("^/configs/([%w%-_]+)%.json$")
   if m == "GET" and id then return config(id) end
   if m == "POST" and p == "/dev/assignments" then return dev_assignments(req) end
   if m == "GET" and p == "/dev/events" then return dev_events() end
@@ -1126,8 +1172,9 @@ local function handle(req)
   return json_reply(404, { error = "not found", code = "NOT_FOUND" })
 end
 
-local server, err = host.http.serve({ host = "127.0.0.1", port = opts.port },
-  handle)
+-- result uploads are larger than the server's 1 MiB default
+local server, err = host.http.serve({ host = "127.0.0.1", port = opts.port,
+  max_body = 256 * 1024 * 1024 }, handle)
 if not server then
   io.stderr:write("dashboard: cannot listen: ", tostring(err), "\n")
   os.exit(1)

@@ -398,6 +398,24 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       assert.equals("finished", rep.type)
     end)
 
+  it("shows in --status how many messages wait and how old the oldest is",
+    function()
+      local f, dash = setup()
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      for i = 1, 3 do
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+          message = "m" .. i }, JSON)
+        f:run_for(10)
+      end
+      local status = require "lib.status"
+      local s = assert(agent.load_settings(f.host, { look_only = true }))
+      local text = status.text(status.collect(f.host, agent, s))
+      assert.matches("gateway: on, 3 messages of studies waiting to be " ..
+        "sent, the oldest from 30 s ago", text)
+    end)
+
   it("leaves the study's URL as the dashboard's when it is off", function()
     local f = P.offline_fake()
     P.dashboard(f, { queue = { P.assignment() },

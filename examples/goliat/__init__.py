@@ -20,4 +20,14 @@ and exits with the code the config asks for. Config fields, all optional:
   runs_file      append "<assignment id> <machine id> <exit code>" there
   post_finished  post GOLIAT's own `finished` at the end (default true, as
                  GOLIAT does even after errors; false imitates a crash)
+  bridge         true: send like GOLIAT's web bridge instead (progress up to
+                 50 Hz, log batches every 50 ms or 10 lines, a heartbeat
+                 every 30 s, no retries), for duration_s, with:
+    log_lines    log lines over the run (default 100)
+    steps        progress values over the run (default 100)
+    results_bytes  upload a result file of this size at the end (multipart,
+                 POST /api/assignments/<id>/results)
+    record_file  append one JSON line per message sent: its kind, the
+                 status it got (null: no answer), the log lines or value;
+                 the result upload's body goes to record_file + ".results"
 """

@@ -479,11 +479,6 @@ function Gateway:send_head()
   if status and status >= 200 and status < 300 then
     for _, it in ipairs(items) do q:drop(it) end
     self.delivered = self.delivered + #seqs
-    if self.failures > 0 then
-      local depth = q:stats()
-      self.log.info("gateway: the dashboard takes messages again (%d " ..
-        "waiting)", depth)
-    end
     self.failures = 0
     agent:note_success("gateway")
     -- after a 429 the rate comes back one step per message delivered
