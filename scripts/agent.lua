@@ -469,7 +469,7 @@ end
 -- study taken back after a restart. Returns the record for the state file.
 function Agent:gateway_for(a, rec)
   local gw = self.gateway
-  if not gw then return nil end
+  if not (gw and self.s.gateway) then return nil end
   if gw.server and gw.assignment_id == a.id then return self.gateway_rec end
   local url, got = gw:serve(a.id, rec)
   if not url then
@@ -1127,19 +1127,30 @@ function Agent:start()
     or "SIGHUP"
   h.sys.on_signal("reload", function() self:reload(reload) end)
   self:supervise("heartbeat", Agent.heartbeat_loop)
-  if self.s.gateway then self:start_gateway() end
+  if self.s.gateway or self:gateway_leftovers() then self:start_gateway() end
   self:supervise("worker", Agent.work_loop)
 end
 
+-- Whether the gateway's queue holds messages (from when it was on).
+function Agent:gateway_leftovers()
+  local fs = self.host.fs
+  for _, name in ipairs(fs.list(fs.join(self.s.work_dir, "gateway")) or {}) do
+    if name:match("^%d+%.json$") then return true end
+  end
+  return false
+end
+
 -- The study's local gateway (lib/gateway.lua): its queue is sent by a loop
--- of its own from now on. A study still running from before a restart
+-- of its own from now on (also with the gateway turned off, while messages
+-- from when it was on wait). A study still running from before a restart
 -- gets its gateway back at once, on the same port, so that it loses as
 -- little as possible while the agent catches up.
 function Agent:start_gateway()
   local gw = require("lib.gateway").new(self)
   self.gateway = gw
   self:supervise("gateway", function() gw:forward_loop() end)
-  local state = cjson.decode(self.host.fs.read(self.state_file) or "")
+  local state = self.s.gateway and
+    cjson.decode(self.host.fs.read(self.state_file) or "")
   if type(state) == "table" and type(state.assignment) == "table" and
       type(state.gateway) == "table" and self:same_process(state) then
     self:gateway_for(state.assignment, state.gateway)

@@ -416,6 +416,27 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
         "sent, the oldest from 30 s ago", text)
     end)
 
+  it("still sends what waits from when it was on after it is turned off, " ..
+    "without serving studies", function()
+      local f, dash = setup { runs = 30 }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
+        message = "left over" }, JSON)
+      f:kill_agent()
+      f.env.GOLIAT_GATEWAY = "off"
+      dash.down = false
+      P.start(f)
+      f:run_for(120)
+      local got = delivered(f)
+      assert.equals(1, #got)
+      assert.equals("left over", got[1].message)
+      for _, srv in ipairs(f.servers) do
+        if srv ~= f.servers[1] then error("a second server was started") end
+      end
+    end)
+
   it("leaves the study's URL as the dashboard's when it is off", function()
     local f = P.offline_fake()
     P.dashboard(f, { queue = { P.assignment() },
