@@ -63,10 +63,12 @@ end
 -- The queue: one message per pair of files, <seq>.body (the request body,
 -- as the study sent it) and <seq>.json (method, target, content type, kind,
 -- type, size, time). The .json is written last: a message without it was
--- never acknowledged, and is removed. In memory the messages are a list
--- from `first` to `last` (a delivered or replaced one is marked gone and
--- skipped), and the waiting progress and screenshot, one per type, are
--- indexed: a put costs the same with a thousand messages waiting.
+-- never acknowledged, and is removed. Progress and screenshots are kept in
+-- memory only (the newest replaces them; a restart loses the one waiting).
+-- In memory the messages are a list from `first` to `last` (a delivered or
+-- replaced one is marked gone and skipped), and the waiting progress and
+-- screenshot, one per type, are indexed: a put costs the same with a
+-- thousand messages waiting.
 ------------------------------------------------------------------------------
 local Queue = {}
 Queue.__index = Queue
@@ -132,8 +134,10 @@ end
 function Queue:drop(it)
   if it.gone then return end
   it.gone = true
-  self.host.fs.remove(self:path(it.seq, "json"))
-  self.host.fs.remove(self:path(it.seq, "body"))
+  if not it.held_in_memory then
+    self.host.fs.remove(self:path(it.seq, "json"))
+    self.host.fs.remove(self:path(it.seq, "body"))
+  end
   self.count, self.bytes = self.count - 1, self.bytes - it.size
   local key = coalescing_key(it)
   if key and self.waiting[key] == it then self.waiting[key] = nil end
@@ -183,6 +187,14 @@ function Queue:put(meta, body)
   end
   local seq = self.seq + 1
   meta.seq, meta.size = seq, size
+  if key then
+    -- progress and screenshots stay in memory: the next one replaces them
+    -- anyway, and 50 updates a second are not worth 50 files
+    meta.held_in_memory, meta.body = true, body
+    self.seq = seq
+    self:append(meta)
+    return seq
+  end
   -- a result upload is flushed to disk; the rest is safe from a killed
   -- agent (the system holds it), not from a power cut
   local sync = meta.kind == "results"
@@ -202,6 +214,7 @@ function Queue:put(meta, body)
 end
 
 function Queue:body(it)
+  if it.held_in_memory then return it.body end
   return self.host.fs.read(self:path(it.seq, "body"))
 end
 
@@ -211,12 +224,20 @@ function Queue:reject(it)
   local fs = self.host.fs
   local dir = fs.join(self.dir, "rejected")
   fs.mkdir_p(dir)
-  for _, ext in ipairs { "body", "json" } do
-    fs.rename(self:path(it.seq, ext),
-      fs.join(dir, string.format("%012d.%s", it.seq, ext)))
+  local function kept(ext)
+    return fs.join(dir, string.format("%012d.%s", it.seq, ext))
+  end
+  if it.held_in_memory then
+    local meta = {}
+    for k, v in pairs(it) do if k ~= "body" then meta[k] = v end end
+    fs.write_atomic(kept("body"), it.body)
+    fs.write_atomic(kept("json"), cjson.encode(meta))
+  else
+    fs.rename(self:path(it.seq, "body"), kept("body"))
+    fs.rename(self:path(it.seq, "json"), kept("json"))
   end
   self:drop(it)
-  return fs.join(dir, string.format("%012d.json", it.seq))
+  return kept("json")
 end
 
 -- Depth, bytes and the time of the oldest message (nil when empty).
