@@ -179,6 +179,32 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       assert.equals("after", got[4].message)
     end)
 
+  it("keeps progress moving while log lines come faster than the rate " ..
+    "(broken if the newest progress goes to the back of the queue each " ..
+    "time: behind a steady flow of logs it never comes first)", function()
+      local f = setup { env = { GOLIAT_GATEWAY_RATE = "2" } }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      local t0 = f.now
+      for i = 1, 400 do -- 20 s: a log batch every 0.05 s, progress with it
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "log_batch",
+          logs = { { message = "l" .. i, log_type = "info" } }, sequence = i },
+          JSON)
+        f:send_to(url, "POST", "/api/gui-update", gui {
+          type = "overall_progress", current = i, total = 400 }, JSON)
+        f:run_for(0.05)
+      end
+      local progress = 0
+      for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+        if r.delivered and r.at < t0 + 20 and
+            cjson.decode(r.body).message.type == "overall_progress" then
+          progress = progress + 1
+        end
+      end
+      assert.is_true(progress >= 10, "progress sent during the flow: " ..
+        progress)
+    end)
+
   it("absorbs the study's own heartbeats (the agent beats already)", function()
     local f = setup()
     P.start(f)

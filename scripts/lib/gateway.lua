@@ -167,10 +167,16 @@ end
 function Queue:put(meta, body)
   local key = coalescing_key(meta)
   local older = key and self.waiting[key]
-  if older and not self.sending[older.seq] then
-    self:drop(older) -- the newest progress of a type replaces the one waiting
-  end
   local size = #body + 256 -- the body, and its meta file
+  if older and not self.sending[older.seq] and
+      self.bytes - older.size + size <= self.max_bytes then
+    -- the newest progress of a type replaces the one waiting, in its
+    -- place: behind a steady flow of log lines it would never come first
+    self.bytes = self.bytes - older.size + size
+    older.body, older.size, older.method, older.target, older.ctype =
+      body, size, meta.method, meta.target, meta.ctype
+    return older.seq
+  end
   while self.bytes + size > self.max_bytes do
     local victim -- the oldest progress or screenshot not being sent
     for _, it in pairs(self.waiting) do
