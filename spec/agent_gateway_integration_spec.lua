@@ -56,20 +56,13 @@ local function outage(dash)
 end
 
 describe("the gateway with real processes", function()
-  local dash, agent, work, recorded
-
+  local t = cluster.fixture("work") -- t.agent is stopped after each test
+  local dash, work, recorded
   before_each(function()
-    dash = cluster.start_dashboard()
-    work = cluster.temp_dir("work")
-    recorded = {}
+    t.setup()
+    dash, work, recorded = t.dash, t.work, t.recorded
   end)
-
-  after_each(function()
-    if agent then cluster.stop(agent.proc) end
-    cluster.stop(dash.proc)
-    cluster.kill_recorded(recorded)
-    agent = nil
-  end)
+  after_each(t.teardown)
 
   local function env(extra)
     local e = { GOLIAT_GATEWAY = "on", GOLIAT_GATEWAY_RATE = "50" }
@@ -91,7 +84,7 @@ describe("the gateway with real processes", function()
       queue(dash, { bridge = true, duration_s = 5, log_lines = 300,
         steps = 100, results_bytes = 300000, record_file = rec },
         { id = "gw-1" })
-      agent = cluster.start_agent(env(), work)
+      t.agent = cluster.start_agent(env(), work)
       assert(cluster.wait_until(function()
         return state() and state().pid
       end, 30), "the study did not start")
@@ -136,7 +129,7 @@ describe("the gateway with real processes", function()
     "the dashboard never sees that finished", function()
       queue(dash, { bridge = true, duration_s = 0.5, log_lines = 10,
         steps = 5, exit_code = 3 }, { id = "gw-3" })
-      agent = cluster.start_agent(env(), work)
+      t.agent = cluster.start_agent(env(), work)
       local m = assert(reports_at_least(dash, 1, 60), "no report")[1]
       assert.equals("fatal_error", m.type)
       assert.equals(3, m.exit_code)
@@ -150,7 +143,7 @@ describe("the gateway with real processes", function()
     function()
       queue(dash, { bridge = true, duration_s = 4, log_lines = 5, steps = 2 },
         { id = "gw-s" })
-      agent = cluster.start_agent(env(), work)
+      t.agent = cluster.start_agent(env(), work)
       local gw = assert(cluster.wait_until(function()
         return state() and state().gateway
       end, 30), "no gateway recorded")
@@ -175,8 +168,8 @@ describe("the gateway with real processes", function()
       local rec = host.fs.join(work, "record.jsonl")
       queue(dash, { bridge = true, duration_s = 8, log_lines = 400,
         steps = 80, record_file = rec }, { id = "gw-k" })
-      agent = cluster.start_agent(env(), work)
-      recorded[#recorded + 1] = agent.proc.pid
+      t.agent = cluster.start_agent(env(), work)
+      recorded[#recorded + 1] = t.agent.proc.pid
       local st = assert(cluster.wait_until(function()
         local s = state()
         return s and s.pid and s
@@ -184,15 +177,15 @@ describe("the gateway with real processes", function()
       recorded[#recorded + 1] = math.tointeger(st.pid)
       outage(dash) -- so that messages wait in the queue when the agent dies
       host.time.sleep(2)
-      H.run({ argv = { "kill", "-KILL", tostring(agent.proc.pid) } })
-      agent.proc:wait()
+      H.run({ argv = { "kill", "-KILL", tostring(t.agent.proc.pid) } })
+      t.agent.proc:wait()
       host.time.sleep(1)
       cluster.post_json(dash.url .. "/dev/clear", {})
-      agent = cluster.start_agent(env(), work)
-      recorded[#recorded + 1] = agent.proc.pid
+      t.agent = cluster.start_agent(env(), work)
+      recorded[#recorded + 1] = t.agent.proc.pid
       local reports = assert(reports_at_least(dash, 1, 60), "no report")
       assert.equals("finished", reports[1].type)
-      assert.matches("taking back the running study", host.fs.read(agent.log))
+      assert.matches("taking back the running study", host.fs.read(t.agent.log))
       local sent = record_of(rec)
       -- while the agent was dead the study's calls failed (GOLIAT drops
       -- those); after the restart it reached the same URL again

@@ -58,6 +58,11 @@ end
 
 local JSON = { ["content-type"] = "application/json" }
 
+-- The study posts one GUI message through the gateway; returns the reply.
+local function post(f, url, message)
+  return f:send_to(url, "POST", "/api/gui-update", gui(message), JSON)
+end
+
 -- The study's gui-update messages the dashboard took (not the agent's own
 -- report, which carries an assignment_id), in order.
 local function delivered(f)
@@ -115,12 +120,10 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local before = #f:requests_to("/api/gui%-update$")
       for _, wrong in ipairs { base, base .. "/gw/" .. string.rep("0", 32),
           url:sub(1, -2) } do
-        local res = f:send_to(wrong, "POST", "/api/gui-update",
-          gui { type = "status", message = "forged" }, JSON)
+        local res = post(f, wrong, { type = "status", message = "forged" })
         assert.equals(403, res.status)
       end
-      local res = f:send_to(url, "POST", "/api/gui-update",
-        gui { type = "status", message = "mine" }, JSON)
+      local res = post(f, url, { type = "status", message = "mine" })
       assert.equals(200, res.status)
       f:run_for(5)
       local got = f:requests_to("/api/gui%-update$")
@@ -137,9 +140,7 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       dash.down = true
       for i = 1, 30 do
-        local res = f:send_to(url, "POST", "/api/gui-update",
-          gui { type = "status", message = "line " .. i, log_type = "info" },
-          JSON)
+        local res = post(f, url, { type = "status", message = "line " .. i, log_type = "info" })
         assert.equals(200, res.status)
         f:run_for(1)
       end
@@ -158,17 +159,16 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       dash.down = true
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-        message = "before" }, JSON)
+      post(f, url, { type = "status",
+        message = "before" })
       for i = 1, 200 do
-        f:send_to(url, "POST", "/api/gui-update", gui {
-          type = "overall_progress", current = i, total = 200 }, JSON)
-        f:send_to(url, "POST", "/api/gui-update", gui {
-          type = "stage_progress", name = "run", current = i, total = 200 },
-          JSON)
+        post(f, url, {
+          type = "overall_progress", current = i, total = 200 })
+        post(f, url, {
+          type = "stage_progress", name = "run", current = i, total = 200 })
       end
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-        message = "after" }, JSON)
+      post(f, url, { type = "status",
+        message = "after" })
       dash.down = false
       f:run_for(60)
       local got = delivered(f)
@@ -187,11 +187,10 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       local t0 = f.now
       for i = 1, 400 do -- 20 s: a log batch every 0.05 s, progress with it
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "log_batch",
-          logs = { { message = "l" .. i, log_type = "info" } }, sequence = i },
-          JSON)
-        f:send_to(url, "POST", "/api/gui-update", gui {
-          type = "overall_progress", current = i, total = 400 }, JSON)
+        post(f, url, { type = "log_batch",
+          logs = { { message = "l" .. i, log_type = "info" } }, sequence = i })
+        post(f, url, {
+          type = "overall_progress", current = i, total = 400 })
         f:run_for(0.05)
       end
       local progress = 0
@@ -228,11 +227,11 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       for i = 1, 5 do
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-          message = "step " .. i }, JSON)
+        post(f, url, { type = "status",
+          message = "step " .. i })
       end
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "finished",
-        message = "all 12 simulations done" }, JSON)
+      post(f, url, { type = "finished",
+        message = "all 12 simulations done" })
       f:run_for(120)
       for _, m in ipairs(delivered(f)) do
         assert.not_equals("finished", m.type)
@@ -258,8 +257,8 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local f = setup { code = 1, runs = 10 }
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "fatal_error",
-        message = "no license" }, JSON)
+      post(f, url, { type = "fatal_error",
+        message = "no license" })
       f:run_for(60)
       local rep = report(f)
       assert.equals("fatal_error", rep.type)
@@ -278,12 +277,12 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
           logs[l] = { message = string.format("b%d l%d", b, l),
             log_type = "info", timestamp = b }
         end
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "log_batch",
-          logs = logs, sequence = b }, JSON)
+        post(f, url, { type = "log_batch",
+          logs = logs, sequence = b })
       end
       for i = 1, 20 do
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-          message = "s" .. i }, JSON)
+        post(f, url, { type = "status",
+          message = "s" .. i })
       end
       local t0 = f.now
       dash.down = false
@@ -314,8 +313,8 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
     local url = study_of(f).env.GOLIAT_MONITORING_URL
     dash.status, dash.headers = 429, { ["retry-after"] = "7" }
     for i = 1, 10 do
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-        message = "m" .. i }, JSON)
+      post(f, url, { type = "status",
+        message = "m" .. i })
     end
     f:run_for(6)
     local refused = #f:requests_to("/api/gui%-update$")
@@ -337,10 +336,10 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       end }
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-        message = "poison" }, JSON)
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-        message = "fine" }, JSON)
+      post(f, url, { type = "status",
+        message = "poison" })
+      post(f, url, { type = "status",
+        message = "fine" })
       f:run_for(30)
       local got = delivered(f)
       assert.equals(1, #got)
@@ -364,16 +363,16 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       assert.equals(200, res.status)
       res = f:send_to(url, "POST", "/api/assignments/a-1/results", big, mp)
       assert.equals(200, res.status)
-      res = f:send_to(url, "POST", "/api/gui-update", gui {
-        type = "status", message = big }, JSON)
+      res = post(f, url, {
+        type = "status", message = big })
       assert.equals(200, res.status)
       -- no room left but the screenshot's: it goes, the upload stays
       res = f:send_to(url, "POST", "/api/assignments/a-1/results", big .. "2",
         mp)
       assert.equals(200, res.status)
       -- now only what must not be dropped is waiting: refused, not lost
-      res = f:send_to(url, "POST", "/api/gui-update", gui {
-        type = "status", message = big }, JSON)
+      res = post(f, url, {
+        type = "status", message = big })
       assert.equals(507, res.status)
       assert.matches("queue is full", cjson.decode(res.body).error)
       dash.down = false
@@ -400,17 +399,17 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       dash.down = true
       for i = 1, 5 do
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-          message = "before " .. i }, JSON)
+        post(f, url, { type = "status",
+          message = "before " .. i })
       end
       f:kill_agent()
-      assert.is_nil((f:send_to(url, "POST", "/api/gui-update", gui {
-        type = "status", message = "while down" }, JSON)))
+      assert.is_nil((post(f, url, {
+        type = "status", message = "while down" })))
       P.start(f)
       f:run_for(1)
       for i = 1, 5 do
-        local res = f:send_to(url, "POST", "/api/gui-update", gui {
-          type = "status", message = "after " .. i }, JSON)
+        local res = post(f, url, {
+          type = "status", message = "after " .. i })
         assert.equals(200, res.status)
       end
       dash.down = false
@@ -431,8 +430,8 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       dash.down = true
       for i = 1, 3 do
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-          message = "m" .. i }, JSON)
+        post(f, url, { type = "status",
+          message = "m" .. i })
         f:run_for(10)
       end
       local status = require "lib.status"
@@ -448,8 +447,8 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       dash.down = true
-      f:send_to(url, "POST", "/api/gui-update", gui { type = "status",
-        message = "left over" }, JSON)
+      post(f, url, { type = "status",
+        message = "left over" })
       f:kill_agent()
       f.env.GOLIAT_GATEWAY = "off"
       dash.down = false

@@ -155,20 +155,13 @@ describe("the agent without GOLIAT_MONITORING_URL", function()
 end)
 
 describe("what a study leaves running", function()
-  local dash, agent, work, recorded
-
+  local t = cluster.fixture("leftovers") -- t.agent is stopped after each test
+  local dash, work, recorded
   before_each(function()
-    dash = cluster.start_dashboard()
-    work = cluster.temp_dir("leftovers")
-    recorded = {}
+    t.setup()
+    dash, work, recorded = t.dash, t.work, t.recorded
   end)
-
-  after_each(function()
-    if agent then cluster.stop(agent.proc) end
-    cluster.stop(dash.proc)
-    cluster.kill_recorded(recorded)
-    agent = nil
-  end)
+  after_each(t.teardown)
 
   -- Queue a study that starts a child in its group and one that leaves
   -- the group and session (setsid) and ignores SIGTERM; returns a function
@@ -197,7 +190,7 @@ describe("what a study leaves running", function()
 
   it("is ended before the study is reported finished", function()
     local pids = queue_with_children({ duration_s = 0.5, steps = 1 }, "done")
-    agent = cluster.start_agent(cluster.agent_env(dash.url, work,
+    t.agent = cluster.start_agent(cluster.agent_env(dash.url, work,
       { GOLIAT_STUDY_GRACE = "2" }), work)
     local m = assert(reports_at_least(dash, 1), "no report arrived")[1]
     assert.equals("finished", m.type)
@@ -208,7 +201,7 @@ describe("what a study leaves running", function()
 
   it("is ended when the study times out", function()
     local pids = queue_with_children({ duration_s = 120, steps = 1 }, "slow")
-    agent = cluster.start_agent(cluster.agent_env(dash.url, work,
+    t.agent = cluster.start_agent(cluster.agent_env(dash.url, work,
       { GOLIAT_STUDY_GRACE = "2", GOLIAT_STUDY_TIMEOUT = "4" }), work)
     local m = assert(reports_at_least(dash, 1), "no report arrived")[1]
     assert.matches("timed out", m.message)
@@ -217,11 +210,11 @@ describe("what a study leaves running", function()
 
   it("is ended when the agent is stopped", function()
     local pids = queue_with_children({ duration_s = 120, steps = 1 }, "stop")
-    agent = cluster.start_agent(cluster.agent_env(dash.url, work,
+    t.agent = cluster.start_agent(cluster.agent_env(dash.url, work,
       { GOLIAT_STUDY_GRACE = "2" }), work)
     local both = pids()
-    assert(agent.proc:signal("SIGTERM"))
-    assert.equals(0, agent.proc:wait())
+    assert(t.agent.proc:signal("SIGTERM"))
+    assert.equals(0, t.agent.proc:wait())
     assert_gone(both)
   end)
 end)

@@ -125,4 +125,26 @@ function M.stop(proc)
   if proc and proc:running() then proc:terminate(2) end
 end
 
+-- The set-up of an integration test: t.setup() starts a development
+-- dashboard (t.dash) and makes a work dir (t.work) and a list of pids to
+-- kill afterwards (t.recorded); t.teardown() stops the agent the test put
+-- in t.agent and the dashboard, and kills the recorded pids. In a describe:
+--   local t = cluster.fixture("work")
+--   before_each(t.setup); after_each(t.teardown)
+function M.fixture(work_name)
+  local t = {}
+  function t.setup()
+    t.dash = M.start_dashboard()
+    t.work = M.temp_dir(work_name)
+    t.recorded = {}
+  end
+  function t.teardown()
+    if t.agent then M.stop(t.agent.proc) end
+    M.stop(t.dash.proc)
+    M.kill_recorded(t.recorded)
+    t.agent = nil
+  end
+  return t
+end
+
 return M
