@@ -204,6 +204,24 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
         progress)
     end)
 
+  it("passes a GET through at once: the dashboard's answer, the agent's " ..
+    "token, the query kept, nothing queued", function()
+      local f = setup { override = function(_, path)
+        if path == "/api/workers?active=1" then
+          return P.json(200, { workers = { "w1" } })
+        end
+      end }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      local res = f:send_to(url, "GET", "/api/workers?active=1")
+      assert.equals(200, res.status)
+      assert.same({ workers = { "w1" } }, cjson.decode(res.body))
+      local got = f:requests_to("/api/workers")
+      assert.equals(1, #got)
+      assert.equals("Bearer " .. TOKEN, got[1].headers.Authorization)
+      assert.is_nil(f.files["/work/agent/gateway/000000000001.json"])
+    end)
+
   it("absorbs the study's own heartbeats (the agent beats already)", function()
     local f = setup()
     P.start(f)

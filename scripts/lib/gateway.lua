@@ -371,7 +371,9 @@ function Gateway:handle(req)
     return { status = 200, headers = { ["Content-Type"] = "application/json" },
       body = OK }
   elseif kind == "live" then
-    return self:pass_through(req.method, target)
+    local res = self:pass_through(target)
+    if req.method == "HEAD" then res.body = "" end
+    return res
   elseif kind == "final" then
     local doc = cjson.decode(req.body) or {}
     local text = doc.message and doc.message.message
@@ -423,8 +425,8 @@ function Gateway:request(method, target, body, ctype)
   }
 end
 
-function Gateway:pass_through(method, target)
-  local res, err = self:request(method, target, nil, nil)
+function Gateway:pass_through(target)
+  local res, err = self:request("GET", target, nil, nil)
   if not res then
     return reply(502, { error = "the dashboard cannot be reached: " ..
       self.log.redact(tostring(err)) })
