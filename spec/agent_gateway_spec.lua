@@ -76,6 +76,16 @@ local function delivered(f)
   return out
 end
 
+-- The bodies kept in gateway/rejected/, in name order.
+local function rejected(f)
+  local out = {}
+  local dir = "/work/agent/gateway/rejected/"
+  for _, name in ipairs(f.host.fs.list(dir)) do
+    if name:match("%.body$") then out[#out + 1] = f.files[dir .. name] end
+  end
+  return out
+end
+
 local function report(f)
   for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
     local doc = cjson.decode(r.body)
@@ -222,6 +232,122 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       assert.is_nil(f.files["/work/agent/gateway/000000000001.json"])
     end)
 
+  it("refuses at once what must not be forwarded: a gui-update that is " ..
+    "not a JSON message with a type (400), a path that could leave /api/ " ..
+    "(400), a method other than GET, HEAD, POST (405); none is queued",
+    function()
+      local f = setup()
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      assert.equals(400, f:send_to(url, "POST", "/api/gui-update",
+        '{"machineId": "x", "message": {"type": "status"', JSON).status)
+      assert.equals(400, f:send_to(url, "POST", "/api/gui-update",
+        cjson.encode { machineId = "x", message = "text" }, JSON).status)
+      for _, path in ipairs { "/api/../admin/wipe", "/api/x/../../admin",
+          "/api/%2e%2e/admin", "/api//x", "/api/a%2Fb", "/api/.\\x",
+          "/api/./x" } do
+        assert.equals(400, f:send_to(url, "POST", path, "{}", JSON).status,
+          path)
+      end
+      assert.equals(405, f:send_to(url, "DELETE", "/api/workers/w-1", "",
+        JSON).status)
+      assert.equals(405, f:send_to(url, "PUT", "/api/workers/w-1", "{}",
+        JSON).status)
+      f:run_for(30)
+      for _, name in ipairs(f.host.fs.list("/work/agent/gateway")) do
+        assert.is_nil(name:match("^%d+%.json$"), "queued: " .. name)
+      end
+      for _, r in ipairs(f.requests) do
+        assert.is_nil(r.url:find("admin", 1, true))
+        assert.is_nil(r.url:find("workers", 1, true))
+        assert.not_equals("DELETE", r.method)
+      end
+      assert.same({}, delivered(f))
+    end)
+
+  it("sends the log batches merged with a refused one again, one by one: " ..
+    "only the refused one is kept aside", function()
+      local f = setup { override = function(req)
+        if req.body and req.body:find("poison", 1, true) then
+          return P.json(400, { error = "invalid payload" })
+        end
+      end }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      for i, text in ipairs { "a", "poison", "c" } do
+        f:send_to(url, "POST", "/api/gui-update", gui { type = "log_batch",
+          logs = { { message = text } }, sequence = i }, JSON)
+      end
+      f:run_for(60)
+      local lines = {}
+      for _, m in ipairs(delivered(f)) do
+        for _, l in ipairs(m.logs) do lines[#lines + 1] = l.message end
+      end
+      assert.same({ "a", "c" }, lines)
+      local kept = rejected(f)
+      assert.equals(1, #kept)
+      assert.matches("poison", kept[1])
+    end)
+
+  it("keeps aside a message the dashboard fails on with 500 ten times in " ..
+    "a row, and goes on (broken if one message blocks all behind it)",
+    function()
+      local f = setup { override = function(req)
+        if req.body and req.body:find("crasher", 1, true) then
+          return P.json(500, { error = "Failed to process GUI update" })
+        end
+      end }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      post(f, url, { type = "status", message = "crasher" })
+      post(f, url, { type = "status", message = "after" })
+      f:run_for(3600)
+      local got = delivered(f)
+      assert.equals(1, #got)
+      assert.equals("after", got[1].message)
+      local tries = 0
+      for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+        if r.body:find("crasher", 1, true) then tries = tries + 1 end
+      end
+      assert.equals(10, tries)
+      assert.matches("crasher", rejected(f)[1])
+    end)
+
+  it("answers 507 without giving up the progress when even that would not " ..
+    "make room", function()
+      local f, dash = setup { env = { GOLIAT_GATEWAY_MAX_BYTES = "1M" } }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      post(f, url, { type = "overall_progress", current = 7, total = 9 })
+      local res = post(f, url, { type = "status",
+        message = string.rep("x", 1100 * 1024) })
+      assert.equals(507, res.status)
+      dash.down = false
+      f:run_for(30)
+      local got = delivered(f)
+      assert.equals(1, #got)
+      assert.same({ "overall_progress", 7 }, { got[1].type, got[1].current })
+    end)
+
+  it("sets aside, never deletes, a queued message whose meta file is " ..
+    "damaged or not a message", function()
+      local f = P.offline_fake { GOLIAT_GATEWAY = "on" }
+      P.dashboard(f)
+      local dir = "/work/agent/gateway/"
+      f.dirs["/work/agent/gateway"] = true
+      f.files[dir .. "000000000001.json"] = "{}"
+      f.files[dir .. "000000000001.body"] = "precious 1"
+      f.files[dir .. "000000000002.json"] = "{not json"
+      f.files[dir .. "000000000002.body"] = "precious 2"
+      P.start(f)
+      f:run_for(30)
+      assert.equals("precious 1", f.files[dir .. "000000000001.body.bad"])
+      assert.equals("precious 2", f.files[dir .. "000000000002.body.bad"])
+      assert.equals("{}", f.files[dir .. "000000000001.json.bad"])
+      assert.equals(0, #f.task_errors)
+    end)
+
   it("absorbs the study's own heartbeats (the agent beats already)", function()
     local f = setup()
     P.start(f)
@@ -362,8 +488,9 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       local got = delivered(f)
       assert.equals(1, #got)
       assert.equals("fine", got[1].message)
-      local kept = f.files["/work/agent/gateway/rejected/000000000001.body"]
-      assert.matches("poison", kept)
+      local kept = rejected(f)
+      assert.equals(1, #kept)
+      assert.matches("poison", kept[1])
       assert.matches("refused the study's POST /api/gui%-update for good",
         f:log_text())
     end)

@@ -42,6 +42,7 @@ local META = "^(%d+)%.json$"
 --   "screenshot" POST /api/gui-screenshots...: the newest only
 --   "results"    POST /api/assignments/<id>/results: kept, stored flushed
 --   "keep"       everything else (logs, sim_details, unknown types)
+--   "invalid"    a gui-update without a JSON message with a type: refused
 function M.classify(method, path, body)
   if method == "GET" or method == "HEAD" then return "live" end
   if path == "/api/heartbeat" then return "absorb" end
@@ -49,7 +50,9 @@ function M.classify(method, path, body)
     local doc = cjson.decode(body or "")
     local t = type(doc) == "table" and type(doc.message) == "table" and
       doc.message.type
-    if type(t) ~= "string" then return "keep" end
+    -- what the dashboard refuses (400, or 500 for a body that is not
+    -- JSON), refused here at once: queued, it would block all behind it
+    if type(t) ~= "string" then return "invalid" end
     if FINAL[t] then return "final", t end
     if PROGRESS[t] then return "progress", t end
     return "keep", t
@@ -79,7 +82,17 @@ local function coalescing_key(meta)
   return nil
 end
 
+-- Whether a queued message's meta file says what the forwarder needs.
+function M.valid_meta(meta)
+  return type(meta) == "table" and type(meta.method) == "string" and
+    type(meta.target) == "string" and meta.target:match("^/api/") ~= nil and
+    (meta.size == nil or (math.type(meta.size) and meta.size >= 0)) and
+    (meta.ctype == nil or type(meta.ctype) == "string")
+end
+
 -- Opens the queue in `dir` (created), with what an earlier run left there.
+-- A large backlog is read in slices, letting the other tasks run (the
+-- heartbeat among them; the watchdog stops a task that runs too long).
 function M.queue(host, dir, max_bytes, log)
   local fs = host.fs
   assert(fs.mkdir_p(dir))
@@ -88,17 +101,22 @@ function M.queue(host, dir, max_bytes, log)
     seq = 0, dropped = 0, sending = {}, waiting = {} }, Queue)
   local names, has, found = fs.list(dir) or {}, {}, {}
   for _, name in ipairs(names) do has[name] = true end
-  for _, name in ipairs(names) do
+  for i, name in ipairs(names) do
+    if i % 500 == 0 then host.task.yield() end
     local n = tonumber(name:match(META))
     local path = fs.join(dir, name)
     if n then
       local meta = cjson.decode(fs.read(path) or "")
-      if type(meta) == "table" and has[string.format("%012d.body", n)] then
-        meta.seq, meta.size = n, tonumber(meta.size) or 0
+      local body = fs.join(dir, string.format("%012d.body", n))
+      if M.valid_meta(meta) and has[string.format("%012d.body", n)] then
+        meta.seq, meta.size = n, meta.size or 0
         found[#found + 1] = meta
       else
         -- not a message we acknowledged whole: set aside, never lost
         fs.rename(path, path .. ".bad")
+        if has[string.format("%012d.body", n)] then
+          fs.rename(body, body .. ".bad")
+        end
         log.error("gateway: %s is not a whole queued message; set aside " ..
           "as %s.bad", path, name)
       end
@@ -135,7 +153,13 @@ function Queue:drop(it)
   if it.gone then return end
   it.gone = true
   if not it.held_in_memory then
-    self.host.fs.remove(self:path(it.seq, "json"))
+    -- the meta first: without it the body is never sent again
+    local ok, err, code = self.host.fs.remove(self:path(it.seq, "json"))
+    if not ok and code ~= "ENOENT" then
+      -- (a virus scanner holding it on Windows): sent again after a restart
+      self.log.warn("gateway: cannot remove %s: %s", self:path(it.seq,
+        "json"), tostring(err))
+    end
     self.host.fs.remove(self:path(it.seq, "body"))
   end
   self.count, self.bytes = self.count - 1, self.bytes - it.size
@@ -176,6 +200,15 @@ function Queue:put(meta, body)
     older.body, older.size, older.method, older.target, older.ctype =
       body, size, meta.method, meta.target, meta.ctype
     return older.seq
+  end
+  -- what could go to make room: if even that is not enough, nothing goes
+  local room = self.max_bytes - self.bytes
+  for _, it in pairs(self.waiting) do
+    if not self.sending[it.seq] then room = room + it.size end
+  end
+  if size > room then
+    return nil, string.format("the gateway's queue is full (%d bytes " ..
+      "waiting; GOLIAT_GATEWAY_MAX_BYTES is %d)", self.bytes, self.max_bytes)
   end
   while self.bytes + size > self.max_bytes do
     local victim -- the oldest progress or screenshot not being sent
@@ -230,8 +263,14 @@ function Queue:reject(it)
   local fs = self.host.fs
   local dir = fs.join(self.dir, "rejected")
   fs.mkdir_p(dir)
+  -- sequence numbers start again after an emptied queue: a suffix keeps
+  -- an earlier refusal from being overwritten
+  local tag = string.format("%012d-%s", it.seq,
+    (self.host.sys.random(4):gsub(".", function(c)
+      return string.format("%02x", c:byte())
+    end)))
   local function kept(ext)
-    return fs.join(dir, string.format("%012d.%s", it.seq, ext))
+    return fs.join(dir, tag .. "." .. ext)
   end
   if it.held_in_memory then
     local meta = {}
@@ -365,11 +404,27 @@ function Gateway:handle(req)
   if not path:match("^/api/") then
     return reply(404, { error = "not found: only /api/ is forwarded" })
   end
+  -- the path goes to the dashboard with the agent's token: nothing that
+  -- could leave /api/ on the way (dot segments, encoded dots, backslashes)
+  local lower = path:lower()
+  if lower:find("%2e", 1, true) or lower:find("%2f", 1, true) or
+      lower:find("%5c", 1, true) or path:find("\\", 1, true) or
+      path:find("//", 1, true) or ("/" .. path .. "/"):find("/%.%.?/") then
+    return reply(400, { error = "bad path: dot segments, encoded " ..
+      "separators and empty segments are not forwarded" })
+  end
+  local method = req.method
+  if method ~= "GET" and method ~= "HEAD" and method ~= "POST" then
+    return reply(405, { error = "only GET, HEAD and POST are forwarded" })
+  end
   local target = path .. ((req.query or "") ~= "" and "?" .. req.query or "")
   local kind, mtype = M.classify(req.method, path, req.body)
   if kind == "absorb" then
     return { status = 200, headers = { ["Content-Type"] = "application/json" },
       body = OK }
+  elseif kind == "invalid" then
+    return reply(400, { error = "invalid payload: a JSON object with a " ..
+      "message that has a type is expected" })
   elseif kind == "live" then
     local res = self:pass_through(target)
     if req.method == "HEAD" then res.body = "" end
@@ -419,7 +474,9 @@ function Gateway:request(method, target, body, ctype)
     url = self.s.monitoring_url .. target,
     headers = self:headers(ctype),
     body = body,
-    timeout = self.s.gateway_send_timeout,
+    -- an upload of 256 MB needs more than 300 s on a slow link: at least
+    -- 64 KiB/s is asked for, not a fixed time
+    timeout = math.max(self.s.gateway_send_timeout, #(body or "") / 65536),
     max_size = self.s.max_reply_bytes,
     cainfo = self.s.ca_bundle,
   }
@@ -442,7 +499,9 @@ function Gateway:next_batch()
   local q = self.queue
   local first = q:head()
   local body = q:body(first)
-  if not body or first.type ~= "log_batch" then return { first }, body end
+  if not body or first.type ~= "log_batch" or self.alone == first.seq then
+    return { first }, body
+  end
   local doc = cjson.decode(body)
   if type(doc) ~= "table" or type(doc.message) ~= "table" or
       type(doc.message.logs) ~= "table" then
@@ -489,6 +548,7 @@ end
 -- One attempt at the head of the queue.
 function Gateway:send_head()
   local h, q, agent = self.host, self.queue, self.agent
+  if not q:head() then return end -- emptied meanwhile (a full queue's room)
   local items, body = self:next_batch()
   local first = items[1]
   if not body then
@@ -515,10 +575,21 @@ function Gateway:send_head()
     self.progress:set()
     return
   end
-  if status and agent.refused_for_good(status) then
+  if status and agent.refused_for_good(status) and #items > 1 then
+    -- refused merged: the head goes alone next, then each one after it
+    self.alone = first.seq
+    return
+  end
+  if status == 500 and first.seq == self.failing_seq then
+    self.failing_500 = (self.failing_500 or 0) + 1
+  elseif status == 500 then
+    self.failing_seq, self.failing_500 = first.seq, 1
+  end
+  if status and (agent.refused_for_good(status) or
+      (status == 500 and self.failing_500 >= 10)) then
+    -- a message the dashboard's code fails on ten times in a row is taken
+    -- for the cause: kept aside, so that it cannot block all behind it
     local kept = q:reject(first)
-    -- the log batches merged into it were refused with it: kept too
-    for i = 2, #items do q:reject(items[i]) end
     self.log.error("gateway: the dashboard refused the study's %s %s for " ..
       "good (HTTP %d): kept in %s, not sent again", first.method,
       first.target:gsub("%?.*", ""), status, kept)
