@@ -86,6 +86,16 @@ local function rejected(f)
   return out
 end
 
+-- A dashboard override answering `status` to any request whose body holds
+-- `marker` (a message the dashboard refuses, or fails on).
+local function refusing(status, marker)
+  return function(req)
+    if req.body and req.body:find(marker, 1, true) then
+      return P.json(status, { error = "no: " .. marker })
+    end
+  end
+end
+
 local function report(f)
   for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
     local doc = cjson.decode(r.body)
@@ -267,16 +277,12 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
 
   it("sends the log batches merged with a refused one again, one by one: " ..
     "only the refused one is kept aside", function()
-      local f = setup { override = function(req)
-        if req.body and req.body:find("poison", 1, true) then
-          return P.json(400, { error = "invalid payload" })
-        end
-      end }
+      local f = setup { override = refusing(400, "poison") }
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       for i, text in ipairs { "a", "poison", "c" } do
-        f:send_to(url, "POST", "/api/gui-update", gui { type = "log_batch",
-          logs = { { message = text } }, sequence = i }, JSON)
+        post(f, url, { type = "log_batch", logs = { { message = text } },
+          sequence = i })
       end
       f:run_for(60)
       local lines = {}
@@ -292,11 +298,7 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
   it("keeps aside a message the dashboard fails on with 500 ten times in " ..
     "a row, and goes on (broken if one message blocks all behind it)",
     function()
-      local f = setup { override = function(req)
-        if req.body and req.body:find("crasher", 1, true) then
-          return P.json(500, { error = "Failed to process GUI update" })
-        end
-      end }
+      local f = setup { override = refusing(500, "crasher") }
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
       post(f, url, { type = "status", message = "crasher" })
@@ -473,17 +475,11 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
 
   it("keeps a message the dashboard refuses for good aside, and goes on " ..
     "with the next", function()
-      local f = setup { override = function(req)
-        if req.body and req.body:find("poison", 1, true) then
-          return P.json(400, { error = "invalid payload" })
-        end
-      end }
+      local f = setup { override = refusing(400, "poison") }
       P.start(f)
       local url = study_of(f).env.GOLIAT_MONITORING_URL
-      post(f, url, { type = "status",
-        message = "poison" })
-      post(f, url, { type = "status",
-        message = "fine" })
+      post(f, url, { type = "status", message = "poison" })
+      post(f, url, { type = "status", message = "fine" })
       f:run_for(30)
       local got = delivered(f)
       assert.equals(1, #got)

@@ -34,7 +34,13 @@ local MERGE_MAX = 50           -- log batches sent as one, at most
 local MERGE_BYTES = 512 * 1024 -- and this much JSON
 local META = "^(%d+)%.json$"
 
+local function hex(bytes)
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
 -- What the gateway does with a request: its kind and the message type.
+-- select: host.json.select (reads message.type without building the
+-- message as Lua tables: this runs for every message of the study).
 --   "absorb"     the study's heartbeat (answered, not forwarded)
 --   "live"       GET and HEAD: forwarded now, the dashboard's answer returned
 --   "final"      gui-update finished/fatal_error: held
@@ -43,13 +49,11 @@ local META = "^(%d+)%.json$"
 --   "results"    POST /api/assignments/<id>/results: kept, stored flushed
 --   "keep"       everything else (logs, sim_details, unknown types)
 --   "invalid"    a gui-update without a JSON message with a type: refused
-function M.classify(method, path, body)
+function M.classify(method, path, body, select)
   if method == "GET" or method == "HEAD" then return "live" end
   if path == "/api/heartbeat" then return "absorb" end
   if path == "/api/gui-update" then
-    local doc = cjson.decode(body or "")
-    local t = type(doc) == "table" and type(doc.message) == "table" and
-      doc.message.type
+    local t = cjson.decode(select(body or "", "message", "type") or "")
     -- what the dashboard refuses (400, or 500 for a body that is not
     -- JSON), refused here at once: queued, it would block all behind it
     if type(t) ~= "string" then return "invalid" end
@@ -265,10 +269,7 @@ function Queue:reject(it)
   fs.mkdir_p(dir)
   -- sequence numbers start again after an emptied queue: a suffix keeps
   -- an earlier refusal from being overwritten
-  local tag = string.format("%012d-%s", it.seq,
-    (self.host.sys.random(4):gsub(".", function(c)
-      return string.format("%02x", c:byte())
-    end)))
+  local tag = string.format("%012d-%s", it.seq, hex(self.host.sys.random(4)))
   local function kept(ext)
     return fs.join(dir, tag .. "." .. ext)
   end
@@ -321,10 +322,6 @@ function M.new(agent)
       "send first", depth)
   end
   return self
-end
-
-local function hex(bytes)
-  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
 -- Start serving the study of assignment `a_id`; rec: {port, secret} of
@@ -418,7 +415,8 @@ function Gateway:handle(req)
     return reply(405, { error = "only GET, HEAD and POST are forwarded" })
   end
   local target = path .. ((req.query or "") ~= "" and "?" .. req.query or "")
-  local kind, mtype = M.classify(req.method, path, req.body)
+  local kind, mtype = M.classify(req.method, path, req.body,
+    self.host.json.select)
   if kind == "absorb" then
     return { status = 200, headers = { ["Content-Type"] = "application/json" },
       body = OK }

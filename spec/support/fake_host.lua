@@ -397,7 +397,8 @@ function Fake:make_host()
   -- lossy where lua-cjson is ([] becomes {}); the real one is exact
   host.json = {
     select = function(text, ...)
-      local v = cjson.decode(text)
+      local ok, v = pcall(cjson.decode, text)
+      if not ok then return nil, "not JSON", "EINVAL" end -- as the real one
       for _, k in ipairs { ... } do
         if type(v) ~= "table" then return nil, "nothing there", "ENOENT" end
         v = v[k]
