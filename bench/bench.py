@@ -20,7 +20,9 @@ Figures, each as a ratio to the floor's in the same run:
                         over a window after a warm-up
   start to first beat   exec to the dashboard's receipt of the heartbeat,
                         median of a few starts
-  RssAnon               /proc/PID/status after the warm-up and the window
+  RssAnon               /proc/PID/status after the warm-up and the window;
+                        and, over HTTP, after a few thousand requests sent
+                        every 20-40 ms (the floor and goliat-host only)
 It prints a table and one JSON line. It asserts nothing about timings.
 
   python3 bench/bench.py --host build-bench/goliat-host --floor F [--short]
@@ -176,13 +178,14 @@ class Client:
         self.name, self.argv, self.env = name, argv, env
 
 
-def clients_for(args, tmp, url, cafile, tag):
-    """The clients to run against url (cafile for HTTPS, or None)."""
+def clients_for(args, tmp, url, cafile, tag, every=(HEARTBEAT_S, POLL_S)):
+    """The clients to run against url (cafile for HTTPS, or None), beating
+    and polling every (heartbeat, poll) seconds."""
     out = []
     base = dict(os.environ)
     fid = f"floor-{tag}"
-    out.append(Client("floor", [args.floor, url, fid, str(HEARTBEAT_S),
-                                str(POLL_S)] + ([cafile] if cafile else []),
+    out.append(Client("floor", [args.floor, url, fid, str(every[0]),
+                                str(every[1])] + ([cafile] if cafile else []),
                       dict(base)))
     work = tempfile.mkdtemp(prefix="agent-", dir=tmp)
     conf = os.path.join(tmp, "empty.conf")
@@ -190,8 +193,8 @@ def clients_for(args, tmp, url, cafile, tag):
     env = dict(base, GOLIAT_MONITORING_URL=url, GOLIAT_MACHINE_ID=f"agent-{tag}",
                GOLIAT_WORK_DIR=work, GOLIAT_PUBLIC_IP_URL="",
                GOLIAT_PROTOCOL="assignment", GOLIAT_CONFIG=conf,
-               GOLIAT_HEARTBEAT_INTERVAL=str(HEARTBEAT_S),
-               GOLIAT_POLL_INTERVAL=str(POLL_S))
+               GOLIAT_HEARTBEAT_INTERVAL=str(every[0]),
+               GOLIAT_POLL_INTERVAL=str(every[1]))
     if cafile:
         env["GOLIAT_CA_BUNDLE"] = cafile
     out.append(Client("goliat-host", [args.host, os.path.join(
@@ -296,6 +299,41 @@ def run_side_by_side(args, tmp, transport, certs):
             d.close()
 
 
+def run_long(args, tmp):
+    """RssAnon after many requests: the floor and goliat-host side by side
+    over HTTP, beating every 20 ms and polling every 40 ms until each has
+    sent args.long_requests. Months of idle requests in a minute: what the
+    heap grows to between garbage collections shows here, not after the
+    short warm-up of the other figures."""
+    dashboards, procs = {}, {}
+    try:
+        for name in ("floor", "goliat-host"):
+            dashboards[name] = Dashboard(args.host, tmp, f"long-{name}")
+            c = [c for c in clients_for(args, tmp, dashboards[name].url, None,
+                                        "long", every=(0.02, 0.04))
+                 if c.name == name][0]
+            procs[name] = start(c, tmp)
+        deadline = time.monotonic() + args.long_requests / 20 + 60
+        out = {}
+        while len(out) < len(procs) and time.monotonic() < deadline:
+            time.sleep(1)
+            for n, p in procs.items():
+                if n in out:
+                    continue
+                if p.poll() is not None:
+                    raise RuntimeError(f"{n} exited early ({p.returncode})")
+                if dashboards[n].requests() >= args.long_requests:
+                    out[n] = {"rss_anon_kb_long": rss_anon_kb(p.pid)}
+        if len(out) < len(procs):
+            raise RuntimeError("the fast-paced clients sent too few requests")
+        return out
+    finally:
+        for p in procs.values():
+            stop(p)
+        for d in dashboards.values():
+            d.close()
+
+
 def strace_total(path):
     # % time, seconds, usecs/call, calls, [errors,] "total"
     for line in open(path):
@@ -387,6 +425,8 @@ ROWS = [
      "{:.0f}", 1e-3),
     ("start to first heartbeat (ms)", "first_heartbeat_ms", "{:.1f}"),
     ("RssAnon after the window (kB)", "rss_anon_kb", "{:.0f}"),
+    ("RssAnon after the fast-paced requests (kB)", "rss_anon_kb_long",
+     "{:.0f}"),
     ("new TLS connections per request", "tls_connections_per_request",
      "{:.2f}"),
 ]
@@ -431,9 +471,11 @@ def main():
     if args.short:
         args.warmup, args.window, args.strace_window = 6, 20, 12
         args.callgrind_window, args.starts = 12, 3
+        args.long_requests = 500
     else:
         args.warmup, args.window, args.strace_window = 12, 120, 60
         args.callgrind_window, args.starts = 60, 7
+        args.long_requests = 3000
     for tool in ("strace", "valgrind", "callgrind_control", "node",
                  "openssl"):
         if not shutil.which(tool):
@@ -453,6 +495,10 @@ def main():
                                   certs if transport == "https"
                                   else None).items():
                 res.setdefault(n, {}).update(r)
+            if transport == "http":
+                log(f"http: {args.long_requests} fast-paced requests each")
+                for n, r in run_long(args, tmp).items():
+                    res.setdefault(n, {}).update(r)
             results[transport] = res
         names = ["goliat-host", "floor"] + (["python"] if args.python_agent
                                             else [])

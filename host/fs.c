@@ -10,6 +10,7 @@
 #include "platform.h"
 
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +27,7 @@
 #define S_IFLNK 0120000
 #endif
 
-#define READ_CHUNK 65536
+#define READ_CHUNK 4096 /* the first read of a file of unknown size */
 
 static int is_sep(char c) {
   return c == '/' || c == '\\';
@@ -91,15 +92,22 @@ static int fsync_fd(int fd) {
   return rc;
 }
 
-/* Read fd to its end into a malloc'd buffer. */
+/* Read fd to its end into a malloc'd buffer: sized by the file's size
+ * (plus one byte, so that the read seeing the end needs no room), grown
+ * when the file is longer than it said (a file being written, /proc). */
 static int read_all(int fd, char **out, size_t *outlen) {
   size_t cap = READ_CHUNK, len = 0;
+  uv_fs_t st;
+  if (uv_fs_fstat(NULL, &st, fd, NULL) == 0 && st.statbuf.st_size > 0 &&
+      st.statbuf.st_size < SIZE_MAX / 4)
+    cap = (size_t)st.statbuf.st_size + 1;
+  uv_fs_req_cleanup(&st);
   char *buf = malloc(cap);
   if (!buf)
     return UV_ENOMEM;
   for (;;) {
-    if (cap - len < READ_CHUNK) {
-      char *nb = realloc(buf, cap * 2);
+    if (len == cap) {
+      char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
       if (!nb) {
         free(buf);
         return UV_ENOMEM;
@@ -107,7 +115,10 @@ static int read_all(int fd, char **out, size_t *outlen) {
       buf = nb;
       cap *= 2;
     }
-    uv_buf_t b = uv_buf_init(buf + len, (unsigned)(cap - len));
+    size_t room = cap - len;
+    if (room > (1u << 30))
+      room = 1u << 30;
+    uv_buf_t b = uv_buf_init(buf + len, (unsigned)room);
     uv_fs_t req;
     int rc = uv_fs_read(NULL, &req, fd, &b, 1, -1, NULL);
     uv_fs_req_cleanup(&req);

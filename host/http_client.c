@@ -42,6 +42,8 @@
 #define BODY_MIN_CAP 2048
 #define SPARE_MAX 4   /* easy handles kept for the next transfers */
 #define HEADER_SETS 4 /* header lists kept for the next transfers */
+/* request headers whose text is longer get a list of their own */
+#define HEADERS_TEXT_MAX 2048
 
 typedef struct sock_ctx sock_ctx;
 typedef struct http_req http_req;
@@ -305,18 +307,37 @@ static void join_values(lua_State *co) {
   lua_replace(co, list);
 }
 
-/* Push {name = value}: names lower-case, repeated headers joined. */
+/* Push {name = value}: names lower-case, repeated headers joined. A name
+ * seen once (the usual case) costs one string; the values of a repeated
+ * one are gathered in an array first, then joined once. */
 static void push_headers(lua_State *co, const buf *hdrs) {
-  lua_newtable(co); /* name -> array of values */
-  int lists = lua_gettop(co);
+  size_t nuls = 0; /* two per header */
+  for (size_t i = 0; i < hdrs->len; i++)
+    nuls += hdrs->data[i] == '\0';
+  lua_createtable(co, 0, nuls / 2 > INT_MAX ? INT_MAX : (int)(nuls / 2));
+  int out = lua_gettop(co);
+  int lists = 0; /* name -> array of its values, made at the first repeat */
   size_t pos = 0;
   while (pos < hdrs->len) {
     const char *name = hdrs->data + pos;
     const char *value = name + strlen(name) + 1;
     pos = (size_t)(value - hdrs->data) + strlen(value) + 1;
+    if (lua_getfield(co, out, name) == LUA_TNIL) {
+      lua_pop(co, 1);
+      lua_pushstring(co, value);
+      lua_setfield(co, out, name);
+      continue;
+    }
+    lua_pop(co, 1);
+    if (!lists) {
+      lua_newtable(co);
+      lists = lua_gettop(co);
+    }
     if (lua_getfield(co, lists, name) != LUA_TTABLE) {
       lua_pop(co, 1);
-      lua_newtable(co);
+      lua_createtable(co, 4, 0);
+      lua_getfield(co, out, name); /* the first value */
+      lua_rawseti(co, -2, 1);
       lua_pushvalue(co, -1);
       lua_setfield(co, lists, name);
     }
@@ -324,16 +345,16 @@ static void push_headers(lua_State *co, const buf *hdrs) {
     lua_rawseti(co, -2, luaL_len(co, -2) + 1);
     lua_pop(co, 1);
   }
-  lua_newtable(co);
-  int out = lua_gettop(co);
-  lua_pushnil(co);
-  while (lua_next(co, lists)) {
-    join_values(co);
-    lua_pushvalue(co, -2);
-    lua_insert(co, -2);
-    lua_rawset(co, out);
+  if (lists) {
+    lua_pushnil(co);
+    while (lua_next(co, lists)) {
+      join_values(co);
+      lua_pushvalue(co, -2);
+      lua_insert(co, -2);
+      lua_rawset(co, out);
+    }
+    lua_remove(co, lists);
   }
-  lua_remove(co, lists);
 }
 
 /* Push the response table on co; returns 1. */
@@ -827,26 +848,43 @@ static void read_opts(lua_State *L, req_opts *o) {
 static int make_headers(lua_State *L, int idx, const req_opts *o,
                         http_req *req);
 
-/* The text of the header list that make_headers would make, pushed on L
- * ("Name: value\n" lines; few headers: concatenated as it goes). */
-static const char *headers_text(lua_State *L, int idx, const req_opts *o,
-                                size_t *len) {
-  lua_pushstring(L, o->has_expect ? "" : "Expect:\n");
-  int acc = lua_gettop(L);
-  if (!lua_isnil(L, idx)) {
-    lua_pushnil(L);
-    while (lua_next(L, idx)) { /* acc ... key value */
-      lua_pushvalue(L, acc);
-      lua_pushvalue(L, -3); /* copies: the key must stay as it is */
-      lua_pushliteral(L, ": ");
-      lua_pushvalue(L, -4);
-      lua_pushliteral(L, "\n");
-      lua_concat(L, 5);
-      lua_replace(L, acc);
-      lua_pop(L, 1); /* the value; the key stays for lua_next */
-    }
+/* Append n bytes to the text being built in out (cap bytes, one kept for
+ * the NUL); 0 when they do not fit. */
+static int text_put(char *out, size_t cap, size_t *len, const char *s,
+                    size_t n) {
+  if (n >= cap - *len)
+    return 0;
+  memcpy(out + *len, s, n);
+  *len += n;
+  out[*len] = '\0';
+  return 1;
+}
+
+/* The text of the header list that make_headers would make ("Name: value\n"
+ * lines), written to out (cap bytes, NUL-terminated): its length, or 0 when
+ * it does not fit (no Lua strings: this runs with every request). */
+static size_t headers_text(lua_State *L, int idx, const req_opts *o, char *out,
+                           size_t cap) {
+  size_t len = 0;
+  out[0] = '\0';
+  if (!o->has_expect && !text_put(out, cap, &len, "Expect:\n", 8))
+    return 0;
+  if (lua_isnil(L, idx))
+    return len;
+  int fits = 1;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t nlen, vlen;
+    const char *name = lua_tolstring(L, -2, &nlen); /* a string: checked */
+    const char *value =
+        lua_tolstring(L, -1, &vlen); /* the value: may convert */
+    fits = fits && text_put(out, cap, &len, name, nlen) &&
+           text_put(out, cap, &len, ": ", 2) &&
+           text_put(out, cap, &len, value, vlen) &&
+           text_put(out, cap, &len, "\n", 1);
+    lua_pop(L, 1);
   }
-  return lua_tolstring(L, acc, len);
+  return fits ? len : 0;
 }
 
 /* The request's header list: one made before for the same text, else a new
@@ -855,18 +893,19 @@ static const char *headers_text(lua_State *L, int idx, const req_opts *o,
 static int build_headers(lua_State *L, int idx, const req_opts *o,
                          http_req *req) {
   http_multi *m = req->m;
-  size_t len;
-  const char *text = headers_text(L, idx, o, &len);
+  char text[HEADERS_TEXT_MAX];
+  size_t len = headers_text(L, idx, o, text, sizeof text);
+  if (len == 0)
+    return make_headers(L, idx, o, req); /* too long to be kept */
   for (int i = 0; i < m->nsets; i++)
     if (strlen(m->sets[i].text) == len &&
         memcmp(m->sets[i].text, text, len) == 0) {
       req->headers = m->sets[i].list;
       req->headers_shared = 1;
-      lua_pop(L, 1);
       return 1;
     }
   int ok = make_headers(L, idx, o, req);
-  if (ok && m->nsets < HEADER_SETS && strlen(text) == len) {
+  if (ok && m->nsets < HEADER_SETS) {
     char *copy = malloc(len + 1);
     if (copy) {
       memcpy(copy, text, len + 1);
@@ -876,7 +915,6 @@ static int build_headers(lua_State *L, int idx, const req_opts *o,
       req->headers_shared = 1;
     }
   }
-  lua_pop(L, 1);
   return ok;
 }
 

@@ -140,4 +140,30 @@ describe("a reload (SIGHUP) of an edited agent.lua", function()
       end, 20), "no heartbeats after the refused reload")
       assert.is_true(agent:running())
     end)
+
+  it("refuses a broken edit of a module loaded only when needed (the " ..
+    "gateway's, the other dashboard API's), with file and line (broken if " ..
+    "the reload checks only what start-up loads, and the agent restarts " ..
+    "into a policy that fails later)", function()
+      assert(cluster.wait_until(function()
+        return #cluster.events(dash).heartbeats >= 1
+      end, 30))
+      for _, module in ipairs { "lib/gateway.lua", "protocol/super_study.lua" } do
+        local path = script:gsub("agent%.lua$", module)
+        local text = assert(host.fs.read(path))
+        local broken = text:gsub("\nlocal M = {", "\nlocal M == { -- typo", 1)
+        assert.are_not.equal(text, broken, module)
+        assert(host.fs.write_atomic(path, broken))
+        local line = line_of(broken, "local M == { -- typo")
+        local before = select(2, log():gsub("reload refused", ""))
+        assert(agent:signal("SIGHUP"))
+        assert(cluster.wait_until(function()
+          return select(2, log():gsub("reload refused", "")) > before
+        end, 30), "no refusal logged: " .. log())
+        assert.matches("reload refused, the agent keeps running as it " ..
+          "was: [^\n]*" .. module:gsub("%p", "%%%0") .. ":" .. line .. ":", log())
+        assert(host.fs.write_atomic(path, text))
+      end
+      assert.is_true(agent:running())
+    end)
 end)

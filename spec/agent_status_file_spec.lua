@@ -62,6 +62,37 @@ describe("agent_status.json", function()
       assert.is_true(st.heartbeat.since >= wall(f, 200))
     end)
 
+  it("counts a heartbeat answered 200 with something other than a JSON " ..
+    "object as failed, and one answered with any object as ok (broken if " ..
+    "the glance that replaced decoding the reply lets a proxy's page or " ..
+    "JSON null through, or refuses an object it does not read)", function()
+      local f = P.offline_fake()
+      P.dashboard(f)
+      local inner, reply = f.http_handler, nil
+      f.http_handler = function(req, ff)
+        if reply and req.url:match("/api/heartbeat$") then
+          return { status = 200, headers = {}, body = reply }
+        end
+        return inner(req, ff)
+      end
+      P.start(f)
+      for _, case in ipairs {
+        { "<html><body>Sign in to the network</body></html>", false },
+        { ' \n {"anything": [1, 2], "ok": false}', true },
+        { "null", false },
+        { "", false },
+        { '{"success":true}', true },
+      } do
+        reply = case[1]
+        f:run_for(12)
+        local st = read_status(f)
+        assert.equals(case[2], st.heartbeat.ok, case[1])
+        if not case[2] then
+          assert.matches("not a JSON object", st.heartbeat.error)
+        end
+      end
+    end)
+
   it("is rewritten at least every 30 s while nothing changes (broken if " ..
     "the last heartbeat it holds grows old on a healthy agent)", function()
       local f = P.offline_fake()

@@ -44,6 +44,18 @@ describe("host.fs", function()
         assert.equal(big, fs.read(path("big")))
       end)
 
+    it("reads a file whose size says nothing (procfs says 0) to its end, past "
+      .. "the first read (broken if the buffer is sized by the file's size "
+      .. "alone, or not grown)", function()
+        if H.windows then pending("no procfs on Windows") end
+        -- /proc/self/maps of a host with Lua and libcurl loaded: well over
+        -- the first 4 KiB read, with a size of 0
+        local maps = assert(fs.read("/proc/self/maps"))
+        assert.is_true(#maps > 8192, #maps)
+        assert.matches("\n$", maps)
+        assert.matches("%[stack%]", maps)
+      end)
+
     it("with sync = false still replaces the file whole and leaves the flush out, "
       .. "while the default flushes (broken if the option is ignored either way; "
       .. "strace counts the fsync calls)", function()

@@ -112,6 +112,31 @@ describe("host.http.request", function()
     assert.matches("^goliat%-host/", echo.headers["user-agent"])
   end)
 
+  it("sends each request's own headers: a set kept from before only when "
+    .. "it is the same, a set too long to be kept whole, and a changed one as "
+    .. "changed (broken if the kept header lists are matched loosely or the "
+    .. "text they are matched by is cut)", function()
+    local long = string.rep("v", 3000) -- over the 2 KiB of text kept per set
+    local sets = {
+      { ["X-A"] = "1" },
+      { ["X-A"] = "1", ["X-B"] = long },
+      { ["X-A"] = "1" }, -- kept from the first request
+      { ["X-A"] = "12" },
+      { ["X-A"] = "1", ["X-B"] = long .. "w" },
+      { ["X-A"] = 7 },
+    }
+    for round = 1, 2 do
+      for i, headers in ipairs(sets) do
+        local res = assert(host.http.request({ url = base .. "/echo",
+          headers = headers }))
+        local seen = cjson.decode(res.body).headers
+        local what = "round " .. round .. ", set " .. i
+        assert.are.equal(tostring(headers["X-A"]), seen["x-a"], what)
+        assert.are.equal(headers["X-B"], seen["x-b"], what)
+      end
+    end
+  end)
+
   it("sends another method with a body when asked", function()
     local res = assert(host.http.request({
       url = base .. "/echo", method = "PUT", body = "new contents",

@@ -62,9 +62,10 @@ check("a close-delimited body within max_size is read whole", function()
   assert(#res.body == 70000, #res.body)
 end)
 
-check("repeated headers are joined with a comma", function()
+check("repeated headers are joined with a comma, in order", function()
   local res = assert(host.http.request({ url = base .. "/repeated" }))
-  assert(res.headers["set-cookie"] == "a=1, b=2", res.headers["set-cookie"])
+  assert(res.headers["set-cookie"] == "a=1, b=2, c=3",
+    res.headers["set-cookie"])
   assert(res.headers["x-spaced"] == "padded value", res.headers["x-spaced"])
 end)
 

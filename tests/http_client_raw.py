@@ -65,8 +65,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/repeated":
             self.send_response(200)
             self.send_header("Set-Cookie", "a=1")
-            self.send_header("Set-Cookie", "b=2")
             self.send_header("X-Spaced", "  padded value  ")
+            self.send_header("Set-Cookie", "b=2")
+            self.send_header("Set-Cookie", "c=3")
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")

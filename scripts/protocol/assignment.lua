@@ -51,11 +51,16 @@ function M.new(agent)
 end
 
 -- One poll. An invalid assignment comes back as {invalid = why, id = ...}
--- so that the agent reports it instead of dropping it.
-local function poll(agent)
-  local path = "/api/assignment?machineId=" ..
-    settings_lib.url_encode(agent.s.machine_id)
-  local reply, err, retry_after, res = agent:call("GET", path)
+-- so that the agent reports it instead of dropping it. The request is made
+-- once per protocol instance (self), when there is one.
+local function poll(agent, self)
+  local opts = self and self.poll_req
+  if not opts then
+    opts = agent:request_options("GET", "/api/assignment?machineId=" ..
+      settings_lib.url_encode(agent.s.machine_id))
+    if self then self.poll_req = opts end
+  end
+  local reply, err, retry_after, res = agent:send(opts)
   if not reply then
     return nil, err, retry_after, res and res.status == 404
   end
@@ -88,7 +93,7 @@ function M.probe(agent)
 end
 
 function M:find_work()
-  return poll(self.agent)
+  return poll(self.agent, self)
 end
 
 -- Handing out was taking.
