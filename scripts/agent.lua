@@ -1146,8 +1146,12 @@ function Agent:start()
   -- (end_leftovers), not to init
   h.proc.keep_tree()
   self.facts = settings_lib.host_facts(h, self.s.hostname)
-  -- nvidia-smi can hang: the heartbeat does not wait for it
+  -- nvidia-smi can hang: the heartbeat does not wait for it, and it starts
+  -- once the first heartbeat is out (bounded), not before it
   h.task.spawn("gpu probe", function()
+    if not self.first_beat_over then
+      self.beat_done:wait(self.s.request_timeout)
+    end
     self.facts.gpuName = settings_lib.gpu_name(h, self.s.work_dir,
       self.s.gpu_probe_timeout)
   end)

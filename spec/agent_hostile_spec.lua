@@ -195,6 +195,7 @@ describe("the GPU probe", function()
     P.dashboard(f)
     f.spawn_handler = function(opts)
       if opts.argv[1]:match("nvidia%-smi$") then
+        f.beats_before_probe = #f:requests_to("/api/heartbeat$")
         f.files[opts.stdout] = "NVIDIA RTX A6000\n"
         return { exit_code = 0, after = after }
       end
@@ -204,12 +205,14 @@ describe("the GPU probe", function()
     return f
   end
 
-  it("that hangs neither delays the first heartbeat nor runs for ever",
-    function()
+  it("that hangs neither delays the first heartbeat nor runs for ever, " ..
+    "and starts once the first heartbeat is out (broken if nvidia-smi is " ..
+    "spawned before the first heartbeat's request)", function()
       local f = with_smi(3600)
       f:run_for(60)
       local beats = f:requests_to("/api/heartbeat$")
       assert.equals(0, beats[1].at)
+      assert.equals(1, f.beats_before_probe)
       assert.is_true(f.procs[1].ended, "the hung nvidia-smi was not stopped")
       assert.is_nil(cjson.decode(beats[#beats].body).gpuName)
     end)
