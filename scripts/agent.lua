@@ -1216,12 +1216,14 @@ usage: goliat-host scripts/agent.lua [--check | --status [--json]]
 ]==]
 
 function M.main(host, option, ...)
-  -- The agent makes little garbage (a few hundred bytes per request) and
-  -- lives for months: a collector that starts each cycle as soon as the
-  -- last one ends, and works 4 times as fast as the default, keeps its heap
-  -- near its live size (the default lets it double first) for almost no
-  -- CPU (a full cycle of its heap takes about 20 µs).
-  collectgarbage("incremental", 100, 400)
+  -- The agent lives for months and its garbage is young (a few hundred
+  -- bytes per request): Lua's generational collector keeps the heap nearer
+  -- its live size than the incremental default, which lets it double
+  -- before each cycle, and does less work (bench/: RssAnon after 3000
+  -- fast-paced requests 1880 kB against 2068; 8 % fewer instructions per
+  -- idle request). The incremental collector made to run without a pause
+  -- kept the heap smaller still but tripled the instructions per request.
+  collectgarbage("generational")
   if option == "--check" then
     host.exit(require("lib.check").run(host, M))
     return
