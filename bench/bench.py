@@ -369,28 +369,32 @@ def callgrind_ir(args, tmp, client, dashboard):
     return total / reqs if reqs else None
 
 
-def first_heartbeat_ms(args, tmp, client, dashboard, runs):
-    """Median, over runs, of exec to the dashboard's receipt of the first
-    heartbeat (ms)."""
-    times = []
+def first_heartbeat_ms(args, tmp, clients, dashboard, runs):
+    """{name: median, over runs, of exec to the dashboard's receipt of the
+    first heartbeat (ms)}. The clients take turns, one start each per round,
+    so that a slow spell of the machine falls on all of them alike (a
+    client's starts all in a row, minutes after another's, made the ratio
+    swing by half)."""
+    times = {c.name: [] for c in clients}
     for i in range(runs):
-        mid = f"start-{client.name}-{i}"
-        c = Client(client.name, list(client.argv), dict(client.env))
-        if client.name == "floor":
-            c.argv[2] = mid
-        else:
-            c.env["GOLIAT_MACHINE_ID"] = mid
-        t0 = time.time()
-        p = start(c, tmp)
-        at = None
-        deadline = time.monotonic() + 20
-        while at is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-            at = dashboard.first_heartbeat(mid)
-        stop(p)
-        if at is not None:
-            times.append((at - t0) * 1e3)
-    return statistics.median(times) if times else None
+        for client in clients:
+            mid = f"start-{client.name}-{i}"
+            c = Client(client.name, list(client.argv), dict(client.env))
+            if client.name == "floor":
+                c.argv[2] = mid
+            else:
+                c.env["GOLIAT_MACHINE_ID"] = mid
+            t0 = time.time()
+            p = start(c, tmp)
+            at = None
+            deadline = time.monotonic() + 20
+            while at is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+                at = dashboard.first_heartbeat(mid)
+            stop(p)
+            if at is not None:
+                times[client.name].append((at - t0) * 1e3)
+    return {n: statistics.median(t) if t else None for n, t in times.items()}
 
 
 def run_alone(args, tmp, transport, certs):
@@ -404,10 +408,12 @@ def run_alone(args, tmp, transport, certs):
         if transport == "https":
             e = Endpoint(tmp, "alone", d.port, key, cert, bundle)
             url = e.url
-        for c in clients_for(args, tmp, url, bundle, transport + "-alone"):
+        clients = clients_for(args, tmp, url, bundle, transport + "-alone")
+        for name, ms in first_heartbeat_ms(args, tmp, clients, d,
+                                           args.starts).items():
+            out.setdefault(name, {})["first_heartbeat_ms"] = ms
+        for c in clients:
             r = out.setdefault(c.name, {})
-            r["first_heartbeat_ms"] = first_heartbeat_ms(
-                args, tmp, c, d, args.starts)
             if c.name != "python" or not args.short:
                 r["instructions_per_request"] = callgrind_ir(args, tmp, c, d)
     finally:
@@ -474,7 +480,7 @@ def main():
         args.long_requests = 500
     else:
         args.warmup, args.window, args.strace_window = 12, 120, 60
-        args.callgrind_window, args.starts = 60, 7
+        args.callgrind_window, args.starts = 60, 11
         args.long_requests = 3000
     for tool in ("strace", "valgrind", "callgrind_control", "node",
                  "openssl"):
