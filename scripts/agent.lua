@@ -29,10 +29,9 @@ local PROTOCOLS = {
   { name = "super-study", module = "protocol.super_study" },
 }
 
--- The modules loaded only when needed, all loaded by --validate (so that a
--- reload checks them too).
-local LAZY_MODULES = { "protocol.assignment", "protocol.super_study",
-  "lib.gateway", "lib.check", "lib.status" }
+-- The other modules loaded only when needed. --validate loads them all,
+-- and the protocols' (so that a reload checks them too).
+local LAZY_MODULES = { "lib.gateway", "lib.check", "lib.status" }
 
 ------------------------------------------------------------------------------
 -- Settings. Each can be overridden from the environment (variable named on
@@ -981,13 +980,18 @@ function M.start_time_text(t)
   return t
 end
 
-function Agent:work_loop()
-  -- one connection at start-up: the first heartbeat opens it, then the
-  -- first poll (or report) reuses it (bounded: a hung heartbeat does not
-  -- hold the work back)
+-- Returns once the first heartbeat has ended, or after request_timeout
+-- (a hung heartbeat holds nothing back for longer).
+function Agent:after_first_beat()
   if not self.first_beat_over then
     self.beat_done:wait(self.s.request_timeout)
   end
+end
+
+function Agent:work_loop()
+  -- one connection at start-up: the first heartbeat opens it, then the
+  -- first poll (or report) reuses it
+  self:after_first_beat()
   if self.gateway then
     -- what studies sent before this start goes before their reports
     self.gateway:wait_sent(self.gateway.start_seq)
@@ -1149,9 +1153,7 @@ function Agent:start()
   -- nvidia-smi can hang: the heartbeat does not wait for it, and it starts
   -- once the first heartbeat is out (bounded), not before it
   h.task.spawn("gpu probe", function()
-    if not self.first_beat_over then
-      self.beat_done:wait(self.s.request_timeout)
-    end
+    self:after_first_beat()
     self.facts.gpuName = settings_lib.gpu_name(h, self.s.work_dir,
       self.s.gpu_probe_timeout)
   end)
@@ -1233,7 +1235,9 @@ function M.main(host, option, ...)
   elseif option == "--validate" then
     -- for a reload: do this file and all its modules load, and the
     -- settings?
-    for _, name in ipairs(LAZY_MODULES) do
+    local names = { table.unpack(LAZY_MODULES) }
+    for _, p in ipairs(PROTOCOLS) do names[#names + 1] = p.module end
+    for _, name in ipairs(names) do
       local ok, err = pcall(require, name)
       if not ok then -- on one line: require's message spans two
         io.stdout:write((tostring(err):gsub("%s*[\r\n]+%s*", " ")), "\n")
