@@ -68,8 +68,23 @@ local DEFAULTS = {
   oom_exit_code = 42,          --   exits with this code (out of memory)
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
-  gateway = false,             -- GOLIAT_GATEWAY=on: the study's messages go
-                               --   through the agent (lib/gateway.lua)
+  rerun_wait = 60,             -- seconds a rerun waits for the dashboard
+                               --   to show its work as ours again (then it
+                               --   runs anyway; the report sets it right)
+  settle_tries = 10,           -- tries to set the dashboard right before
+                               --   a report (then the report goes anyway)
+  gateway = true,              -- GOLIAT_GATEWAY (on/off): the study's
+                               --   messages go through the agent
+                               --   (lib/gateway.lua)
+  gateway_hook = true,         -- GOLIAT_GATEWAY_HOOK (on/off): GOLIAT's own
+                               --   requests to gateway_urls are sent to
+                               --   the gateway (scripts/pyhook/)
+  gateway_urls = nil,          -- GOLIAT_GATEWAY_URLS, comma-separated
+                               --   (default: goliat_dashboard_url and
+                               --   GOLIAT_MONITORING_URL)
+  goliat_dashboard_url = "https://monitor.goliat.waves-ugent.be",
+                               -- written in GOLIAT's code: its window and
+                               --   its result upload post there
   gateway_max_bytes = 256 * 1024 * 1024, -- GOLIAT_GATEWAY_MAX_BYTES: its
                                --   queue's disk budget (and largest upload)
   gateway_rate = 10,           -- GOLIAT_GATEWAY_RATE: messages per second
@@ -463,7 +478,7 @@ function Agent:file(a, pattern)
 end
 
 function Agent:study_env(a)
-  return {
+  local env = {
     GOLIAT_WEBGUI_ENABLED = "true",
     -- with the gateway on, the study's messages go through the agent
     GOLIAT_MONITORING_URL = self.study_url or self.s.monitoring_url,
@@ -471,6 +486,31 @@ function Agent:study_env(a)
     GOLIAT_ASSIGNMENT_ID = a.id,
     GOLIAT_API_TOKEN = "", -- the agent's secret, not the study's
   }
+  if self.study_url and self.s.gateway_hook then self:hook_env(env) end
+  return env
+end
+
+-- GOLIAT posts to the dashboard URL written in its code, not to
+-- GOLIAT_MONITORING_URL (PROTOCOL.md section 6): scripts/pyhook's
+-- sitecustomize.py, first on the study's PYTHONPATH, sends its requests to
+-- those URLs (gateway_urls) to the gateway instead. Loopback goes around
+-- any proxy the VM sets.
+function Agent:hook_env(env)
+  local h = self.host
+  local windows = h.sys.platform() == "windows"
+  local function prepend(value, var, sep)
+    local old = h.sys.getenv(var)
+    return (old and old ~= "") and value .. sep .. old or value
+  end
+  env.PYTHONPATH = prepend(self.s.hook_dir, "PYTHONPATH",
+    windows and ";" or ":")
+  env.GOLIAT_GATEWAY_HOOK_TARGET = self.study_url
+  env.GOLIAT_GATEWAY_HOOK_URLS = cjson.encode(self.s.gateway_urls)
+  -- (names of variables are one on Windows, whatever their case)
+  for _, var in ipairs(windows and { "NO_PROXY" } or
+      { "no_proxy", "NO_PROXY" }) do
+    env[var] = prepend("127.0.0.1,localhost", var, ",")
+  end
 end
 
 -- Runs the study until it ends other than out of memory, or the reruns are
@@ -486,6 +526,14 @@ function Agent:run_study(a, config_path, run)
       -- the limit was lowered across a restart
       return { exit_code = self.s.oom_exit_code, attempts = attempt - 1 }
     end
+    if not outcome and attempt > 1 then
+      local go, why = self:before_rerun(a)
+      if not go then
+        self.log.warn("assignment %s: not run again: %s", tostring(a.id), why)
+        return { error = "the study ran out of memory and was not run " ..
+          "again: " .. why, attempts = attempt - 1 }
+      end
+    end
     outcome = outcome or self:run_attempt(a, config_path, attempt, started_at)
     outcome.attempts = attempt
     if outcome.exit_code ~= self.s.oom_exit_code or outcome.timed_out or
@@ -499,6 +547,33 @@ function Agent:run_study(a, config_path, run)
     -- a restart from here on starts this attempt, not the last one again
     self:save_state { assignment = a, config_path = config_path,
       attempt = attempt, started_at = started_at }
+  end
+end
+
+-- Before a rerun, the dashboard shows the work as this worker's again
+-- (GOLIAT's window said `finished` when the last run ended, which the
+-- deployed dashboard takes for done): the protocol's before_rerun, asked
+-- for up to rerun_wait seconds. Returns true, or false and why when the
+-- work is another worker's by now.
+function Agent:before_rerun(a)
+  local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
+  if not (p and p.before_rerun) then return true end
+  local clock = self.host.time
+  local deadline = clock.monotonic() + self.s.rerun_wait
+  for try = 1, math.huge do
+    local go, why = p:before_rerun(a)
+    if go ~= nil then
+      self:note_success("dashboard check before a rerun")
+      return go, why
+    end
+    self:note_failure("dashboard check before a rerun", why)
+    local delay = self:backoff(try)
+    if self.stopping or clock.monotonic() + delay > deadline then
+      self.log.warn("assignment %s: rerun without the dashboard's answer " ..
+        "(its report sets the dashboard right later)", tostring(a.id))
+      return true
+    end
+    clock.sleep(delay)
   end
 end
 
@@ -729,6 +804,8 @@ end
 function Agent:deliver(file, item, deadline, on_stored)
   local clock = self.host.time
   local what = item.body.message and item.body.message.assignment_id
+  local settle = item.settle -- set the dashboard right first (settle)
+  local settle_failures = 0
   while true do
     if not file and on_stored then
       -- not stored yet (a full disk): try again, it may have room now
@@ -736,10 +813,24 @@ function Agent:deliver(file, item, deadline, on_stored)
       if file then on_stored() end
     end
     local ok, err, retry_after, res = self:register()
+    if ok and settle then
+      ok, err = self:settle(settle, item)
+      if ok then
+        settle = nil
+      else
+        settle_failures = settle_failures + 1
+        if settle_failures >= self.s.settle_tries then
+          self.log.error("assignment %s: the dashboard's status could not " ..
+            "be checked before the report (%s): reporting anyway",
+            tostring(what), tostring(err))
+          ok, settle = true, nil
+        end
+      end
+    elseif not ok then
+      err = "heartbeat before the report failed: " .. tostring(err)
+    end
     if ok then
       ok, err, retry_after, res = self:call("POST", item.path, item.body)
-    else
-      err = "heartbeat before the report failed: " .. tostring(err)
     end
     if ok then
       self:note_success("report")
@@ -747,6 +838,7 @@ function Agent:deliver(file, item, deadline, on_stored)
       if not file and on_stored then on_stored() end
       self.log.info("reported %s for assignment %s",
         tostring(item.body.message and item.body.message.type), tostring(what))
+      if item.settle then return self:confirm(item, deadline) end
       return true
     end
     if res and M.refused_for_good(res.status) then
@@ -768,6 +860,31 @@ function Agent:deliver(file, item, deadline, on_stored)
   end
 end
 
+-- Before a report of work whose protocol can set the dashboard right
+-- (protocol/super_study.lua: a failed run that GOLIAT's window completed is
+-- claimed back first). Returns true, or nil and why.
+function Agent:settle(w, item)
+  local ok = item.body.message.type == "finished"
+  local done, err = self:protocol_for(w.protocol):settle(w, ok)
+  if done then return true end
+  return nil, "checking the dashboard's status before the report: " ..
+    tostring(err)
+end
+
+-- After the report: the dashboard is read back and what it shows logged.
+-- A failure that shows COMPLETED all the same (the study's window, late)
+-- is set right and reported once more; twice at most.
+function Agent:confirm(item, deadline)
+  local w = item.settle
+  local ok = item.body.message.type == "finished"
+  local right = self:protocol_for(w.protocol):confirm(w, ok)
+  if right == false and not ok and (item.rounds or 0) < 2 then
+    item.rounds = (item.rounds or 0) + 1
+    return self:deliver(nil, item, deadline)
+  end
+  return true
+end
+
 -- A reply that will not change if the same request is sent again: a 4xx
 -- but 408 (timeout) and 429 (slow down). Everything else is retried.
 function M.refused_for_good(status)
@@ -783,11 +900,24 @@ function Agent:flush_outbox()
   end
 end
 
+-- What a report needs to set the dashboard right around it (the work's
+-- protocol can: Agent:settle), or nil.
+function Agent:settling(a)
+  local p = type(a) == "table" and type(a.protocol) == "string" and
+    self:protocol_for(a.protocol)
+  if not (p and p.settle) then return nil end
+  return { protocol = a.protocol, id = a.id, split_index = a.split_index,
+    super_study_id = a.super_study_id, super_study_name = a.super_study_name,
+    worker_id = a.worker_id }
+end
+
 -- The end of an assignment: the state file naming the study is removed
 -- only once the report is safe, in the outbox or delivered. When neither
 -- happens (a full disk, then a kill), the next start finds the state and
--- reports the assignment from it.
-function Agent:finish(a_id, outcome, duration)
+-- reports the assignment from it. a: the work, or only its id.
+function Agent:finish(a, outcome, duration)
+  local a_id = a
+  if type(a) == "table" then a_id = a.id end
   -- with the gateway: the study has exited; what it said at its end is
   -- held, and what it sent before goes first
   local gw, upto = self.gateway, nil
@@ -800,7 +930,8 @@ function Agent:finish(a_id, outcome, duration)
   local body = self:report_body(a_id, outcome, duration)
   self.log.info("assignment %s ended: %s", tostring(a_id),
     body.message.message)
-  local item = { path = "/api/gui-update", body = body }
+  local item = { path = "/api/gui-update", body = body,
+    settle = self:settling(a) }
   local file = self.outbox:put(item)
   local function clear() durable.clear_state(self.host, self.state_file) end
   if file then clear() end
@@ -854,7 +985,7 @@ function Agent:handle(work)
       outcome = self:prepare_and_run(work, state.started_at)
     end
   end
-  self:finish(work.id, outcome, clock.monotonic() - started)
+  self:finish(work, outcome, clock.monotonic() - started)
   return outcome.exit_code ~= nil or outcome.signal ~= nil
 end
 
@@ -915,7 +1046,7 @@ function Agent:recover()
     outcome = { error = "study lost: it was no longer running when the " ..
       "agent restarted and left no exit code" }
   end
-  local owned = starts and self:ownership(a)
+  local owned = starts and self:ownership(a, starts ~= "prepare")
   if owned == "no" then
     self.log.warn("assignment %s is no longer this worker's on the " ..
       "dashboard (reset, or claimed by another): not running it", tostring(a.id))
@@ -933,7 +1064,7 @@ function Agent:recover()
     if not outcome then
       outcome = self:run_study(a, state.config_path, run)
     end
-    self:finish(a.id, outcome, h.time.now() - (run.started_at or h.time.now()))
+    self:finish(a, outcome, h.time.now() - (run.started_at or h.time.now()))
   end
   self.busy = false
 end
@@ -945,13 +1076,14 @@ function Agent:rerun_due(run)
 end
 
 -- Whether work taken before a restart is still this worker's: "yes", "no",
--- or "n/a" when its protocol cannot tell (the planned API). Asks until the
+-- or "n/a" when its protocol cannot tell (the planned API). ran: a run of
+-- it has ended (its study may have said `finished`). Asks until the
 -- dashboard answers, or the agent stops.
-function Agent:ownership(a)
+function Agent:ownership(a, ran)
   local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
   if not (p and p.ownership) then return "n/a" end
   for try = 1, math.huge do
-    local mine, err = p:ownership(a)
+    local mine, err = p:ownership(a, ran)
     if mine ~= nil then return mine and "yes" or "no" end
     self:note_failure("ownership check", err)
     if self.stopping then return "n/a" end

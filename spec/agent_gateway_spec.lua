@@ -106,10 +106,13 @@ local function report(f)
 end
 
 describe("the gateway (GOLIAT_GATEWAY=on)", function()
-  it("is off by default; on and off are read, anything else is refused " ..
+  it("is on by default; on and off are read, anything else is refused " ..
     "naming the variable", function()
       local s = assert(agent.load_settings(P.new_fake().host))
+      assert.is_true(s.gateway)
+      s = assert(agent.load_settings(P.new_fake { GOLIAT_GATEWAY = "off" }.host))
       assert.is_false(s.gateway)
+      s = assert(agent.load_settings(P.new_fake().host))
       assert.equals(256 * 1024 * 1024, s.gateway_max_bytes)
       assert.equals(10, s.gateway_rate)
       s = assert(agent.load_settings(P.new_fake { GOLIAT_GATEWAY = "on",
@@ -604,11 +607,114 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
     end)
 
   it("leaves the study's URL as the dashboard's when it is off", function()
-    local f = P.offline_fake()
+    local f = P.offline_fake { GOLIAT_GATEWAY = "off" }
     P.dashboard(f, { queue = { P.assignment() },
       configs = { [BLOB .. "/c3.json"] = "{}" } })
     P.start(f)
     assert.equals(P.DASH, study_of(f).env.GOLIAT_MONITORING_URL)
     assert.equals(0, #f.servers)
   end)
+end)
+
+describe("GOLIAT's own traffic (PROTOCOL.md section 6)", function()
+  it("is forwarded under the agent's machine id, the rest of each message " ..
+    "as the study sent it", function()
+      local f, dash = setup()
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true -- queued on disk, then sent
+      local body = '{"machineId":"203.0.113.9","message":{"type":"status",' ..
+        '"message":"hello","log_type":"info"},"timestamp":1764979200.25}'
+      assert.equals(200, f:send_to(url, "POST", "/api/gui-update", body,
+        JSON).status)
+      dash.down = false
+      f:run_for(30)
+      local sent
+      for _, r in ipairs(f:requests_to("/api/gui%-update$")) do
+        if r.delivered and r.body:find("hello", 1, true) then sent = r.body end
+      end
+      assert.is_string(sent, "the message was not delivered")
+      local doc, orig = cjson.decode(sent), cjson.decode(body)
+      assert.equals("198.51.100.7", doc.machineId)
+      orig.machineId = doc.machineId
+      assert.same(orig, doc)
+      assert.equals(1, select(2, f:log_text():gsub("the study sends as " ..
+        "machine 203%.0%.113%.9; its messages go to the dashboard as " ..
+        "198%.51%.100%.7", "")))
+    end)
+
+  it("is sent to the gateway by the hook, for GOLIAT's built-in URL and " ..
+    "GOLIAT_MONITORING_URL, or for GOLIAT_GATEWAY_URLS", function()
+      local f = setup()
+      P.start(f)
+      local env = study_of(f).env
+      assert.equals(env.GOLIAT_MONITORING_URL, env.GOLIAT_GATEWAY_HOOK_TARGET)
+      assert.same({ "https://monitor.goliat.waves-ugent.be", P.DASH },
+        cjson.decode(env.GOLIAT_GATEWAY_HOOK_URLS))
+      assert.equals("/work/scripts/pyhook", env.PYTHONPATH)
+      f = setup { env = { GOLIAT_GATEWAY_URLS = " https://a.example/ , " ..
+        "http://10.1.2.3:3000", PYTHONPATH = "/opt/site" } }
+      P.start(f)
+      env = study_of(f).env
+      assert.same({ "https://a.example", "http://10.1.2.3:3000" },
+        cjson.decode(env.GOLIAT_GATEWAY_HOOK_URLS))
+      -- ours first, then what the study would have had
+      assert.equals("/work/scripts/pyhook:/opt/site", env.PYTHONPATH)
+    end)
+
+  it("is left alone with GOLIAT_GATEWAY_HOOK=off: no hook on the path, " ..
+    "the gateway still given as GOLIAT_MONITORING_URL", function()
+      local f = setup { env = { GOLIAT_GATEWAY_HOOK = "off" } }
+      P.start(f)
+      local env = study_of(f).env
+      assert.matches("^http://127%.0%.0%.1:%d+/gw/", env.GOLIAT_MONITORING_URL)
+      assert.is_nil(env.PYTHONPATH)
+      assert.is_nil(env.GOLIAT_GATEWAY_HOOK_TARGET)
+    end)
+
+  it("GOLIAT_GATEWAY_URLS and GOLIAT_GATEWAY_HOOK refuse what does not " ..
+    "parse, naming the variable", function()
+      local _, err = agent.load_settings(P.new_fake {
+        GOLIAT_GATEWAY_URLS = "https://ok.example, ftp://no" }.host)
+      assert.equals("GOLIAT_GATEWAY_URLS must list http:// or https:// URLs, " ..
+        "comma-separated; 'ftp://no' is not one", err)
+      _, err = agent.load_settings(P.new_fake {
+        GOLIAT_GATEWAY_URLS = " , " }.host)
+      assert.matches("GOLIAT_GATEWAY_URLS must list at least one URL", err)
+      _, err = agent.load_settings(P.new_fake {
+        GOLIAT_GATEWAY_HOOK = "sometimes" }.host)
+      assert.equals("GOLIAT_GATEWAY_HOOK must be on or off, got 'sometimes'",
+        err)
+    end)
+
+  it("a gateway that cannot listen: the study runs without it and without " ..
+    "the hook", function()
+      local f = setup()
+      f.serve_error = "address in use"
+      P.start(f)
+      local env = study_of(f).env
+      assert.equals(P.DASH, env.GOLIAT_MONITORING_URL)
+      assert.is_nil(env.PYTHONPATH)
+    end)
+end)
+
+describe("the gateway's disk budget", function()
+  it("counts the blocks a message takes on disk (two files of 4 KiB at " ..
+    "least), not its bytes", function()
+      local f, dash = setup { env = { GOLIAT_GATEWAY_MAX_BYTES = "1M" } }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      local taken, refused = 0, 0
+      for i = 1, 200 do
+        local res = post(f, url, { type = "status", message = "line " .. i,
+          log_type = "info" })
+        if res.status == 200 then taken = taken + 1 end
+        if res.status == 507 then refused = refused + 1 end
+      end
+      -- 1 MiB / (4 KiB body + 4 KiB meta): counted as bytes (~300 each),
+      -- all 200 would have been taken, with 1.6 MB on disk
+      assert.equals(128, taken)
+      assert.equals(72, refused)
+    end)
 end)

@@ -244,15 +244,25 @@ describe("an assignment", function()
     assert.equals("stdout", p.stderr)
   end)
 
-  it("gives the study the monitoring environment", function()
-    assert.same({
-      GOLIAT_WEBGUI_ENABLED = "true",
-      GOLIAT_MONITORING_URL = DASH,
-      GOLIAT_MACHINE_ID = "198.51.100.7",
-      GOLIAT_ASSIGNMENT_ID = "a-1",
-      GOLIAT_API_TOKEN = "",
-    }, f.spawned[1].env)
-  end)
+  it("gives the study the monitoring environment, its gateway's URL and " ..
+    "the hook that sends GOLIAT's own requests there", function()
+      local env = f.spawned[1].env
+      local gw = env.GOLIAT_MONITORING_URL
+      assert.matches("^http://127%.0%.0%.1:%d+/gw/%x+$", gw)
+      assert.same({
+        GOLIAT_WEBGUI_ENABLED = "true",
+        GOLIAT_MONITORING_URL = gw,
+        GOLIAT_MACHINE_ID = "198.51.100.7",
+        GOLIAT_ASSIGNMENT_ID = "a-1",
+        GOLIAT_API_TOKEN = "",
+        PYTHONPATH = "/work/scripts/pyhook",
+        GOLIAT_GATEWAY_HOOK_TARGET = gw,
+        GOLIAT_GATEWAY_HOOK_URLS = cjson.encode {
+          "https://monitor.goliat.waves-ugent.be", DASH },
+        no_proxy = "127.0.0.1,localhost",
+        NO_PROXY = "127.0.0.1,localhost",
+      }, env)
+    end)
 
   it("is reported as finished with exit code and duration", function()
     local r = f:reports()[1]

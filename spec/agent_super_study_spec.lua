@@ -721,3 +721,160 @@ describe("an agent restarted", function()
       assert.matches("died while starting it", f:reports()[1].message.message)
     end)
 end)
+
+-- GOLIAT's own window sends `finished` after every run, failed or out of
+-- memory too (PROTOCOL.md section 6), and the dashboard completes the
+-- assignment on it: the agent sets the stored status right.
+describe("GOLIAT's own finished", function()
+  -- One super study of one assignment; each run exits with the next code
+  -- of `codes` after 20 s, and the study's window then says `finished`.
+  -- seen[n]: the stored status when run n started.
+  local function run_goliat(codes, env)
+    local f = fake(env)
+    local d = super.new(f)
+    local st = d:add_study("s", { { n = 0 } })
+    local a = st.assignments[1]
+    local seen = {}
+    f.spawn_handler = function()
+      seen[#f.spawned] = a.status
+      return { exit_code = codes[#f.spawned] or 0, after = 20,
+        on_end = function() d:goliat_finished(ME) end }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 3600))
+    f:run_for(60)
+    return f, d, a, seen
+  end
+
+  -- The position in the agent's requests of the first `line` after `from`.
+  local function position(d, line, from)
+    for i, l in ipairs(d:trace()) do
+      if i > (from or 0) and l == line then return i end
+    end
+  end
+
+  it("after a failure: claimed back from COMPLETED before the failure " ..
+    "report, so the failure is what the dashboard ends with", function()
+      local f, d, a = run_goliat { 3 }
+      assert.equals(1, #f.spawned)
+      local reports = f:reports()
+      assert.equals(1, #reports)
+      assert.equals("fatal_error", reports[1].message.type)
+      assert.equals("RUNNING", a.status)
+      assert.equals("FAILED", d:derived(a))
+      assert.equals(2, #d.claims) -- the claim, then the claim back
+      local back = position(d, "POST /api/assignments/" .. a.id .. "/claim",
+        position(d, "POST /api/assignments/" .. a.id .. "/claim"))
+      assert.truthy(back)
+      assert.is_true(position(d, "POST /api/gui-update") > back,
+        "the report went before the claim back")
+      assert.equals(1, log_lines(f, "showed it COMPLETED after the study " ..
+        "failed: claimed back %(now RUNNING%) before reporting the failure"))
+      assert.equals(1, log_lines(f, "the dashboard shows it RUNNING under " ..
+        "this worker after the failure report"))
+    end)
+
+  it("out of memory, then a success: RUNNING again before the rerun, " ..
+    "COMPLETED by the agent's report", function()
+      local f, d, a, seen = run_goliat { 42, 0 }
+      assert.equals(2, #f.spawned)
+      assert.equals("RUNNING", seen[2], "COMPLETED lasted into the rerun")
+      assert.equals(2, #d.claims)
+      assert.equals("COMPLETED", a.status)
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals(1, log_lines(f, "showed it COMPLETED before its rerun " ..
+        "%(GOLIAT's own `finished`%): claimed back, now RUNNING under this " ..
+        "worker"))
+      assert.equals(1, log_lines(f, "the dashboard shows it COMPLETED under " ..
+        "this worker after the success report"))
+    end)
+
+  it("out of memory on every run: each rerun RUNNING, and the failure is " ..
+    "what stays", function()
+      local f, d, a, seen = run_goliat { 42, 42, 42, 42 }
+      assert.equals(4, #f.spawned)
+      for n = 2, 4 do assert.equals("RUNNING", seen[n], "rerun " .. n) end
+      assert.equals(1, #f:reports())
+      assert.equals("fatal_error", f:reports()[1].message.type)
+      assert.equals(42, f:reports()[1].message.exit_code)
+      assert.equals("RUNNING", a.status)
+      assert.equals("FAILED", d:derived(a))
+      assert.equals(5, #d.claims) -- the claim, 3 before reruns, 1 at the end
+    end)
+
+  it("a success changes nothing that is right already", function()
+    local f, d, a = run_goliat { 0 }
+    assert.equals(1, #d.claims)
+    assert.equals("COMPLETED", a.status)
+    assert.equals("finished", f:reports()[1].message.type)
+    assert.equals(0, log_lines(f, "claimed back"))
+  end)
+
+  it("a success after the worker was reset meanwhile: claimed back so " ..
+    "that the report completes it, not run again elsewhere", function()
+      local f = fake()
+      local d = super.new(f)
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      f.spawn_handler = function()
+        return { exit_code = 0, after = 20, on_end = function()
+          d:reset(d:worker_by_ip(ME))
+        end }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      f:run_for(30)
+      assert.equals("COMPLETED", a.status)
+      assert.equals(1, #f.spawned)
+      assert.equals(1, log_lines(f, "showed it PENDING after the study " ..
+        "succeeded: claimed back"))
+    end)
+
+  it("the report still goes when the dashboard cannot say the status " ..
+    "(its assignments fail), after settle_tries", function()
+      local f = fake()
+      local broken = false
+      local d = super.new(f, { override = function(_, path)
+        if broken and path:match("/assignments$") then
+          return P.json(500, { error = "db" })
+        end
+      end })
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      f.spawn_handler = function()
+        return { exit_code = 3, after = 20, on_end = function()
+          broken = true
+        end }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end,
+        3600))
+      assert.equals("fatal_error", f:reports()[1].message.type)
+      assert.equals(1, log_lines(f, "could not be checked before the " ..
+        "report .*: reporting anyway"))
+      assert.equals("RUNNING", a.status)
+    end)
+
+  it("an agent restarted between out-of-memory runs claims the work back " ..
+    "and runs it again", function()
+      local f = fake()
+      local d = super.new(f)
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      local seen = {}
+      f.spawn_handler = function()
+        seen[#f.spawned] = a.status
+        return { exit_code = #f.spawned == 1 and 42 or 0, after = 20,
+          on_end = function() d:goliat_finished(ME) end }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      f:kill_agent()
+      f:run_for(30) -- run 1 runs out of memory, its window says finished
+      assert.equals("COMPLETED", a.status)
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      f:run_for(30)
+      assert.equals(2, #f.spawned)
+      assert.equals("RUNNING", seen[2])
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals("COMPLETED", a.status)
+    end)
+end)

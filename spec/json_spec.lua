@@ -61,3 +61,44 @@ describe("host.json.select", function()
     assert.has_error(function() select(nil) end)
   end)
 end)
+
+describe("host.json.set_string", function()
+  local set = host.json.set_string
+  local doc = '{"machineId": "203.0.113.5", "message": {"type": "log_batch", ' ..
+    '"logs": [], "x": {}}, "timestamp": 1764979200.123456789}'
+
+  it("replaces the member's value and keeps the rest exactly", function()
+    local out = assert(set(doc, "machineId", "10.0.0.7"))
+    assert.equals("10.0.0.7", cjson.decode(out).machineId)
+    assert.matches('"logs":%[%]', out) -- lua-cjson would print {}
+    assert.matches('"x":{}', out)
+    assert.equals(1764979200.123456789,
+      tonumber(out:match('"timestamp":([-%d.eE+]+)')))
+    -- in its place: the members keep their order
+    assert.equals(2, out:find('"machineId"', 1, true))
+    assert.is_true(out:find('"message"', 1, true) < out:find('"timestamp"', 1,
+      true))
+  end)
+
+  it("sets text that needs escaping as a JSON string", function()
+    local out = assert(set(doc, "machineId", 'a"b\\c\n'))
+    assert.equals('a"b\\c\n', cjson.decode(out).machineId)
+  end)
+
+  it("answers nil, message, ENOENT when the object has no such member",
+    function()
+      local v, msg, code = set(doc, "hostname", "x")
+      assert.is_nil(v)
+      assert.matches("no member hostname", msg)
+      assert.equals("ENOENT", code)
+    end)
+
+  it("answers nil, message, EINVAL for what is not a JSON object", function()
+    for _, bad in ipairs { "", "[1, 2]", '"s"', "{", '{"a": 1} x' } do
+      local v, msg, code = set(bad, "a", "x")
+      assert.is_nil(v, bad)
+      assert.is_string(msg)
+      assert.equals("EINVAL", code)
+    end
+  end)
+end)

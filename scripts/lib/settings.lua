@@ -32,6 +32,8 @@ M.ENV = {
   gateway = "GOLIAT_GATEWAY",
   gateway_max_bytes = "GOLIAT_GATEWAY_MAX_BYTES",
   gateway_rate = "GOLIAT_GATEWAY_RATE",
+  gateway_hook = "GOLIAT_GATEWAY_HOOK",
+  gateway_urls = "GOLIAT_GATEWAY_URLS",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -237,6 +239,26 @@ local function rate(name, value)
   return n
 end
 
+-- "https://a, http://b/" -> { "https://a", "http://b" }: base URLs
+local function url_list(name, value)
+  local list = {}
+  for item in value:gmatch("[^,]+") do
+    item = item:match("^%s*(.-)%s*$"):gsub("/+$", "")
+    if item ~= "" then
+      if not M.is_http_url(item) then
+        return nil, string.format("%s must list http:// or https:// URLs, " ..
+          "comma-separated; '%s' is not one", name, item)
+      end
+      list[#list + 1] = item
+    end
+  end
+  if #list == 0 then
+    return nil, name .. " must list at least one URL (turn the hook off " ..
+      "with GOLIAT_GATEWAY_HOOK=off)"
+  end
+  return list
+end
+
 local PROTOCOLS = { auto = true, assignment = true, ["super-study"] = true }
 
 local function protocol(name, value)
@@ -302,6 +324,8 @@ local PARSERS = {
   gateway = on_off,
   gateway_max_bytes = bytes,
   gateway_rate = rate,
+  gateway_hook = on_off,
+  gateway_urls = url_list,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.
@@ -399,6 +423,14 @@ function M.load(host, defaults, opts)
   s.host_exe = s.host_exe or host.sys.exepath()
   s.wrapper_script = s.wrapper_script or
     host.fs.join(scripts_dir(host), "study_wrapper.lua")
+  s.hook_dir = s.hook_dir or host.fs.join(scripts_dir(host), "pyhook")
+  if not s.gateway_urls then
+    -- GOLIAT's own dashboard URL, and the one the agent reports to
+    s.gateway_urls = { s.goliat_dashboard_url }
+    if s.monitoring_url ~= s.goliat_dashboard_url then
+      s.gateway_urls[2] = s.monitoring_url
+    end
+  end
   if opts and opts.look_only then return s end
   local ok, err = host.fs.mkdir_p(s.work_dir)
   if not ok then

@@ -9,8 +9,15 @@
 --     :find_work()      -> work | false[, note] | nil, err, retry_after, foreign
 --     :take(work)       -> true | false, why | nil, err, keep_state
 --     :prepare(work)    -> path of the config file | nil, err
---     :ownership(work)  (optional) after a restart: is work taken before it
---                       still ours? -> true | false | nil, err
+--     :ownership(work, ran)  (optional) after a restart: is work taken
+--                       before it still ours? -> true | false | nil, err
+--                       (ran: a run of it has ended, and may have said
+--                       `finished`)
+--   and, where the dashboard can show an outcome that is not the true one
+--   (GOLIAT's own window completes work whatever the run did):
+--     :before_rerun(work) (optional) -> true | false, why | nil, err
+--     :settle(work, ok)   (optional) before the report -> true | nil, err
+--     :confirm(work, ok)  (optional) after it -> true | false | nil, err
 local cjson = require "cjson.safe"
 local settings_lib = require "lib.settings"
 

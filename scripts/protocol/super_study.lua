@@ -15,6 +15,10 @@
 --   new work, until an operator resets the worker on the dashboard.
 -- * A claim or report from a machine without a worker row can create or
 --   complete the wrong rows: a heartbeat goes first (agent:register()).
+-- * GOLIAT's own window sends `finished` after every run, failed or out of
+--   memory too, which completes the assignment: before a rerun it is
+--   claimed back (before_rerun), and before the report the stored status
+--   is set right and read again after it (settle, confirm).
 -- * Machines sending the same hostname share one worker row, whose IP
 --   flips: warned about.
 local cjson = require "cjson.safe"
@@ -264,6 +268,15 @@ function M:read_back_patiently(work)
   end
 end
 
+-- The worker row a claim's reply names becomes this agent's.
+function M:remember_worker(reply)
+  local id = reply.workerId
+  if type(reply.worker) == "table" and reply.worker.id ~= nil then
+    id = reply.worker.id
+  end
+  if id ~= nil and id ~= cjson.null then self.worker_id = id end
+end
+
 -- Claims the assignment and makes sure it is really ours: the dashboard
 -- never refuses a claim, so agents that claim the same assignment at the
 -- same time all get 200, and only the last one holds it. The claim follows
@@ -291,11 +304,7 @@ function M:take(work)
   local reply, cerr = agent:call("POST", "/api/assignments/" ..
     enc(work.id) .. "/claim", { machineId = agent.s.machine_id })
   if reply then
-    local id = reply.workerId
-    if type(reply.worker) == "table" and reply.worker.id ~= nil then
-      id = reply.worker.id
-    end
-    if id ~= nil and id ~= cjson.null then self.worker_id = id end
+    self:remember_worker(reply)
   else
     agent.log.warn("claim of assignment %s: %s; checking whether it " ..
       "went through", work.id, tostring(cerr))
@@ -328,7 +337,10 @@ end
 
 -- Whether work claimed before an agent restart is still RUNNING under this
 -- worker: true or false, or nil and why when the dashboard cannot tell now.
-function M:ownership(work)
+-- ran: a run of it ended; GOLIAT's own `finished` may have completed it,
+-- and COMPLETED under this worker counts as ours (before_rerun claims it
+-- back).
+function M:ownership(work, ran)
   if self.worker_id == nil and work.worker_id ~= nil then
     self.worker_id = work.worker_id
   end
@@ -342,7 +354,111 @@ function M:ownership(work)
     if rerr and rerr:match("no longer on the dashboard") then return false end
     return nil, rerr
   end
+  return (a.status == "RUNNING" or (ran and a.status == "COMPLETED")) and
+    self:ours(a)
+end
+
+------------------------------------------------------------------------------
+-- Reconciling the dashboard with how a run really ended. GOLIAT's own
+-- window sends `finished` after every run, also after a failure and after
+-- running out of memory (PROTOCOL.md section 6), and each `finished`
+-- completes a RUNNING assignment of the machine's worker. So a failed split,
+-- or one about to be rerun, may show COMPLETED. A claim by this worker sets
+-- it RUNNING again (claims are never refused); the agent's own report then
+-- says how it ended.
+------------------------------------------------------------------------------
+
+-- Claims `work` back for this worker and reads it again. Returns the
+-- stored view after the claim, or nil, err.
+function M:claim_back(work)
+  local agent = self.agent
+  local ok, err = agent:register()
+  if not ok then
+    return nil, "heartbeat before the claim failed: " .. tostring(err)
+  end
+  local reply, cerr = agent:call("POST", "/api/assignments/" ..
+    enc(work.id) .. "/claim", { machineId = agent.s.machine_id })
+  if not reply then return nil, "claim failed: " .. tostring(cerr) end
+  self:remember_worker(reply)
+  return self:read_back(work)
+end
+
+local function what(a)
+  local index = math.tointeger(a.index) or a.index
+  return string.format("assignment %s (index %s)", tostring(a.id),
+    tostring(index))
+end
+
+-- Before an out-of-memory rerun: the assignment RUNNING under this worker,
+-- whatever the last run's `finished` made of it. Returns true when the
+-- rerun may go (its assignment is ours, or the dashboard cannot say now),
+-- or false and why when the work is another worker's by now.
+function M:before_rerun(work)
+  local a, err = self:read_back(work)
+  if not a then
+    if err and err:match("no longer on the dashboard") then
+      return false, err
+    end
+    return nil, err
+  end
+  if a.status == "RUNNING" and self:ours(a) then return true end
+  if a.status == "RUNNING" or (a.status == "COMPLETED" and
+      not self:ours(a)) then
+    local _, w = worker_of(a)
+    return false, string.format("%s is %s under another worker (%s)",
+      what(a), a.status, tostring(w and w.ipAddress or a.workerId))
+  end
+  local was = tostring(a.status)
+  a, err = self:claim_back(work)
+  if not a then return nil, err end
+  self.agent.log.warn("%s: the dashboard showed it %s before its rerun " ..
+    "(GOLIAT's own `finished`): claimed back, now %s", what(a), was,
+    tostring(a.status) .. (self:ours(a) and " under this worker" or
+    " under another worker"))
   return a.status == "RUNNING" and self:ours(a)
+end
+
+-- Before the agent's report of a run that ended (ok: it succeeded): the
+-- report must land on this assignment. After a failure, a COMPLETED of
+-- ours is claimed back (the failure report then shows it FAILED); after a
+-- success, a PENDING one (a reset meanwhile) is claimed back so that the
+-- agent's `finished` completes it and the split does not run twice.
+-- Returns true when the report may go, or nil, err.
+function M:settle(work, ok)
+  local a, err = self:read_back(work)
+  if not a then
+    if err and err:match("no longer on the dashboard") then return true end
+    return nil, err
+  end
+  local wrong = (not ok and a.status == "COMPLETED" and self:ours(a)) or
+    (ok and a.status == "PENDING")
+  if not wrong then return true end
+  local was = a.status
+  a, err = self:claim_back(work)
+  if not a then return nil, err end
+  self.agent.log.warn("%s: the dashboard showed it %s after the study %s: " ..
+    "claimed back (now %s) before reporting the %s", what(a), was,
+    ok and "succeeded" or "failed", tostring(a.status),
+    ok and "success" or "failure")
+  return true
+end
+
+-- After the report: reads what the dashboard shows now and logs it in one
+-- line. Returns true when it shows the outcome (COMPLETED after a success;
+-- after a failure anything but COMPLETED), false when it does not, nil and
+-- err when it cannot be read.
+function M:confirm(work, ok)
+  local a, err = self:read_back(work)
+  if not a then
+    if err and err:match("no longer on the dashboard") then return true end
+    return nil, err
+  end
+  local right = (a.status == "COMPLETED") == ok
+  local log = right and self.agent.log.info or self.agent.log.error
+  log("%s: the dashboard shows it %s%s after the %s report", what(a),
+    tostring(a.status), self:ours(a) and " under this worker" or "",
+    ok and "success" or "failure")
+  return right
 end
 
 -- A name safe as part of a file name: the super study's name comes from

@@ -7,6 +7,7 @@
 --   local f = fake_host.new { env = { GOLIAT_MONITORING_URL = "http://d" } }
 --   f.http_handler = function(req) return { status = 200, body = "{}" } end
 --   f.spawn_handler = function(opts) return { exit_code = 0, after = 30 } end
+--   (and on_end = function(code, signal) ... end: called as it ends)
 --   f:start(function(host) agent.main(host) end)
 --   f:run_for(120)          -- two minutes of agent time
 --   f:run_until(function() return #f.reports() >= 1 end, 3600)
@@ -406,13 +407,22 @@ function Fake:make_host()
       if v == nil then return nil, "nothing there", "ENOENT" end
       return cjson.encode(v)
     end,
+    set_string = function(text, key, value)
+      local ok, v = pcall(cjson.decode, text)
+      if not ok or type(v) ~= "table" then return nil, "not JSON", "EINVAL" end
+      if v[key] == nil then return nil, "no member", "ENOENT" end
+      v[key] = value
+      return cjson.encode(v)
+    end,
   }
 
   host.http = {
     -- a server: its handler is called by Fake:send_to (no sockets); a port
-    -- asked for again is given again unless f.ports_taken[port]
+    -- asked for again is given again unless f.ports_taken[port]; none at
+    -- all while f.serve_error is set
     serve = function(opts, handler)
       local port = opts.port ~= 0 and opts.port or 41000 + #f.servers
+      if f.serve_error then return nil, f.serve_error, "EADDRINUSE" end
       if f.ports_taken and f.ports_taken[port] then
         return nil, "address already in use", "EADDRINUSE"
       end
@@ -454,6 +464,8 @@ function Fake:make_host()
       local function ended(code, sig)
         if p.ended then return end
         p.ended, p.code, p.sig = true, code, sig
+        -- what the study sent as it ended (GOLIAT's window: `finished`)
+        if spec.on_end then spec.on_end(code, sig) end
         local exit_file = M.exit_file(opts.argv)
         if exit_file and not spec.no_exit_file then
           f.files[normalize(exit_file)] = cjson.encode {

@@ -104,6 +104,22 @@ function D:claim(assignment_id, ip)
   return a
 end
 
+-- A `finished` from machine id `ip`: its worker IDLE and one of its
+-- RUNNING assignments COMPLETED. Called directly, it is GOLIAT's own
+-- window at the end of a run (PROTOCOL.md section 6), whatever the run's
+-- exit code: not one of the agent's requests (not in reads).
+function D:goliat_finished(ip)
+  local w = self:worker_by_ip(ip)
+  if not w then return end
+  w.status = "IDLE"
+  for _, a in self:each_assignment() do
+    if a.workerId == w.id and a.status == "RUNNING" then
+      a.status, a.completedAt = "COMPLETED", "now"
+      return a
+    end
+  end
+end
+
 function D:stored(a)
   local copy = {}
   for k, v in pairs(a) do copy[k] = v end
@@ -212,13 +228,7 @@ function D:handle(req)
     local w = self:worker_by_ip(body.machineId)
     local t = body.message.type
     if w and t == "finished" then
-      w.status = "IDLE"
-      for _, a in self:each_assignment() do
-        if a.workerId == w.id and a.status == "RUNNING" then
-          a.status, a.completedAt = "COMPLETED", "now"
-          break
-        end
-      end
+      self:goliat_finished(body.machineId)
     elseif w and t == "fatal_error" then
       w.status = "ERROR"
     end
