@@ -72,8 +72,10 @@
 --   POST /dev/reset-worker {"machineId": "..."}: what the operator's
 --       DELETE /api/workers/<id> does, for the machine's current worker
 --   GET /dev/events also lists `super_studies` (stored statuses),
---       `workers` (stale rows too) and `claims` ({assignmentId, machineId,
---       at})
+--       `workers` (stale rows too), `claims` ({assignmentId, machineId,
+--       at}) and `history` (each change of an assignment's stored status:
+--       {assignmentId, status, at, by}, `by` naming the claim, the
+--       `finished` or the reset that made it)
 local host = require "host"
 local cjson = require "cjson.safe"
 
@@ -330,6 +332,8 @@ local ss = {
   workers = {},        -- in creation order; a reset deletes the row
   worker_by_id = {},
   claims = {},         -- { assignmentId, machineId, at }
+  history = {},        -- { assignmentId, status, at, by }: every change of
+                       --   an assignment's stored status (GET /dev/events)
   counters = { ss = 0, as = 0, w = 0, seq = 0 },
 }
 
@@ -616,12 +620,23 @@ end
 
 local function full_view(a) return assignment_json(a) end
 
+-- An assignment's stored status changes (kept in ss.history, for tests
+-- that look at what the dashboard showed and for how long).
+local function set_status(a, status, by, now)
+  if a.status ~= status then
+    table.insert(ss.history, { assignmentId = a.id, status = status,
+      at = now, by = by })
+  end
+  a.status = status
+end
+
 -- The operator's reset: all of w's assignments back to PENDING, row deleted.
 local function reset_worker(w, how)
   local now, n, touched = host.time.now(), 0, {}
   for _, a in ipairs(ss.assignments) do
     if a.workerId == w.id then
-      a.status, a.progress, a.workerId = "PENDING", 0, nil
+      set_status(a, "PENDING", "reset", now)
+      a.progress, a.workerId = 0, nil
       a.startedAt, a.completedAt = nil, nil
       n = n + 1
       touched[a.superStudyId] = true
@@ -745,7 +760,8 @@ local function ss_gui_update(req)
     worker_status("IDLE")
     local a = running[1] -- the first one found, whichever it is
     if a then
-      a.status, a.completedAt = "COMPLETED", iso_ms(now)
+      set_status(a, "COMPLETED", "finished from " .. machine, now)
+      a.completedAt = iso_ms(now)
       local note = ""
       if m.assignment_id ~= nil and tostring(m.assignment_id) ~= a.id then
         note = string.format(" (but the report was for %s!)",
@@ -789,7 +805,8 @@ local function ss_claim(req, id)
   elseif a.status ~= "PENDING" then
     note = " (was " .. a.status .. ")"
   end
-  a.workerId, a.status, a.startedAt = w.id, "RUNNING", iso_ms(now)
+  set_status(a, "RUNNING", "claim by " .. machine, now)
+  a.workerId, a.startedAt = w.id, iso_ms(now)
   w.status = "RUNNING"
   touch(w, now)
   local s = ss.study_by_id[a.superStudyId]
@@ -949,7 +966,7 @@ end
 
 -- The super-study part of GET /dev/events (stored state, stale rows too).
 local function super_study_events()
-  local studies, workers, claims = array(), array(), array()
+  local studies, workers, claims, history = array(), array(), array(), array()
   for i, s in ipairs(ss.studies) do
     studies[i] = study_json(s, function(a) return assignment_json(a, true) end)
   end
@@ -957,7 +974,10 @@ local function super_study_events()
   for i, c in ipairs(ss.claims) do
     claims[i] = object({ "assignmentId", "machineId", "at" }, c)
   end
-  return studies, workers, claims
+  for i, c in ipairs(ss.history) do
+    history[i] = object({ "assignmentId", "status", "at", "by" }, c)
+  end
+  return studies, workers, claims, history
 end
 
 -- Development calls ----------------------------------------------------------
@@ -969,7 +989,7 @@ local function dev_assignments(req)
 end
 
 local function dev_events()
-  local studies, workers, claims = super_study_events()
+  local studies, workers, claims, history = super_study_events()
   local ev = {
     heartbeats = state.heartbeats,
     gui_updates = state.gui_updates,
@@ -991,6 +1011,7 @@ local function dev_events()
   set(o, "super_studies", studies)
   set(o, "workers", workers)
   set(o, "claims", claims)
+  set(o, "history", history)
   return ss_reply(200, o)
 end
 

@@ -128,15 +128,31 @@ describe("the gateway with real processes", function()
   it("reports a study that says finished and exits 3 as fatal_error, and " ..
     "the dashboard never sees that finished", function()
       queue(dash, { bridge = true, duration_s = 0.5, log_lines = 10,
-        steps = 5, exit_code = 3 }, { id = "gw-3" })
+        steps = 5, exit_code = 3, drop_queue_end = true }, { id = "gw-3" })
       t.agent = cluster.start_agent(env(), work)
       local m = assert(reports_at_least(dash, 1, 60), "no report")[1]
       assert.equals("fatal_error", m.type)
       assert.equals(3, m.exit_code)
       assert.equals("study exited with code 3, although the study reported " ..
-        "it finished (study done)", m.message)
+        "it finished (Study finished with errors)", m.message)
       local _, others = received(cluster.events(dash))
       for _, o in ipairs(others) do assert.not_equals("finished", o.type) end
+    end)
+
+  it("reports the study's own fatal_error words, not the finished that " ..
+    "GOLIAT's window sends after them", function()
+      queue(dash, { bridge = true, duration_s = 0.5, log_lines = 10,
+        steps = 5, exit_code = 3 }, { id = "gw-3b" })
+      t.agent = cluster.start_agent(env(), work)
+      local m = assert(reports_at_least(dash, 1, 60), "no report")[1]
+      assert.equals("fatal_error", m.type)
+      assert.equals("study exited with code 3: Process exited with code 3",
+        m.message)
+      local _, others = received(cluster.events(dash))
+      for _, o in ipairs(others) do
+        assert.not_equals("finished", o.type)
+        assert.not_equals("fatal_error", o.type)
+      end
     end)
 
   it("refuses a request from outside the study, without its secret",

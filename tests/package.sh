@@ -91,7 +91,8 @@ case $out in
 esac
 for f in /usr/bin/goliat-host "$scripts/agent.lua" \
   "$scripts/study_wrapper.lua" "$scripts/lib/settings.lua" \
-  "$scripts/protocol/super_study.lua" "$unit" "$conf"; do
+  "$scripts/protocol/super_study.lua" "$scripts/pyhook/sitecustomize.py" \
+  "$unit" "$conf"; do
   [ -f "$f" ] || fail "$f is not installed"
 done
 conffiles=$(dpkg-query -W -f='${Conffiles}\n' goliat-host)

@@ -1,8 +1,32 @@
 """Stand-in for GOLIAT, for development and tests of the worker agent.
 
 `python -m goliat study CONFIG` reads the split config, posts a few GUI
-updates to GOLIAT_MONITORING_URL (as GOLIAT's web bridge does: no retries)
-and exits with the code the config asks for. Config fields, all optional:
+updates (as GOLIAT's web bridge does: best effort, no retries) and exits
+with the code the config asks for. At the end of every run it sends what
+GOLIAT sends (PROTOCOL.md section 6; goliat/cli/run_study.py,
+goliat/gui/components/queue_handler.py, goliat/gui/progress_gui.py,
+goliat/gui/components/web_bridge_manager.py):
+
+  exit code 0   {"type": "finished", "exit_code": 0}, then the window's
+                {"type": "finished", "message": "Study finished successfully"}
+  exit code 42  {"type": "memory_error", "message": "Memory/allocation error
+                detected", "exit_code": 42}, then {"type": "finished",
+                "exit_code": 42} and {"type": "finished", "message": "Study
+                finished with errors"}
+  any other N   {"type": "fatal_error", "message": "Process exited with code
+                N"}, then {"type": "finished", "exit_code": N} and
+                {"type": "finished", "message": "Study finished with errors"}
+
+preceded, for a non-zero code, by GOLIAT's log line ("--- Process exited
+with code N ---", or "--- Memory/allocation error detected (exit code 42)
+---") as a `status` message (a log_batch line with "bridge").
+
+Where it posts: GOLIAT_MONITORING_URL under GOLIAT_MACHINE_ID, unless the
+config says otherwise (dashboard_url, machine_id below); only when
+GOLIAT_WEBGUI_ENABLED=true. It posts with the `requests` library, as GOLIAT
+does, when it can be imported, else with urllib.
+
+Config fields, all optional:
 
   exit_code      exit with this code (default 0)
   duration_s     total run time in seconds (default 1.0)
@@ -18,8 +42,26 @@ and exits with the code the config asks for. Config fields, all optional:
   exit_codes     one exit code per run, e.g. [42, 42, 0]: the runs are
                  counted in count_file (required with it)
   runs_file      append "<assignment id> <machine id> <exit code>" there
-  post_finished  post GOLIAT's own `finished` at the end (default true, as
-                 GOLIAT does even after errors; false imitates a crash)
+                 (the GOLIAT_MACHINE_ID the study was given)
+  post_finished  send the end-of-run messages above (default true, as
+                 GOLIAT does after every run, errors included; false
+                 imitates a crash: none of them is sent)
+  drop_queue_end true: send only what GOLIAT's window really gets out: it
+                 handles a queue message before forwarding it, and handling
+                 the queue's finished or fatal_error stops its bridge, so
+                 those two are dropped; left are memory_error (42) and the
+                 window's own finished (default false: all of the above)
+  dashboard_url  post everything (progress, logs, heartbeats, the results
+                 upload, the end-of-run messages) to this base URL, e.g.
+                 "http://127.0.0.1:8080", whatever GOLIAT_MONITORING_URL
+                 says: GOLIAT's window posts to the dashboard URL written
+                 into its code and never reads the variable
+  status_file    at the start, append the stored status of the run's
+                 assignment there, as the development dashboard at
+                 probe_url (its base URL) shows it
+  machine_id     post under this machine id instead of GOLIAT_MACHINE_ID
+                 (GOLIAT finds its id itself: public IP, local address or
+                 host name; it never reads GOLIAT_MACHINE_ID)
   bridge         true: send like GOLIAT's web bridge instead (progress up to
                  50 Hz, log batches every 50 ms or 10 lines, a heartbeat
                  every 30 s, no retries), for duration_s, with:
@@ -27,7 +69,9 @@ and exits with the code the config asks for. Config fields, all optional:
     steps        progress values over the run (default 100)
     results_bytes  upload a result file of this size at the end (multipart,
                  POST /api/assignments/<id>/results)
-    record_file  append one JSON line per message sent: its kind, the
-                 status it got (null: no answer), the log lines or value;
-                 the result upload's body goes to record_file + ".results"
+    record_file  append one JSON line per message sent: its kind (the
+                 message type), the status it got (null: no answer), the
+                 log lines or value (the end-of-run messages: message and
+                 exit_code); the result upload's body goes to
+                 record_file + ".results"
 """

@@ -10,24 +10,112 @@ import time
 import urllib.error
 import urllib.request
 
+try:  # GOLIAT posts with requests; so does the stand-in when it can
+    import requests
+except ImportError:
+    requests = None
 
-def post(message):
+# GOLIAT's out-of-memory exit code (cli/run_study.py)
+OOM_EXIT_CODE = 42
+
+
+class Target:
+    """Where and as whom the study posts. GOLIAT's window posts to its
+    built-in dashboard URL under the machine id it finds itself; here
+    config "dashboard_url" and "machine_id" stand for those, and
+    GOLIAT_MONITORING_URL / GOLIAT_MACHINE_ID are used when they are absent.
+    Nothing is posted unless GOLIAT_WEBGUI_ENABLED=true."""
+
+    def __init__(self, config):
+        self.base = (config.get("dashboard_url") or
+                     os.environ.get("GOLIAT_MONITORING_URL") or "").rstrip("/")
+        machine_id = config.get("machine_id")
+        self.machine_id = str(machine_id) if machine_id is not None else \
+            os.environ.get("GOLIAT_MACHINE_ID", "")
+        self.on = bool(self.base) and \
+            os.environ.get("GOLIAT_WEBGUI_ENABLED") == "true"
+
+    def send(self, path, payload=None, body=None,
+             content_type="application/json", timeout=10):
+        """POST once, best effort, no retry: a JSON payload (as GOLIAT's
+        http_client.py does, requests' json=) or a ready body. Returns the
+        status, or None and why when no answer came."""
+        url = self.base + path
+        if requests is not None:
+            try:
+                if payload is not None:
+                    r = requests.post(url, json=payload, timeout=timeout)
+                else:
+                    r = requests.post(url, data=body, timeout=timeout,
+                                      headers={"Content-Type": content_type})
+                return r.status_code, None
+            except (requests.RequestException, OSError, ValueError) as exc:
+                return None, exc
+        if payload is not None:
+            body = json.dumps(payload).encode()
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                r.read()
+                return r.status, None
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc
+        except (OSError, ValueError) as exc:
+            return None, exc
+
+    def gui(self, message, timeout=10):
+        """POST /api/gui-update: {machineId, message, timestamp}."""
+        return self.send("/api/gui-update", {
+            "machineId": self.machine_id,
+            "message": message,
+            "timestamp": time.time(),
+        }, timeout=timeout)
+
+
+def post(target, message):
     """Post one GUI update like GOLIAT's bridge: best effort, no retry."""
-    base = os.environ.get("GOLIAT_MONITORING_URL")
-    if not base or os.environ.get("GOLIAT_WEBGUI_ENABLED") != "true":
+    if not target.on:
         return
-    body = json.dumps({
-        "machineId": os.environ.get("GOLIAT_MACHINE_ID", ""),
-        "message": message,
-        "timestamp": time.time(),
-    }).encode()
-    req = urllib.request.Request(base.rstrip("/") + "/api/gui-update",
-                                 data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        urllib.request.urlopen(req, timeout=5).read()
-    except OSError as exc:
-        print(f"gui update not delivered: {exc}", flush=True)
+    status, exc = target.gui(message, timeout=5)
+    if status is None or status >= 400:
+        print(f"gui update not delivered: {exc or status}", flush=True)
+
+
+def failure_line(code):
+    """The line GOLIAT's study process logs (a `status` message) when it
+    ends with a non-zero code (cli/run_study.py)."""
+    if code == OOM_EXIT_CODE:
+        return "--- Memory/allocation error detected (exit code 42) ---"
+    return f"--- Process exited with code {code} ---"
+
+
+def end_messages(code, drop_queue_end=False):
+    """What GOLIAT sends to the dashboard when the study process ends with
+    `code`. The study process puts memory_error (42) or fatal_error (any
+    other non-zero code) and then {"type": "finished", "exit_code": N} on
+    its queue (cli/run_study.py); the window forwards every queue message
+    (gui/components/queue_handler.py, process_queue) and, handling the
+    finished or fatal_error, sends its own finished
+    (progress_gui.py study_finished -> web_bridge_manager.send_finished).
+    drop_queue_end: the window handles a message before forwarding it, and
+    send_finished stops the bridge, so the queue's fatal_error and finished
+    come too late and are dropped (memory_error is not): only memory_error
+    and the window's finished then go. Not imitated: the five 100 %
+    progress updates the window sends (0.5 s apart) before its finished."""
+    out = []
+    if code == OOM_EXIT_CODE:
+        out.append({"type": "memory_error",
+                    "message": "Memory/allocation error detected",
+                    "exit_code": OOM_EXIT_CODE})
+    elif code != 0 and not drop_queue_end:
+        out.append({"type": "fatal_error",
+                    "message": f"Process exited with code {code}"})
+    if not drop_queue_end:
+        out.append({"type": "finished", "exit_code": code})
+    out.append({"type": "finished", "message": "Study finished successfully"
+                if code == 0 else "Study finished with errors"})
+    return out
 
 
 class Bridge:
@@ -39,11 +127,10 @@ class Bridge:
     `record_file` (JSON lines: what was sent and the status it got), so a
     test can tell what the dashboard must have received."""
 
-    def __init__(self, record_file=None):
-        self.base = os.environ.get("GOLIAT_MONITORING_URL", "").rstrip("/")
-        self.machine_id = os.environ.get("GOLIAT_MACHINE_ID", "")
-        self.on = bool(self.base) and \
-            os.environ.get("GOLIAT_WEBGUI_ENABLED") == "true"
+    def __init__(self, target, record_file=None):
+        self.target = target
+        self.machine_id = target.machine_id
+        self.on = target.on
         self.record_file = record_file
         self.lock = threading.Lock()
         self.lines = []
@@ -61,23 +148,9 @@ class Bridge:
         with open(self.record_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(dict(what, kind=kind, status=status)) + "\n")
 
-    def send(self, path, body, content_type="application/json"):
-        req = urllib.request.Request(self.base + path, data=body,
-                                     method="POST",
-                                     headers={"Content-Type": content_type})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                r.read()
-                return r.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return None
-
     def gui(self, message):
-        body = json.dumps({"machineId": self.machine_id, "message": message,
-                           "timestamp": time.time()}).encode()
-        return self.send("/api/gui-update", body)
+        """One gui-update; its status (None: no answer)."""
+        return self.target.gui(message)[0]
 
     def log(self, text, log_type="info"):
         with self.lock:
@@ -117,8 +190,8 @@ class Bridge:
                     last_progress[kind] = (now, msg)
             if now - self.last_beat >= 30:
                 self.last_beat = now
-                self.send("/api/heartbeat", json.dumps(
-                    {"machineId": self.machine_id}).encode())
+                self.target.send("/api/heartbeat",
+                                 {"machineId": self.machine_id})
             if stopping and not pending:
                 return
             time.sleep(0.02)  # 50 Hz
@@ -134,8 +207,9 @@ class Bridge:
                           "Content-Type: application/octet-stream\r\n\r\n"
                           % (boundary, name)).encode() + data + b"\r\n")
         body = b"".join(parts) + ("--%s--\r\n" % boundary).encode()
-        status = self.send("/api/assignments/%s/results" % assignment_id,
-                           body, "multipart/form-data; boundary=" + boundary)
+        status, _ = self.target.send(
+            "/api/assignments/%s/results" % assignment_id, body=body,
+            content_type="multipart/form-data; boundary=" + boundary)
         self.record("results", status, bytes=len(body),
                     sha256=hashlib.sha256(body).hexdigest())
         if self.record_file:
@@ -153,8 +227,9 @@ class Bridge:
 
 def bridge_study(config):
     """A study that talks like GOLIAT: log lines and progress through the
-    bridge for duration_s, result files at the end, then `finished`."""
-    bridge = Bridge(config.get("record_file"))
+    bridge for duration_s, result files at the end, then what GOLIAT sends
+    when a study ends."""
+    bridge = Bridge(Target(config), config.get("record_file"))
     duration = float(config.get("duration_s", 1.0))
     lines = int(config.get("log_lines", 100))
     steps = max(1, int(config.get("steps", 100)))
@@ -167,16 +242,21 @@ def bridge_study(config):
                             total=steps)
         for j in range(lines * (i - 1) // steps, lines * i // steps):
             bridge.log("line %d" % (j + 1))
-    bridge.stop()
     code = exit_code(config)
+    record_run(config, code)
+    if code != 0:
+        bridge.log(failure_line(code), "default")
+    bridge.stop()
     if config.get("results_bytes") and bridge.on:
         size = int(config["results_bytes"])
         data = bytes((i * 7 + 3) % 256 for i in range(size))
         bridge.upload(os.environ.get("GOLIAT_ASSIGNMENT_ID", "none"),
                       [("results.bin", data), ("summary.json", b'{"ok":1}')])
     if config.get("post_finished", True) and bridge.on:
-        status = bridge.gui({"type": "finished", "message": "study done"})
-        bridge.record("finished", status)
+        for msg in end_messages(code, config.get("drop_queue_end", False)):
+            status = bridge.gui(msg)
+            bridge.record(msg["type"], status, **{
+                k: msg[k] for k in ("message", "exit_code") if k in msg})
     return code
 
 
@@ -210,6 +290,36 @@ def exit_code(config):
     return int(codes[min(runs, len(codes) - 1)])
 
 
+def record_run(config, code):
+    """runs_file: "<assignment id> <machine id> <exit code>", the machine id
+    being the GOLIAT_MACHINE_ID the study was given."""
+    if config.get("runs_file"):
+        with open(config["runs_file"], "a", encoding="utf-8") as f:
+            f.write(f"{os.environ.get('GOLIAT_ASSIGNMENT_ID')} "
+                    f"{os.environ.get('GOLIAT_MACHINE_ID')} {code}\n")
+
+
+def record_status(config):
+    """Append the stored status of this run's assignment, as the
+    development dashboard at probe_url shows it now, to status_file (a
+    test's view of what the dashboard showed when each run started). Asked
+    with urllib, never through the agent's hook."""
+    me = os.environ.get("GOLIAT_ASSIGNMENT_ID")
+    status = "unknown"
+    try:
+        with urllib.request.urlopen(config["probe_url"].rstrip("/") +
+                                    "/dev/events", timeout=10) as r:
+            events = json.load(r)
+        for study in events.get("super_studies", []):
+            for a in study.get("assignments", []):
+                if a.get("id") == me:
+                    status = a.get("status")
+    except (OSError, ValueError, KeyError) as exc:
+        status = "unknown (%s)" % exc
+    with open(config["status_file"], "a", encoding="utf-8") as f:
+        f.write("%s\n" % status)
+
+
 def main(argv):
     if len(argv) != 3 or argv[1] != "study":
         print("usage: python -m goliat study CONFIG", file=sys.stderr)
@@ -231,29 +341,32 @@ def main(argv):
                         start_new_session=True, stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         write_pid(config["detached_pid_file"], child.pid)
+    if config.get("status_file"):
+        record_status(config)
     if config.get("bridge"):
         return bridge_study(config)
+    target = Target(config)
     line = "x" * 99 + "\n"
     for _ in range(int(config.get("log_bytes", 0)) // len(line)):
         sys.stdout.write(line)
     sys.stdout.flush()
     steps = max(1, int(config.get("steps", 3)))
     duration = float(config.get("duration_s", 1.0))
-    post({"type": "status", "message": "study started", "log_type": "info"})
+    post(target, {"type": "status", "message": "study started",
+                  "log_type": "info"})
     for i in range(1, steps + 1):
         time.sleep(duration / steps)
-        post({"type": "overall_progress", "current": i, "total": steps})
+        post(target, {"type": "overall_progress", "current": i,
+                      "total": steps})
         print(f"step {i}/{steps}", flush=True)
     code = exit_code(config)
-    if config.get("runs_file"):
-        with open(config["runs_file"], "a", encoding="utf-8") as f:
-            f.write(f"{os.environ.get('GOLIAT_ASSIGNMENT_ID')} "
-                    f"{os.environ.get('GOLIAT_MACHINE_ID')} {code}\n")
+    record_run(config, code)
     if code != 0:
-        post({"type": "status", "message": f"study failed ({code})",
-              "log_type": "error"})
+        post(target, {"type": "status", "message": failure_line(code),
+                      "log_type": "default"})
     if config.get("post_finished", True):
-        post({"type": "finished", "message": "study done"})
+        for msg in end_messages(code, config.get("drop_queue_end", False)):
+            post(target, msg)
     return code
 
 

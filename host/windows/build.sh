@@ -287,7 +287,8 @@ mv "$build_dir/$zip_name" "$root/dist/"
 # what an operator unzips: one folder, the exe and the agent in it
 listing=$(cd "$root/dist" && cmake -E tar tf "$zip_name")
 for f in goliat-host.exe scripts/agent.lua scripts/study_wrapper.lua \
-  scripts/goliat-agent.conf.example README-windows.txt; do
+  scripts/pyhook/sitecustomize.py scripts/goliat-agent.conf.example \
+  README-windows.txt; do
   if ! grep -qx "goliat-host-windows/$f" <<<"$listing"; then
     echo "build.sh: $zip_name lacks goliat-host-windows/$f" >&2
     exit 1

@@ -438,6 +438,13 @@ function Gateway:handle(req)
     if req.method == "HEAD" then res.body = "" end
     return res
   elseif kind == "final" then
+    if mtype == "finished" and self.held and
+        self.held.type == "fatal_error" then
+      -- GOLIAT's window says `finished` after a failure too: the failure's
+      -- own words are the ones kept
+      return { status = 200, headers = {
+        ["Content-Type"] = "application/json" }, body = OK }
+    end
     local doc = cjson.decode(req.body) or {}
     local text = doc.message and doc.message.message
     self.held = { assignment_id = self.assignment_id, type = mtype,
