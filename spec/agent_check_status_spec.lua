@@ -49,6 +49,9 @@ describe("--check", function()
       assert.equals(0, lines_with(out, "WARN"), out)
       assert.matches("OK   heartbeat: POST /api/heartbeat answered 200", out)
       assert.matches("OK   study command: python imports goliat", out)
+      assert.matches("OK   gateway hook: [^\n]*pyhook[/\\]sitecustomize%.py: " ..
+        "GOLIAT's requests to https://monitor%.goliat%.waves%-ugent%.be, " ..
+        "http://127%.0%.0%.1:%d+ go through the gateway", out)
       assert.matches("GOLIAT_API_TOKEN = %*%*%* %(environment%)", out)
       assert.not_matches("check%-secret%-token", out)
       local ev = cluster.events(dash)
@@ -65,6 +68,24 @@ describe("--check", function()
     assert.equals(1, code, out)
     assert.matches("FAIL dashboard http://127%.0%.0%.1:%d+: unreachable", out)
   end)
+
+  it("says FAIL when the gateway's hook is missing from the scripts, and " ..
+    "nothing of it with GOLIAT_GATEWAY_HOOK=off", function()
+      local copy = cluster.temp_dir("check-scripts")
+      assert.equals(0, (H.run { argv = { "cp", "-R",
+        fs.join(cluster.source_dir, "scripts"), copy } }))
+      assert(fs.remove(fs.join(copy, "scripts", "pyhook", "sitecustomize.py")))
+      local script = fs.join(copy, "scripts", "agent.lua")
+      local r = H.run_host({ script, "--check" }, { env = env, timeout = 120 })
+      local out = r.stdout .. r.stderr
+      assert.equals(1, r.code, out)
+      assert.matches("FAIL gateway hook: [^\n]*sitecustomize%.py is missing",
+        out)
+      env.GOLIAT_GATEWAY_HOOK = "off"
+      r = H.run_host({ script, "--check" }, { env = env, timeout = 120 })
+      assert.equals(0, r.code, r.stdout .. r.stderr)
+      assert.not_matches("gateway hook", r.stdout)
+    end)
 
   it("says FAIL when the study's interpreter is missing", function()
     env.GOLIAT_STUDY_COMMAND = '["no-such-python-x","-m","goliat","study"]'

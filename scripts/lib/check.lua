@@ -220,6 +220,23 @@ function M:folders(s)
   end
 end
 
+-- The gateway's hook (scripts/pyhook/): without it GOLIAT's own messages
+-- go to the dashboard directly, past the gateway.
+function M:hook(s)
+  if not (s.gateway and s.gateway_hook) then return end
+  local redact = settings_lib.redacting_log(self.host.log, s.api_token).redact
+  local file = self.host.fs.join(s.hook_dir, "sitecustomize.py")
+  if self.host.fs.exists(file) then
+    self:line("OK", "gateway hook", string.format("%s: GOLIAT's requests " ..
+      "to %s go through the gateway", file,
+      redact(table.concat(s.gateway_urls, ", "))))
+  else
+    self:line("FAIL", "gateway hook", file .. " is missing: GOLIAT's own " ..
+      "messages would bypass the gateway (install the agent again, or set " ..
+      "GOLIAT_GATEWAY_HOOK=off)")
+  end
+end
+
 -- The whole check; returns the exit code.
 function M.run(host, agent_mod)
   local self = M.new(host)
@@ -240,6 +257,7 @@ function M.run(host, agent_mod)
   self:dashboard(agent_mod, s)
   self:folders(s)
   self:study_command(s)
+  self:hook(s)
   self.out:write(string.format("%s: %d FAIL, %d WARN\n",
     self.fails > 0 and "not ready" or "ready", self.fails, self.warns))
   return self.fails > 0 and 1 or 0
