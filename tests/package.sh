@@ -154,6 +154,12 @@ kill "$dash_pid" 2>/dev/null || true
 wait "$dash_pid" 2>/dev/null || true
 [ "$check_rc" = 0 ] || fail "the installed agent's --check exited $check_rc"
 grep -q "^OK   heartbeat" "$probe/check.txt" || fail "--check made no heartbeat"
+grep -q "^OK   gateway hook: $scripts/pyhook/sitecustomize.py" "$probe/check.txt" ||
+  fail "--check did not find the installed gateway hook"
+# a study's python, run as root, caches the hook's byte code beside it: the
+# removal must not leave that behind
+python3 -c "import py_compile; py_compile.compile('$scripts/pyhook/sitecustomize.py')"
+[ -d "$scripts/pyhook/__pycache__" ] || fail "no __pycache__ made for the test"
 
 if [ -n "${GOLIAT_PKG_KEEP:-}" ]; then
   log "installed and checked; kept (GOLIAT_PKG_KEEP)"
