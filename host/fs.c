@@ -200,6 +200,22 @@ static int l_write_atomic(lua_State *L) {
   return 1;
 }
 
+/* host.fs.sync(path) -> true | nil, msg, code: the file's data flushed to
+ * the disk (for a file written by other means than write_atomic). */
+static int l_sync(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  /* read-write: Windows flushes only a handle that may write */
+  int fd = open_path(path, UV_FS_O_RDWR, 0);
+  if (fd < 0)
+    return host_fail_uv(L, fd, path);
+  int rc = fsync_fd(fd);
+  close_fd(fd);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* host.fs.append(path, data) -> true | nil, msg, code */
 static int l_append(lua_State *L) {
   size_t len;
@@ -509,6 +525,7 @@ void host_open_fs(lua_State *L) {
                                    {"read", l_read},
                                    {"write_atomic", l_write_atomic},
                                    {"append", l_append},
+                                   {"sync", l_sync},
                                    {"copy_truncate", l_copy_truncate},
                                    {"space", l_space},
                                    {"mkdir_p", l_mkdir_p},

@@ -93,7 +93,10 @@ struct http_req {
   size_t max_size, received;
   uv_file out_fd; /* -1 without an output file */
   char *out_path;
-  int out_err; /* libuv error writing the output file */
+  int out_err;              /* libuv error writing the output file */
+  uv_file in_fd;            /* the body file (body_file), or -1 */
+  uint64_t in_size, in_off; /* its size; where the next read starts */
+  int in_err;               /* libuv error reading it */
   int too_large, headers_too_large, oom;
   char errbuf[CURL_ERROR_SIZE];
   http_req *prev, *next;
@@ -102,7 +105,7 @@ struct http_req {
 /* The options of a request, read and checked before anything is allocated.
  * The strings belong to the options table, which stays on the stack. */
 typedef struct req_opts {
-  const char *url, *method, *body, *output, *cainfo;
+  const char *url, *method, *body, *body_file, *output, *cainfo;
   size_t body_len;
   double timeout, connect_timeout, max_size;
   int follow, has_expect;
@@ -191,6 +194,69 @@ static int out_finish(http_req *req, int failed) {
   return rc < 0 ? rc : 0;
 }
 
+/* ---- the body file ---- */
+
+/* Open the body file and take its size; 0 or a libuv error. */
+static int in_open(http_req *req, const char *path) {
+  uv_fs_t fs;
+  int rc = uv_fs_open(NULL, &fs, path, UV_FS_O_RDONLY, 0, NULL);
+  uv_fs_req_cleanup(&fs);
+  if (rc < 0)
+    return rc;
+  req->in_fd = rc;
+  rc = uv_fs_fstat(NULL, &fs, req->in_fd, NULL);
+  uint64_t type = rc == 0 ? fs.statbuf.st_mode & S_IFMT : 0;
+  if (rc == 0 && type != S_IFREG)
+    rc = type == S_IFDIR ? UV_EISDIR : UV_EINVAL;
+  if (rc == 0)
+    req->in_size = fs.statbuf.st_size;
+  uv_fs_req_cleanup(&fs);
+  return rc; /* on an error req_free closes the file */
+}
+
+static void in_close(http_req *req) {
+  if (req->in_fd < 0)
+    return;
+  uv_fs_t fs;
+  uv_fs_close(NULL, &fs, req->in_fd, NULL);
+  uv_fs_req_cleanup(&fs);
+  req->in_fd = -1;
+}
+
+/* CURLOPT_READFUNCTION: the next bytes of the body file, up to the size
+ * announced (a file that grew meanwhile is cut there). */
+static size_t on_upload(char *out, size_t size, size_t n, void *ud) {
+  http_req *req = ud;
+  size_t room = size * n;
+  uint64_t left = req->in_size - req->in_off;
+  if (room > left)
+    room = (size_t)left;
+  if (room > UINT_MAX)
+    room = UINT_MAX;
+  if (room == 0)
+    return 0;
+  uv_buf_t b = uv_buf_init(out, (unsigned)room);
+  uv_fs_t fs;
+  int rc = uv_fs_read(NULL, &fs, req->in_fd, &b, 1, (int64_t)req->in_off, NULL);
+  uv_fs_req_cleanup(&fs);
+  if (rc <= 0) {
+    req->in_err = rc < 0 ? rc : UV_EOF; /* EOF: it got shorter */
+    return CURL_READFUNC_ABORT;
+  }
+  req->in_off += (uint64_t)rc;
+  return (size_t)rc;
+}
+
+/* CURLOPT_SEEKFUNCTION: curl sends the body again (a redirect that keeps
+ * it, a kept connection that turned out closed). */
+static int on_seek(void *ud, curl_off_t offset, int origin) {
+  http_req *req = ud;
+  if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > req->in_size)
+    return CURL_SEEKFUNC_CANTSEEK;
+  req->in_off = (uint64_t)offset;
+  return CURL_SEEKFUNC_OK;
+}
+
 /* ---- requests ---- */
 
 static void req_link(http_multi *m, http_req *req) {
@@ -231,6 +297,7 @@ static void req_free(http_req *req) {
   buf_free(&req->body);
   buf_free(&req->hdrs);
   free(req->out_path);
+  in_close(req);
   task_waiter_cancel(&req->waiter);
   free(req);
 }
@@ -282,6 +349,9 @@ static int push_failure(lua_State *co, http_req *req, CURLcode rc) {
   if (req->out_err)
     return host_fail(co, "io", "cannot write the output file: %s",
                      uv_strerror(req->out_err));
+  if (req->in_err)
+    return host_fail(co, "io", "cannot read the body file: %s",
+                     uv_strerror(req->in_err));
   if (req->oom)
     return host_fail(co, "transfer", "out of memory");
   const char *what = curl_easy_strerror(rc);
@@ -830,6 +900,9 @@ static void read_opts(lua_State *L, req_opts *o) {
     o->body = lua_tolstring(L, -1, &o->body_len);
     lua_pop(L, 1); /* still referenced by the options table */
   }
+  o->body_file = host_opt_string(L, 1, "body_file", NULL);
+  if (o->body && o->body_file)
+    luaL_error(L, WHAT ": options 'body' and 'body_file' exclude each other");
   o->output = host_opt_string(L, 1, "output", NULL);
   o->cainfo = host_opt_string(L, 1, "cainfo", NULL);
   o->timeout = check_seconds(L, "timeout", 30);
@@ -976,15 +1049,32 @@ static int make_headers(lua_State *L, int idx, const req_opts *o,
       return rc_;                                                              \
   } while (0)
 
-static CURLcode setup_method(CURL *e, const req_opts *o) {
+/* The body read from the file as it is sent; its size is known, so curl
+ * sends a Content-Length (no chunked encoding). */
+static CURLcode setup_body_file(CURL *e, http_req *req) {
+  SET(CURLOPT_POST, 1L);
+  SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->in_size);
+  SET(CURLOPT_READFUNCTION, on_upload);
+  SET(CURLOPT_READDATA, (void *)req);
+  SET(CURLOPT_SEEKFUNCTION, on_seek);
+  SET(CURLOPT_SEEKDATA, (void *)req);
+  return CURLE_OK;
+}
+
+static CURLcode setup_method(CURL *e, const req_opts *o, http_req *req) {
   const char *m = o->method;
-  if (o->body || (m && strcmp(m, "POST") == 0)) {
+  int has_body = o->body || o->body_file;
+  if (o->body_file) {
+    CURLcode rc = setup_body_file(e, req);
+    if (rc != CURLE_OK)
+      return rc;
+  } else if (o->body || (m && strcmp(m, "POST") == 0)) {
     SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
     SET(CURLOPT_COPYPOSTFIELDS, o->body ? o->body : "");
   }
   if (m && strcmp(m, "HEAD") == 0)
     SET(CURLOPT_NOBODY, 1L);
-  else if (m && strcmp(m, o->body ? "POST" : "GET") != 0)
+  else if (m && strcmp(m, has_body ? "POST" : "GET") != 0)
     SET(CURLOPT_CUSTOMREQUEST, m);
   return CURLE_OK;
 }
@@ -1021,7 +1111,7 @@ static CURLcode setup_easy(CURL *e, const req_opts *o, http_req *req) {
   if (req->max_size > 0 && !(o->method && strcmp(o->method, "HEAD") == 0))
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->max_size);
   SET(CURLOPT_HTTPHEADER, req->headers);
-  return setup_method(e, o);
+  return setup_method(e, o, req);
 }
 
 #undef SET
@@ -1032,6 +1122,7 @@ static http_req *req_new(http_multi *m, const req_opts *o) {
     return NULL;
   req->m = m;
   req->out_fd = -1;
+  req->in_fd = -1;
   req->waiter.ref = LUA_NOREF;
   req->max_size =
       o->max_size >= (double)SIZE_MAX ? SIZE_MAX : (size_t)o->max_size;
@@ -1064,6 +1155,12 @@ static int l_request(lua_State *L) {
     req_free(req);
     return luaL_error(L, WHAT ": out of memory");
   }
+  int err = o.body_file ? in_open(req, o.body_file) : 0;
+  if (err < 0) {
+    req_free(req);
+    return host_fail(L, "io", "cannot open the body file: %s",
+                     uv_strerror(err));
+  }
   CURLcode rc = setup_easy(req->easy, &o, req);
   if (rc != CURLE_OK) {
     req_free(req);
@@ -1071,7 +1168,7 @@ static int l_request(lua_State *L) {
                      curl_easy_strerror(rc));
   }
   if (o.output) {
-    int err = out_open(&ctx->loop, o.output, &req->out_fd);
+    err = out_open(&ctx->loop, o.output, &req->out_fd);
     if (err < 0) {
       req_free(req);
       return host_fail(L, "io", "cannot open the output file: %s",

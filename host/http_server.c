@@ -60,12 +60,22 @@ typedef struct hs_request {
   unsigned short http_major, http_minor;
   size_t path_off, path_len; /* in url; path_len 0 means "/" */
   size_t query_off, query_len;
+  uint64_t body_size; /* bytes of the body so far, in body or spooled */
+  int spooled;        /* the body goes to the spool, not to body */
 } hs_request;
+
+/* Where a body too large for memory goes: append len bytes (data may be
+ * NULL when len is 0) to the request's spool, creating it at the first
+ * call. Returns 0, or the status to reply (507). */
+typedef int (*hs_spool_fn)(void *ud, const char *data, size_t len);
 
 typedef struct hs_parse {
   http_parser parser;
   hs_request req;
   size_t max_body;
+  size_t spool_over; /* a larger body goes to spool, when set */
+  hs_spool_fn spool; /* NULL: every body stays in memory */
+  void *spool_ud;
   int status;        /* the error status to reply (400, 413...), or 0 */
   int complete;      /* req holds a whole request; the parser is paused */
   int send_continue; /* the client waits for "100 Continue" */
@@ -202,24 +212,46 @@ static const char *request_header(const hs_request *r, const char *name,
   return NULL;
 }
 
+/* From now on the body goes to the spool, starting with the part held in
+ * memory so far. */
+static int spool_start(hs_parse *p) {
+  hs_request *r = &p->req;
+  r->spooled = 1;
+  int status = p->spool(p->spool_ud, r->body.data, r->body.len);
+  buf_free(&r->body);
+  return status ? parse_fail(p, status) : 0;
+}
+
 static int on_headers_complete(http_parser *hp) {
   hs_parse *p = parse_of(hp);
   p->req.headers_done = 1;
-  if ((hp->flags & F_CONTENTLENGTH) && hp->content_length > p->max_body)
+  int has_length = (hp->flags & F_CONTENTLENGTH) != 0;
+  if (has_length && hp->content_length > p->max_body)
     return parse_fail(p, 413);
   size_t n;
   const char *expect = request_header(&p->req, "expect", &n);
   if (expect && hp->http_major == 1 && hp->http_minor >= 1 &&
       ieq(expect, n, "100-continue"))
     p->send_continue = 1;
+  if (p->spool && has_length && hp->content_length > p->spool_over)
+    return spool_start(p); /* known to be large: no byte of it in memory */
   return 0;
 }
 
 static int on_body(http_parser *hp, const char *at, size_t len) {
   hs_parse *p = parse_of(hp);
-  if (len > p->max_body - p->req.body.len)
+  hs_request *r = &p->req;
+  if (len > p->max_body - r->body_size)
     return parse_fail(p, 413);
-  if (buf_append(&p->req.body, at, len) != 0)
+  r->body_size += len;
+  if (!r->spooled && p->spool && r->body_size > p->spool_over &&
+      spool_start(p) != 0)
+    return -1;
+  if (r->spooled) {
+    int status = p->spool(p->spool_ud, at, len);
+    return status ? parse_fail(p, status) : 0;
+  }
+  if (buf_append(&r->body, at, len) != 0)
     return parse_fail(p, 503);
   return 0;
 }
@@ -318,24 +350,55 @@ static void parse_next(hs_parse *p) {
   http_parser_pause(&p->parser, 0);
 }
 
-int http_server_parse_pieces(const char *data, size_t len, size_t piece,
-                             int *status) {
-  hs_parse p;
+/* Feed data to p, piece bytes at a time (0: all at once), as a connection
+ * would; returns how many complete requests were parsed. */
+static int parse_run(hs_parse *p, const char *data, size_t len, size_t piece) {
   int count = 0;
-  parse_init(&p, HTTP_SERVER_MAX_BODY);
-  while (len > 0 && !p.status) {
-    size_t n = parse_feed(&p, data, piece && piece < len ? piece : len);
+  while (len > 0 && !p->status) {
+    size_t n = parse_feed(p, data, piece && piece < len ? piece : len);
     data += n;
     len -= n;
-    if (p.complete) {
+    if (p->complete) {
       count++;
-      if (!p.req.keep_alive || n == 0)
+      if (!p->req.keep_alive || n == 0)
         break;
-      parse_next(&p);
+      parse_next(p);
     } else if (n == 0) {
       break;
     }
   }
+  return count;
+}
+
+int http_server_parse_pieces(const char *data, size_t len, size_t piece,
+                             int *status) {
+  hs_parse p;
+  parse_init(&p, HTTP_SERVER_MAX_BODY);
+  int count = parse_run(&p, data, len, piece);
+  if (status)
+    *status = p.status;
+  parse_free(&p);
+  return count;
+}
+
+/* The spool of http_server_parse_spooled: reads every byte handed over
+ * (for the sanitizers), keeps none. */
+static int sum_spool(void *ud, const char *data, size_t len) {
+  unsigned *sum = ud;
+  for (size_t i = 0; i < len; i++)
+    *sum += (unsigned char)data[i];
+  return 0;
+}
+
+int http_server_parse_spooled(const char *data, size_t len, size_t piece,
+                              size_t spool_over, int *status) {
+  hs_parse p;
+  unsigned sum = 0;
+  parse_init(&p, HTTP_SERVER_MAX_BODY);
+  p.spool = sum_spool;
+  p.spool_ud = &sum;
+  p.spool_over = spool_over;
+  int count = parse_run(&p, data, len, piece);
   if (status)
     *status = p.status;
   parse_free(&p);
@@ -352,9 +415,17 @@ int http_server_parse_for_fuzz(const char *data, size_t len) {
  * Connections
  * ====================================================================== */
 
+#include "fs.h"
 #include "host.h"
 #include "log.h"
 #include "task.h"
+
+#ifndef S_IFMT
+#define S_IFMT 0170000
+#endif
+#ifndef S_IFDIR
+#define S_IFDIR 0040000
+#endif
 
 #define SERVER_MT "host.http.server"
 #define TOKEN_MT "host.http.token"
@@ -422,6 +493,10 @@ typedef struct hs_conn {
   char *stream;
   size_t stream_len;    /* bytes in a full batch */
   uint64_t stream_left; /* bytes still to write */
+  /* The spool file of the request being read or handled (see spool_dir):
+   * open while the body is written to it, removed once the reply is out. */
+  uv_file spool_fd; /* -1 when not open */
+  char *spool_path; /* NULL when there is none */
   struct hs_conn *prev, *next;
   char peer[ADDR_NAME_SIZE];
   char desc[160]; /* "GET /path" for logs */
@@ -443,6 +518,8 @@ struct hs_server {
   int self_ref; /* the Lua object, anchored while the server listens */
   int port;
   size_t max_body;
+  char *spool_dir; /* where large bodies go, or NULL: all in memory */
+  size_t spool_over;
   int nconns;
   hs_conn *conns;
   hs_server *prev, *next;
@@ -470,9 +547,95 @@ static void stream_free(hs_conn *c) {
   c->stream_left = 0;
 }
 
+/* ---- spool files ---- */
+
+/* Close the spool file if open; 0 or the error of closing it. */
+static int spool_close(hs_conn *c) {
+  if (c->spool_fd < 0)
+    return 0;
+  uv_fs_t req;
+  int rc = uv_fs_close(NULL, &req, c->spool_fd, NULL);
+  uv_fs_req_cleanup(&req);
+  c->spool_fd = -1;
+  return rc;
+}
+
+/* Forget the spool file, removing it unless the handler moved it away. */
+static void spool_discard(hs_conn *c) {
+  spool_close(c);
+  if (!c->spool_path)
+    return;
+  uv_fs_t req;
+  int rc = uv_fs_unlink(NULL, &req, c->spool_path, NULL);
+  uv_fs_req_cleanup(&req);
+  if (rc != 0 && rc != UV_ENOENT)
+    host_log(LOG_WARN, "http: cannot remove the spool file %s: %s",
+             c->spool_path, uv_strerror(rc));
+  free(c->spool_path);
+  c->spool_path = NULL;
+}
+
+/* "<dir>/.spool-<pid>-<n>-<16 hex digits>.part": unique across requests,
+ * servers, processes and restarts. NULL when out of memory. */
+static char *spool_name(const char *dir) {
+  static unsigned counter;
+  unsigned char rnd[8];
+  char hex[2 * sizeof rnd + 1];
+  if (uv_random(NULL, NULL, rnd, sizeof rnd, 0, NULL) != 0)
+    memset(rnd, 0, sizeof rnd); /* pid and counter still differ */
+  for (size_t i = 0; i < sizeof rnd; i++)
+    snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+  size_t dlen = strlen(dir);
+  int sep = dlen > 0 && dir[dlen - 1] != '/' && dir[dlen - 1] != '\\';
+  size_t size = dlen + 80;
+  char *path = malloc(size);
+  if (path)
+    snprintf(path, size, "%s%s.spool-%d-%u-%s.part", dir, sep ? "/" : "",
+             (int)uv_os_getpid(), ++counter, hex);
+  return path;
+}
+
+/* Create the connection's spool file; 0 or a libuv error. */
+static int spool_open(hs_conn *c) {
+  c->spool_path = spool_name(c->srv->spool_dir);
+  if (!c->spool_path)
+    return UV_ENOMEM;
+  uv_fs_t req;
+  int rc =
+      uv_fs_open(NULL, &req, c->spool_path,
+                 UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL, 0600, NULL);
+  uv_fs_req_cleanup(&req);
+  if (rc < 0) {
+    free(c->spool_path);
+    c->spool_path = NULL;
+    return rc;
+  }
+  c->spool_fd = rc;
+  return 0;
+}
+
+/* Log why a body could not be spooled; returns the status to reply. */
+static int spool_failed(hs_conn *c, int err) {
+  host_log(LOG_ERROR, "http: %s: cannot write a request body to %s: %s",
+           c->peer, c->srv->spool_dir, uv_strerror(err));
+  return 507; /* Insufficient Storage */
+}
+
+/* The parser's spool (hs_spool_fn): append to the spool file. */
+static int spool_write(void *ud, const char *data, size_t len) {
+  hs_conn *c = ud;
+  int rc = c->spool_fd < 0 && !c->spool_path ? spool_open(c) : 0;
+  if (rc == 0 && c->spool_fd < 0)
+    rc = UV_EBADF; /* cannot happen: one spool file per request */
+  if (rc == 0)
+    rc = host_fs_write_all(c->spool_fd, data, len);
+  return rc == 0 ? 0 : spool_failed(c, rc);
+}
+
 static void conn_unref(hs_conn *c) {
   if (--c->refs > 0)
     return;
+  spool_discard(c);
   parse_free(&c->parse);
   buf_free(&c->pending);
   stream_free(c);
@@ -620,6 +783,7 @@ static void on_written(uv_write_t *req, int status) {
     conn_stream_next(c);
   } else if (!c->closing && kind == W_LAST) {
     stream_free(c);
+    spool_discard(c); /* the reply is out: the handler is done with it */
     conn_response_done(c);
   }
   conn_unref(c);
@@ -717,6 +881,7 @@ static int format_simple(hs_buf *b, hs_conn *c, int status) {
 static void conn_reply_error(hs_conn *c, int status) {
   hs_buf b = {0};
   host_log(LOG_DEBUG, "http: %s: replying %d and closing", c->peer, status);
+  spool_discard(c); /* the request will not be handled */
   conn_stop_reading(c);
   uv_timer_stop(c->timer);
   c->busy = 1;
@@ -825,10 +990,25 @@ static void push_headers(lua_State *L, const hs_request *r) {
   }
 }
 
-/* req = {method, path, query, target, headers, body, peer} */
+/* req.body, or req.body_file and req.body_size for a spooled body */
+static void push_body(lua_State *L, const hs_conn *c) {
+  const hs_request *r = &c->parse.req;
+  if (!r->spooled) {
+    push_lstring(L, &r->body, 0, r->body.len);
+    lua_setfield(L, -2, "body");
+    return;
+  }
+  lua_pushstring(L, c->spool_path);
+  lua_setfield(L, -2, "body_file");
+  lua_pushinteger(L, (lua_Integer)r->body_size);
+  lua_setfield(L, -2, "body_size");
+}
+
+/* req = {method, path, query, target, headers, body, peer}, with body_file
+ * and body_size instead of body for a spooled body */
 static void push_request(lua_State *L, const hs_conn *c) {
   const hs_request *r = &c->parse.req;
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushstring(L, http_method_str((enum http_method)r->method));
   lua_setfield(L, -2, "method");
   if (r->path_len)
@@ -842,8 +1022,7 @@ static void push_request(lua_State *L, const hs_conn *c) {
   lua_setfield(L, -2, "target");
   push_headers(L, r);
   lua_setfield(L, -2, "headers");
-  push_lstring(L, &r->body, 0, r->body.len);
-  lua_setfield(L, -2, "body");
+  push_body(L, c);
   lua_pushstring(L, c->peer);
   lua_setfield(L, -2, "peer");
 }
@@ -1213,6 +1392,20 @@ static void describe(hs_conn *c) {
            n ? r->url.data : "");
 }
 
+/* Start the request task for the request of c; 0 when it cannot. */
+static int start_handler(hs_conn *c) {
+  lua_State *L = c->ctx->L;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, l_dispatch);
+  lua_pushlightuserdata(L, c);
+  int rc = lua_pcall(L, 1, 0, 0);
+  if (rc != LUA_OK)
+    host_log(LOG_ERROR, "http: cannot start the handler for %s: %s", c->desc,
+             errmsg(L, -1));
+  lua_settop(L, top);
+  return rc == LUA_OK;
+}
+
 /* A whole request is parsed: hand it to the handler. */
 static void conn_dispatch(hs_conn *c) {
   const hs_request *r = &c->parse.req;
@@ -1228,17 +1421,14 @@ static void conn_dispatch(hs_conn *c) {
     conn_close(c);
     return;
   }
-  lua_State *L = ctx->L;
-  int top = lua_gettop(L);
-  lua_pushcfunction(L, l_dispatch);
-  lua_pushlightuserdata(L, c);
-  int rc = lua_pcall(L, 1, 0, 0);
-  if (rc != LUA_OK)
-    host_log(LOG_ERROR, "http: cannot start the handler for %s: %s", c->desc,
-             errmsg(L, -1));
-  lua_settop(L, top);
+  int err = spool_close(c); /* the body is complete: the handler's now */
+  if (err != 0) {
+    conn_reply_error(c, spool_failed(c, err));
+    return;
+  }
+  int started = start_handler(c);
   parse_next(&c->parse);
-  if (rc != LUA_OK)
+  if (!started)
     conn_reply_error(c, 503);
 }
 
@@ -1250,9 +1440,14 @@ static void free_handle(uv_handle_t *h) {
   free(h);
 }
 
+static void srv_free(hs_server *srv) {
+  free(srv->spool_dir);
+  free(srv);
+}
+
 static void srv_unref(hs_server *srv) {
   if (--srv->refs == 0)
-    free(srv);
+    srv_free(srv);
 }
 
 static void on_listener_closed(uv_handle_t *h) {
@@ -1325,7 +1520,13 @@ static hs_conn *conn_new(hs_server *srv, uv_tcp_t *tcp, uv_timer_t *timer) {
   c->refs = 2; /* the socket and the timer */
   tcp->data = c;
   timer->data = c;
+  c->spool_fd = -1;
   parse_init(&c->parse, srv->max_body);
+  if (srv->spool_dir) {
+    c->parse.spool = spool_write;
+    c->parse.spool_ud = c;
+    c->parse.spool_over = srv->spool_over;
+  }
   peer_name(tcp, c->peer, sizeof c->peer);
   snprintf(c->desc, sizeof c->desc, "-");
   c->srv = srv;
@@ -1448,7 +1649,21 @@ typedef struct serve_opts {
   const char *host;
   int port;
   size_t max_body;
+  const char *spool_dir; /* NULL: no spooling */
+  size_t spool_over;
 } serve_opts;
+
+/* A number of bytes option: at most 1e15, the default when absent. */
+static size_t opt_bytes(lua_State *L, const char *field, double def) {
+  double v = host_opt_number(L, 1, field, def);
+  if (!(v >= 0 && v <= 1e15))
+    luaL_argerror(L, 1,
+                  lua_pushfstring(L,
+                                  "option '%s' must be a number of "
+                                  "bytes >= 0",
+                                  field));
+  return (size_t)v;
+}
 
 static void check_serve_args(lua_State *L, serve_opts *o) {
   if (lua_type(L, 1) == LUA_TFUNCTION && lua_isnone(L, 2)) {
@@ -1460,14 +1675,61 @@ static void check_serve_args(lua_State *L, serve_opts *o) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   o->host = host_opt_string(L, 1, "host", "127.0.0.1");
   double port = host_opt_number(L, 1, "port", 0);
-  double max_body = host_opt_number(L, 1, "max_body", HTTP_SERVER_MAX_BODY);
   luaL_argcheck(L, port >= 0 && port <= 65535 && port == (double)(int)port, 1,
                 "option 'port' must be an integer from 0 to 65535");
-  luaL_argcheck(L, max_body >= 0 && max_body <= 1e15, 1,
-                "option 'max_body' must be a number of bytes >= 0");
   o->port = (int)port;
-  o->max_body = (size_t)max_body;
+  o->max_body = opt_bytes(L, "max_body", HTTP_SERVER_MAX_BODY);
+  o->spool_dir = host_opt_string(L, 1, "spool_dir", NULL);
+  luaL_argcheck(L, !o->spool_dir || *o->spool_dir, 1,
+                "option 'spool_dir' must not be empty");
+  o->spool_over = opt_bytes(L, "spool_over", HTTP_SERVER_SPOOL_OVER);
   lua_settop(L, 2);
+}
+
+/* 0 when path is a directory, else a libuv error (UV_ENOTDIR when it is
+ * something else). */
+static int check_dir(const char *path) {
+  uv_fs_t req;
+  int rc = uv_fs_stat(NULL, &req, path, NULL);
+  if (rc == 0 && (req.statbuf.st_mode & S_IFMT) != S_IFDIR)
+    rc = UV_ENOTDIR;
+  uv_fs_req_cleanup(&req);
+  return rc;
+}
+
+static char *copy_string(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *p = malloc(n);
+  if (p)
+    memcpy(p, s, n);
+  return p;
+}
+
+/* The server for o, its socket initialized but not bound; NULL when out of
+ * memory. */
+static hs_server *server_new(host_ctx *ctx, hs_registry *reg,
+                             const serve_opts *o) {
+  hs_server *srv = calloc(1, sizeof *srv);
+  uv_tcp_t *tcp = malloc(sizeof *tcp);
+  char *dir = o->spool_dir ? copy_string(o->spool_dir) : NULL;
+  if (!srv || !tcp || (o->spool_dir && !dir) ||
+      uv_tcp_init(&ctx->loop, tcp) != 0) {
+    free(srv);
+    free(tcp);
+    free(dir);
+    return NULL;
+  }
+  srv->ctx = ctx;
+  srv->reg = reg;
+  srv->tcp = tcp;
+  srv->max_body = o->max_body;
+  srv->spool_dir = dir;
+  srv->spool_over = o->spool_over;
+  tcp->data = srv;
+  snprintf(srv->where, sizeof srv->where,
+           strchr(o->host, ':') && o->host[0] != '[' ? "[%s]:%d" : "%s:%d",
+           o->host, o->port);
+  return srv;
 }
 
 /* host.http.serve(opts, handler) -> server, or nil, msg, code */
@@ -1485,30 +1747,21 @@ static int l_serve(lua_State *L) {
                      "http.serve: '%s' is not an IP "
                      "address",
                      o.host);
+  rc = o.spool_dir ? check_dir(o.spool_dir) : 0;
+  if (rc != 0)
+    return host_fail_uv(L, rc, "http.serve: spool_dir");
   hs_server **ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = NULL;
   luaL_setmetatable(L, SERVER_MT);
-  hs_server *srv = calloc(1, sizeof *srv);
-  uv_tcp_t *tcp = malloc(sizeof *tcp);
-  if (!srv || !tcp || uv_tcp_init(&ctx->loop, tcp) != 0) {
-    free(srv);
-    free(tcp);
+  hs_server *srv = server_new(ctx, reg, &o);
+  if (!srv)
     return luaL_error(L, "http.serve: out of memory");
-  }
-  srv->ctx = ctx;
-  srv->reg = reg;
-  srv->tcp = tcp;
-  srv->max_body = o.max_body;
-  tcp->data = srv;
-  snprintf(srv->where, sizeof srv->where,
-           strchr(o.host, ':') && o.host[0] != '[' ? "[%s]:%d" : "%s:%d",
-           o.host, o.port);
   rc = server_listen(srv, &ss);
   if (rc != 0) {
     char what[128];
     snprintf(what, sizeof what, "http.serve: listen on %s", srv->where);
-    uv_close((uv_handle_t *)tcp, free_handle);
-    free(srv);
+    uv_close((uv_handle_t *)srv->tcp, free_handle);
+    srv_free(srv);
     return host_fail_uv(L, rc, what);
   }
   lua_pushvalue(L, 2);

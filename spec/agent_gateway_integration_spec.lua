@@ -78,11 +78,11 @@ describe("the gateway with real processes", function()
   end
 
   it("delivers through a dashboard outage everything the study was told " ..
-    "was taken, once and in order, the upload byte for byte, and the true " ..
-    "report last", function()
+    "was taken, once and in order, the upload (3 MB: through a file, not " ..
+    "memory) byte for byte, and the true report last", function()
       local rec = host.fs.join(work, "record.jsonl")
       queue(dash, { bridge = true, duration_s = 5, log_lines = 300,
-        steps = 100, results_bytes = 300000, record_file = rec },
+        steps = 100, results_bytes = 3000000, record_file = rec },
         { id = "gw-1" })
       t.agent = cluster.start_agent(env(), work)
       assert(cluster.wait_until(function()

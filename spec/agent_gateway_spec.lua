@@ -718,3 +718,57 @@ describe("the gateway's disk budget", function()
       assert.equals(72, refused)
     end)
 end)
+
+describe("a large upload through the gateway", function()
+  it("arrives as a file, is moved into the queue (flushed) and sent from " ..
+    "that file, never read into memory", function()
+      local f, dash = setup()
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      dash.down = true
+      local big = string.rep("0123456789abcdef", 2 * 65536) -- 2 MiB
+      local mp = { ["content-type"] = "multipart/form-data; boundary=zz" }
+      local read = f.host.fs.read
+      local reads = {}
+      f.host.fs.read = function(path)
+        reads[#reads + 1] = path
+        return read(path)
+      end
+      local res = f:send_to(url, "POST", "/api/assignments/a-1/results", big,
+        mp)
+      assert.equals(200, res.status)
+      local queued
+      for path, data in pairs(f.files) do
+        if path:match("^/work/agent/gateway/%d+%.body$") then queued = path end
+        assert.is_nil(path:match("%.spool%-"), "left: " .. path)
+        if data == big then assert.equals(queued, path) end
+      end
+      assert.is_string(queued, "the upload is not in the queue")
+      assert.same({ queued }, f.synced)
+      dash.down = false
+      f:run_for(30)
+      local sent
+      for _, r in ipairs(f:requests_to("/results$")) do
+        if r.delivered then sent = r end
+      end
+      assert.is_table(sent, "the upload was not sent")
+      assert.equals(queued, sent.body_file)
+      assert.equals(big, sent.body)
+      for _, p in ipairs(reads) do
+        assert.not_equals(queued, p, "the upload was read into memory")
+      end
+      assert.is_nil(f.files[queued])
+    end)
+
+  it("a large JSON message is still read, sorted and forwarded", function()
+    local f = setup()
+    P.start(f)
+    local url = study_of(f).env.GOLIAT_MONITORING_URL
+    local text = string.rep("y", 1100 * 1024)
+    assert.equals(200, post(f, url, { type = "status", message = text,
+      log_type = "info" }).status)
+    f:run_for(30)
+    local got = delivered(f)
+    assert.equals(text, got[#got].message)
+  end)
+end)

@@ -88,6 +88,32 @@ describe("host.fs", function()
         assert.is_true(fsyncs("nil") >= 1)
       end)
 
+    it("sync flushes a file written by other means, and answers nil, msg, code "
+      .. "for a missing file or a folder (broken if it flushes nothing: strace "
+      .. "counts the fsync calls)", function()
+        assert.is_true(fs.append(path("a"), "appended"))
+        assert.is_true(fs.sync(path("a")))
+        assert.equal("appended", fs.read(path("a")))
+        local ok, msg, code = fs.sync(path("missing"))
+        assert.is_nil(ok)
+        assert.is_string(msg)
+        assert.equal("ENOENT", code)
+        assert.is_nil((fs.sync(dir)))
+        if H.windows or H.run({ argv = { "sh", "-c", "command -v strace" },
+            stdout = path("which") }) ~= 0 then
+          pending("needs strace (Linux)")
+        end
+        local script = path("s.lua")
+        assert(fs.write_atomic(script, 'local host = require "host"\n' ..
+          "assert(host.fs.sync(arg[1]))\n"))
+        local out = path("strace.txt")
+        assert.equal(0, (H.run({ argv = { "strace", "-f", "-qq", "-e",
+          "trace=fsync,fdatasync", "-o", out, H.host_binary(), script,
+          path("a") }, env = { ASAN_OPTIONS = "detect_leaks=0" } })))
+        local n = select(2, (fs.read(out) or ""):gsub("f%a*sync%(", ""))
+        assert.equal(1, n)
+      end)
+
     it("replaces an existing file and leaves no temporary file behind (broken if the "
       .. "temp file is not renamed over)", function()
         assert.is_true(fs.write_atomic(path("f"), "old contents that are longer"))

@@ -350,6 +350,171 @@ describe("host.http.request", function()
     assert.is_string(msg)
   end)
 
+  describe("body_file", function()
+    -- A server of its own, that checks the bytes it gets against `expected`
+    -- and counts requests.
+    local upload, upload_base, expected, hits
+
+    -- n bytes of every value, numbered every 256 bytes.
+    local function bytes(n)
+      local block = {}
+      for i = 0, 251 do
+        block[#block + 1] = string.char(i)
+      end
+      block = table.concat(block)
+      local parts = {}
+      for i = 1, n // 256 + 1 do
+        parts[i] = string.pack("<I4", i) .. block
+      end
+      return table.concat(parts):sub(1, n)
+    end
+
+    local function write_file(path, data)
+      local f = assert(io.open(path, "wb"))
+      f:write(data)
+      f:close()
+    end
+
+    setup(function()
+      upload = assert(host.http.serve({ max_body = 16 * MB }, function(req)
+        hits = hits + 1
+        if req.path == "/307" then
+          return 307, "", { Location = "/check" }
+        end
+        return 200, cjson.encode({
+          method = req.method,
+          same = req.body == expected,
+          size = #req.body,
+          ["content-length"] = req.headers["content-length"] or false,
+          ["transfer-encoding"] = req.headers["transfer-encoding"] or false,
+          expect = req.headers["expect"] or false,
+        })
+      end))
+      upload_base = "http://127.0.0.1:" .. upload:port()
+    end)
+
+    teardown(function()
+      upload:close()
+    end)
+
+    before_each(function()
+      hits = 0
+    end)
+
+    local function send(opts)
+      opts.url = upload_base .. (opts.url or "/check")
+      local res, msg = host.http.request(opts)
+      assert.is_table(res, msg)
+      assert.are.equal(200, res.status)
+      return cjson.decode(res.body)
+    end
+
+    it("sends the file's exact bytes as a POST with its Content-Length, not "
+      .. "chunked, without waiting for 100 Continue", function()
+        local path = temp_path()
+        expected = bytes(5 * MB + 3)
+        write_file(path, expected)
+        local got = send({ body_file = path })
+        os.remove(path)
+        assert.are.equal("POST", got.method)
+        assert.is_true(got.same, "the bytes differ")
+        assert.are.equal(#expected, got.size)
+        assert.are.equal(tostring(#expected), got["content-length"])
+        assert.is_false(got["transfer-encoding"])
+        assert.is_false(got.expect)
+        assert.are.equal(1, hits)
+      end)
+
+    it("sends it with another method when asked, and an empty file as an "
+      .. "empty body", function()
+        local path = temp_path()
+        expected = bytes(1000)
+        write_file(path, expected)
+        local got = send({ body_file = path, method = "PUT" })
+        assert.are.equal("PUT", got.method)
+        assert.is_true(got.same)
+        write_file(path, "")
+        expected = ""
+        got = send({ body_file = path })
+        os.remove(path)
+        assert.are.equal("POST", got.method)
+        assert.is_true(got.same)
+        assert.are.equal("0", got["content-length"])
+      end)
+
+    it("sends the whole file again after a 307 redirect (curl rewinds it)", function()
+      local path = temp_path()
+      expected = bytes(2 * MB)
+      write_file(path, expected)
+      local got = send({ url = "/307", body_file = path, follow_redirects = true })
+      os.remove(path)
+      assert.are.equal(2, hits)
+      assert.are.equal("POST", got.method)
+      assert.is_true(got.same, "the bytes sent again differ")
+    end)
+
+    it("fails with code io and sends nothing when the file cannot be opened",
+      function()
+        for _, path in ipairs({ temp_path(), temp_path() .. "/missing/file" }) do
+          local res, msg, code = host.http.request({ url = upload_base .. "/check",
+            body_file = path })
+          assert.is_nil(res)
+          assert.are.equal("io", code)
+          assert.matches("body file", msg)
+        end
+        local dir = os.tmpname() -- a folder is not a file to send
+        os.remove(dir)
+        assert(host.fs.mkdir_p(dir))
+        local res, _, code = host.http.request({ url = upload_base .. "/check",
+          body_file = dir })
+        host.fs.remove(dir)
+        assert.is_nil(res)
+        assert.are.equal("io", code)
+        assert.are.equal(0, hits)
+      end)
+
+    it("raises when given together with body", function()
+      local path = temp_path()
+      write_file(path, "x")
+      local ok, err = pcall(host.http.request, { url = upload_base .. "/check",
+        body = "x", body_file = path })
+      os.remove(path)
+      assert.is_false(ok)
+      assert.matches("body_file", err)
+      assert.has_error(function()
+        host.http.request({ url = upload_base .. "/check", body_file = 5 })
+      end)
+      assert.are.equal(0, hits)
+    end)
+
+    it("closes the file when the request ends, whatever the outcome", function()
+      if host.sys.platform() == "windows" then
+        pending("reads /proc: Linux")
+      end
+      local path = temp_path()
+      expected = bytes(MB)
+      write_file(path, expected)
+      assert.is_true(send({ body_file = path }).same)
+      local closed = assert(host.http.serve({}, function() end))
+      local port = closed:port()
+      closed:close()
+      local res, _, code = host.http.request({ url = "http://127.0.0.1:" .. port .. "/",
+        body_file = path })
+      assert.is_nil(res)
+      assert.are.equal("connect", code)
+      -- this host's open files, as a child lists them
+      local out = temp_path()
+      local p = assert(host.proc.spawn({ argv = { "ls", "-l", "/proc/" .. host.sys.pid() .. "/fd" },
+        stdout = out }))
+      assert.are.equal(0, (p:wait()))
+      local fds = read_file(out)
+      os.remove(out)
+      os.remove(path)
+      assert.matches("socket:", fds) -- the listing is of open files
+      assert.is_nil(fds:find(path, 1, true), "still open: " .. path)
+    end)
+  end)
+
   it("serves 20 sequential requests over reused connections", function()
     local peers = {}
     for i = 1, 20 do

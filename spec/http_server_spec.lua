@@ -2,6 +2,7 @@
 -- Runs inside goliat-host: goliat-host spec/run.lua spec/http_server_spec.lua
 -- (raw-protocol cases are in tests/http_server_raw.py).
 local host = require "host"
+local H = require "support.helpers"
 
 local function url(server, path)
   return "http://127.0.0.1:" .. server:port() .. (path or "/")
@@ -241,6 +242,311 @@ describe("host.http.serve", function()
       local res = get(server, "/", { body = ("x"):rep(101) })
       assert.are.equal(413, res.status)
       assert.is_false(called)
+    end)
+  end)
+
+  describe("spooling large bodies to files (spool_dir)", function()
+    local MB = 1024 * 1024
+
+    -- What to undo after each test (busted keeps one finally() per test).
+    local undo = {}
+    local function later(fn)
+      undo[#undo + 1] = fn
+    end
+    after_each(function()
+      for i = #undo, 1, -1 do
+        undo[i]()
+        undo[i] = nil
+      end
+    end)
+
+    local function serve_spool(opts, handler)
+      local server, msg, code = host.http.serve(opts, handler)
+      assert(server, tostring(msg) .. " " .. tostring(code))
+      later(function()
+        server:close()
+      end)
+      return server
+    end
+
+    local function quiet()
+      local level = host.log.set_level("error") -- expected error lines
+      later(function()
+        host.log.set_level(level)
+      end)
+    end
+
+    -- n bytes of every value, numbered every 256 bytes, so that a lost,
+    -- doubled or moved piece shows.
+    local function bytes(n, seed)
+      local block = {}
+      for i = 0, 251 do
+        block[#block + 1] = string.char((i + (seed or 0)) % 256)
+      end
+      block = table.concat(block)
+      local parts = {}
+      for i = 1, n // 256 + 1 do
+        parts[i] = string.pack("<I4", i) .. block
+      end
+      return table.concat(parts):sub(1, n)
+    end
+
+    -- A fresh spool folder for one test, removed when it ends.
+    local function spool_dir()
+      local dir = H.tmpdir()
+      later(function()
+        H.rm_rf(dir)
+      end)
+      return dir
+    end
+
+    local function entries(dir)
+      return assert(host.fs.list(dir))
+    end
+
+    local function gone(path)
+      return H.wait_until(function()
+        return not host.fs.exists(path)
+      end)
+    end
+
+    -- A handler that records each request and what its body file held.
+    local function recorder(seen)
+      return function(req)
+        local r = { body = req.body, body_file = req.body_file,
+          body_size = req.body_size, peer = req.peer, headers = req.headers }
+        if req.body_file then
+          r.data = host.fs.read(req.body_file)
+        end
+        seen[#seen + 1] = r
+        return 200, "got"
+      end
+    end
+
+    it("hands a 5 MB body with Content-Length over as body_file and body_size, "
+      .. "the exact bytes, and removes the file after the reply", function()
+        local dir, seen = spool_dir(), {}
+        local server = serve_spool({ spool_dir = dir, max_body = 64 * MB }, recorder(seen))
+        local data = bytes(5 * MB)
+        for i = 1, 2 do -- the second on the same, kept, connection
+          assert.are.equal("got", get(server, "/", { body = data }).body)
+          local r = seen[i]
+          assert.is_nil(r.body)
+          assert.are.equal(5 * MB, r.body_size)
+          assert.are.equal(tostring(5 * MB), r.headers["content-length"])
+          assert.is_true(r.data == data, "the file's bytes differ")
+          assert.are.equal(dir .. "/", r.body_file:sub(1, #dir + 1))
+          assert.matches("^%.spool%-%d+%-%d+%-%x+%.part$", r.body_file:sub(#dir + 2))
+          assert.is_true(gone(r.body_file), "the spool file is still there")
+        end
+        assert.are_not.equal(seen[1].body_file, seen[2].body_file)
+        assert.are.equal(seen[1].peer, seen[2].peer)
+        assert.are.same({}, entries(dir))
+      end)
+
+    it("spools a chunked body once it grows past spool_over, the part held "
+      .. "in memory first", function()
+        local dir, seen = spool_dir(), {}
+        local server = serve_spool({ spool_dir = dir, spool_over = 100000, max_body = 64 * MB },
+          recorder(seen))
+        local data = bytes(3 * MB + 7, 3)
+        get(server, "/", { body = data, headers = { ["Transfer-Encoding"] = "chunked" } })
+        local r = seen[1]
+        assert.are.equal("chunked", r.headers["transfer-encoding"])
+        assert.is_nil(r.headers["content-length"])
+        assert.is_nil(r.body)
+        assert.are.equal(#data, r.body_size)
+        assert.is_true(r.data == data, "the file's bytes differ")
+        assert.is_true(gone(r.body_file))
+      end)
+
+    it("keeps bodies up to spool_over in memory (req.body, no body_file)", function()
+      local dir, seen = spool_dir(), {}
+      local server = serve_spool({ spool_dir = dir, spool_over = 1000 }, recorder(seen))
+      get(server, "/", { body = ("s"):rep(1000) })
+      get(server, "/", { body = ("c"):rep(1000), headers = { ["Transfer-Encoding"] = "chunked" } })
+      get(server, "/")
+      for i, want in ipairs({ ("s"):rep(1000), ("c"):rep(1000), "" }) do
+        assert.are.equal(want, seen[i].body, "request " .. i)
+        assert.is_nil(seen[i].body_file)
+        assert.is_nil(seen[i].body_size)
+      end
+      -- 1 MiB by default
+      seen = {}
+      server = serve_spool({ spool_dir = dir, max_body = 4 * MB }, recorder(seen))
+      get(server, "/", { body = ("m"):rep(MB) })
+      get(server, "/", { body = ("m"):rep(MB + 1) })
+      assert.are.equal(MB, #seen[1].body)
+      assert.are.equal(MB + 1, seen[2].body_size)
+      assert.are.same({}, entries(dir))
+    end)
+
+    it("leaves a file the handler moved away where the handler put it", function()
+      local dir, keep = spool_dir(), spool_dir()
+      local kept = host.fs.join(keep, "upload.bin")
+      local spooled
+      local server = serve_spool({ spool_dir = dir, spool_over = 10, max_body = 8 * MB },
+        function(req)
+          spooled = req.body_file
+          assert(host.fs.rename(req.body_file, kept))
+          return 201, "kept"
+        end)
+      local data = bytes(2 * MB, 9)
+      assert.are.equal(201, get(server, "/", { body = data }).status)
+      assert.is_true(host.fs.read(kept) == data, "the kept file's bytes differ")
+      assert.is_false(host.fs.exists(spooled))
+      assert.are.same({}, entries(dir))
+      -- and the server goes on spooling (and cleaning up) after it
+      assert.are.equal(201, get(server, "/", { body = data }).status)
+      assert.is_true(host.fs.read(kept) == data)
+      assert.are.same({}, entries(dir))
+    end)
+
+    it("gives two uploads at once files of their own", function()
+      local dir, seen = spool_dir(), {}
+      local handler = recorder(seen)
+      local server = serve_spool({ spool_dir = dir, spool_over = 1000, max_body = 8 * MB },
+        function(req)
+          host.time.sleep(0.05) -- let the other one arrive meanwhile
+          return handler(req)
+        end)
+      local a, b = bytes(MB, 1), bytes(MB, 2)
+      local ta = host.task.spawn(function() return get(server, "/a", { body = a }).body end)
+      local tb = host.task.spawn(function() return get(server, "/b", { body = b }).body end)
+      assert.are.same({ true, "got" }, { ta:join() })
+      assert.are.same({ true, "got" }, { tb:join() })
+      assert.are.equal(2, #seen)
+      assert.are_not.equal(seen[1].body_file, seen[2].body_file)
+      for _, r in ipairs(seen) do
+        assert.is_true(r.data == a or r.data == b, "a file's bytes differ")
+      end
+      assert.are_not.equal(seen[1].data, seen[2].data)
+      assert.is_true(H.wait_until(function() return #entries(dir) == 0 end))
+    end)
+
+    it("removes the file when the handler fails or the client waited for "
+      .. "100 Continue", function()
+        local dir, files = spool_dir(), {}
+        quiet()
+        local server = serve_spool({ spool_dir = dir, spool_over = 10, max_body = 8 * MB },
+          function(req)
+            files[#files + 1] = req.body_file
+            if req.path == "/fail" then
+              error("handler exploded")
+            end
+            return 200, tostring(#host.fs.read(req.body_file))
+          end)
+        assert.are.equal(500, get(server, "/fail", { body = ("x"):rep(100) }).status)
+        local res = get(server, "/", { body = ("y"):rep(2 * MB),
+          headers = { Expect = "100-continue" } })
+        assert.are.equal(tostring(2 * MB), res.body)
+        for _, f in ipairs(files) do
+          assert.is_true(gone(f))
+        end
+        assert.are.same({}, entries(dir))
+      end)
+
+    it("answers 413 to a body over max_body and leaves no file", function()
+      local dir, called = spool_dir(), false
+      local server = serve_spool({ spool_dir = dir, spool_over = 1000, max_body = MB },
+        function()
+          called = true
+          return 200
+        end)
+      local big = ("z"):rep(MB + 1)
+      assert.are.equal(413, get(server, "/", { body = big }).status)
+      assert.are.same({}, entries(dir))
+      -- chunked: spooled first, refused once past max_body
+      local res = get(server, "/", { body = big, headers = { ["Transfer-Encoding"] = "chunked" } })
+      assert.are.equal(413, res.status)
+      assert.are.same({}, entries(dir))
+      assert.is_false(called)
+    end)
+
+    it("leaves no file when the client goes away in the middle of the body", function()
+      local dir = spool_dir()
+      local called = false
+      local server = serve_spool({ spool_dir = dir, spool_over = 1000, max_body = 64 * MB },
+        function()
+          called = true
+          return 200
+        end)
+      local go = host.fs.join(spool_dir(), "go")
+      -- sends 3 of the 10 MB announced, waits for the word, then hangs up
+      local script = [[
+import os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+s.sendall(b"u" * 3145728)
+for _ in range(500):
+    if os.path.exists(sys.argv[2]):
+        break
+    time.sleep(0.02)
+s.close()
+]]
+      local p = host.proc.spawn({ argv = { "python3", "-c", script,
+        tostring(server:port()), go }, stderr = "null" })
+      if not p then
+        pending("python3 is needed for the raw client")
+        return
+      end
+      local spooling = H.wait_until(function() return #entries(dir) == 1 end, 10)
+      assert(io.open(go, "wb")):close()
+      assert.are.equal(0, (p:wait()))
+      assert.is_true(spooling, "no spool file while the body came")
+      assert.is_true(H.wait_until(function() return #entries(dir) == 0 end),
+        "left in spool_dir: " .. table.concat(entries(dir), " "))
+      assert.is_false(called)
+    end)
+
+    it("answers 507 when the body cannot be written, and serves on", function()
+      local dir = spool_dir()
+      local server = serve_spool({ spool_dir = dir, spool_over = 1000, max_body = 8 * MB },
+        function(req)
+          return 200, req.body or "spooled"
+        end)
+      quiet()
+      assert(host.fs.remove(dir)) -- the folder is gone: no file can be made
+      assert.are.equal(507, get(server, "/", { body = ("q"):rep(5000) }).status)
+      local res = get(server, "/", { body = ("q"):rep(5000),
+        headers = { ["Transfer-Encoding"] = "chunked" } })
+      assert.are.equal(507, res.status)
+      assert.are.equal("small", get(server, "/", { body = "small" }).body)
+      assert(host.fs.mkdir_p(dir))
+      assert.are.equal("spooled", get(server, "/", { body = ("q"):rep(5000) }).body)
+    end)
+
+    it("forwards a spooled body with host.http.request's body_file", function()
+      local dir = spool_dir()
+      local data = bytes(3 * MB, 5)
+      local sink = serve_spool({ max_body = 8 * MB }, function(req)
+        return 200, req.body == data and "same" or "different"
+      end)
+      local gateway = serve_spool({ spool_dir = dir, max_body = 8 * MB }, function(req)
+        local res, msg = host.http.request({ url = url(sink, "/"), body_file = req.body_file })
+        return 200, res and res.body or msg
+      end)
+      assert.are.equal("same", get(gateway, "/", { body = data }).body)
+      assert.is_true(H.wait_until(function() return #entries(dir) == 0 end))
+    end)
+
+    it("fails for a spool_dir that is not a folder, and raises on misuse", function()
+      local dir = spool_dir()
+      local h = function() end
+      local server, msg, code = host.http.serve({ spool_dir = host.fs.join(dir, "none") }, h)
+      assert.is_nil(server)
+      assert.are.equal("ENOENT", code)
+      assert.matches("spool_dir", msg)
+      local file = host.fs.join(dir, "file")
+      assert(host.fs.write_atomic(file, "x"))
+      server, msg, code = host.http.serve({ spool_dir = file }, h)
+      assert.is_nil(server)
+      assert.are.equal("ENOTDIR", code)
+      assert.is_string(msg)
+      assert.has_error(function() host.http.serve({ spool_dir = "" }, h) end)
+      assert.has_error(function() host.http.serve({ spool_dir = 5 }, h) end)
+      assert.has_error(function() host.http.serve({ spool_dir = dir, spool_over = -1 }, h) end)
+      assert.has_error(function() host.http.serve({ spool_dir = dir, spool_over = "big" }, h) end)
     end)
   end)
 

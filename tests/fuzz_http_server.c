@@ -12,7 +12,8 @@
  *    other. Which error may differ: a limit is checked when http_parser
  *    hands over a piece of a header name, which it does at the end of each
  *    buffer, so 101 headers where the last name has a bad byte give 431
- *    byte by byte but 400 at once (the bad byte is seen first).
+ *    byte by byte but 400 at once (the bad byte is seen first);
+ *  - spooling bodies (spool_dir) changes nothing of that either.
  *
  * Build and run: bash tests/fuzz.sh [seconds] (CMake option GOLIAT_FUZZ).
  */
@@ -36,6 +37,31 @@ static void check_status(int status) {
     fprintf(stderr, "unexpected status %d\n", status);
     abort();
   }
+}
+
+/* A spool (host.http.serve's spool_dir) must not change what is parsed:
+ * bodies spooled from their first byte, or from a size that depends on the
+ * input (then a chunked body starts in memory and moves to the spool); all
+ * at once the status is the very same, in pieces only as errors or not. */
+static void check_spooled(const char *s, size_t size, int whole,
+                          int whole_status) {
+  size_t overs[2] = {0, size % 1024};
+  size_t pieces[2] = {0, 7};
+  for (size_t i = 0; i < 2; i++)
+    for (size_t j = 0; j < 2; j++) {
+      int status = -1;
+      int count =
+          http_server_parse_spooled(s, size, pieces[j], overs[i], &status);
+      check_status(status);
+      int same = pieces[j] ? !status == !whole_status : status == whole_status;
+      if (count != whole || !same) {
+        fprintf(stderr,
+                "spooled over %zu bytes, in pieces of %zu: %d requests, "
+                "status %d; in memory: %d requests, status %d\n",
+                overs[i], pieces[j], count, status, whole, whole_status);
+        abort();
+      }
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -73,5 +99,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       abort();
     }
   }
+  check_spooled(s, size, whole, whole_status);
   return 0;
 }

@@ -42,6 +42,11 @@ local function on_disk(bytes)
   return math.max(1, math.ceil(bytes / BLOCK)) * BLOCK
 end
 
+-- A body larger than this never goes through memory: the gateway's server
+-- writes it to a file as it arrives (spool_over), the file is moved into
+-- the queue, and it is sent from there (body_file).
+local LARGE = 1024 * 1024
+
 local function hex(bytes)
   return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
@@ -139,8 +144,11 @@ function M.queue(host, dir, max_bytes, log)
       if not (m and has[string.format("%012d.json", m)]) then
         fs.remove(path) -- written, but the study never got its answer
       end
-    elseif name:match("%.tmp%-%d+%-%d+$") then
-      fs.remove(path) -- an atomic write cut short
+    elseif name:match("%.tmp%-%d+%-%d+$") or
+        name:match("^%.spool%-.*%.part$") then
+      -- an atomic write cut short; an upload that was arriving when the
+      -- agent was killed (the study never got its answer)
+      fs.remove(path)
     end
   end
   table.sort(found, function(a, b) return a.seq < b.seq end)
@@ -198,14 +206,19 @@ function Queue:head()
   return self.items[self.first]
 end
 
--- Add a message (meta: method, target, ctype, kind, type) with its body.
+-- Add a message (meta: method, target, ctype, kind, type) with its body:
+-- a string, or {file = path, size = bytes} for a body the server wrote to
+-- a file (moved into the queue; never one of the kinds kept in memory).
 -- Returns its sequence number, or nil and why when it cannot be stored.
 function Queue:put(meta, body)
   local key = coalescing_key(meta)
   local older = key and self.waiting[key]
+  local spooled = type(body) == "table" and body or nil
+  assert(not (spooled and key), "a spooled body is kept on disk")
+  local bytes = spooled and spooled.size or #body
   -- in memory: the body and a little; on disk: the body's blocks and one
   -- block of its meta file
-  local size = key and #body + 256 or on_disk(#body) + BLOCK
+  local size = key and bytes + 256 or on_disk(bytes) + BLOCK
   if older and not self.sending[older.seq] and
       self.bytes - older.size + size <= self.max_bytes then
     -- the newest progress of a type replaces the one waiting, in its
@@ -251,8 +264,14 @@ function Queue:put(meta, body)
   -- a result upload is flushed to disk; the rest is safe from a killed
   -- agent (the system holds it), not from a power cut
   local sync = meta.kind == "results"
-  local ok, err = self.host.fs.write_atomic(self:path(seq, "body"), body,
-    { sync = sync })
+  local fs = self.host.fs
+  local ok, err
+  if spooled then
+    ok, err = fs.rename(spooled.file, self:path(seq, "body"))
+    if ok and sync then ok, err = fs.sync(self:path(seq, "body")) end
+  else
+    ok, err = fs.write_atomic(self:path(seq, "body"), body, { sync = sync })
+  end
   if ok then
     ok, err = self.host.fs.write_atomic(self:path(seq, "json"),
       cjson.encode(meta), { sync = sync })
@@ -346,7 +365,8 @@ function Gateway:serve(a_id, rec)
     rec.secret:match("^%x+$") and rec.secret or hex(h.sys.random(16))
   local port = rec and math.tointeger(rec.port) or 0
   local opts = { host = "127.0.0.1", port = port,
-    max_body = self.s.gateway_max_bytes }
+    max_body = self.s.gateway_max_bytes, spool_dir = self.dir,
+    spool_over = LARGE }
   local handler = function(req) return self:handle(req) end
   local server, err = h.http.serve(opts, handler)
   if not server and port ~= 0 then
@@ -425,7 +445,18 @@ function Gateway:handle(req)
     return reply(405, { error = "only GET, HEAD and POST are forwarded" })
   end
   local target = path .. ((req.query or "") ~= "" and "?" .. req.query or "")
-  local kind, mtype = M.classify(req.method, path, req.body,
+  local body = req.body
+  if req.body_file and (path == "/api/gui-update" or
+      path:match("^/api/gui%-screenshots")) then
+    -- a JSON message (read to be sorted), or a screenshot (kept in memory)
+    local rerr
+    body, rerr = self.host.fs.read(req.body_file)
+    if not body then
+      return reply(507, { error = "cannot read the request: " ..
+        tostring(rerr) })
+    end
+  end
+  local kind, mtype = M.classify(req.method, path, body,
     self.host.json.select)
   if kind == "absorb" then
     return { status = 200, headers = { ["Content-Type"] = "application/json" },
@@ -445,7 +476,7 @@ function Gateway:handle(req)
       return { status = 200, headers = {
         ["Content-Type"] = "application/json" }, body = OK }
     end
-    local doc = cjson.decode(req.body) or {}
+    local doc = cjson.decode(body) or {}
     local text = doc.message and doc.message.message
     self.held = { assignment_id = self.assignment_id, type = mtype,
       message = type(text) == "string" and text:sub(1, 2000) or nil }
@@ -454,8 +485,12 @@ function Gateway:handle(req)
     return { status = 200, headers = { ["Content-Type"] = "application/json" },
       body = OK }
   end
-  local body = req.body or ""
-  if kind ~= "results" then body = self:own_id(body) end
+  if body then
+    if kind ~= "results" then body = self:own_id(body) end
+  else
+    body = req.body_file and { file = req.body_file, size = req.body_size }
+      or ""
+  end
   local seq, err = self.queue:put({ method = req.method, target = target,
     ctype = req.headers["content-type"], kind = kind, type = mtype,
     at = self.host.time.now(), assignment_id = self.assignment_id }, body)
@@ -504,15 +539,19 @@ function Gateway:headers(ctype)
   return hd
 end
 
+-- body: a string, nil, or {file = path, size = bytes} (sent from the file)
 function Gateway:request(method, target, body, ctype)
+  local file = type(body) == "table" and body.file or nil
+  local bytes = file and body.size or #(body or "")
   return self.host.http.request {
     method = method,
     url = self.s.monitoring_url .. target,
     headers = self:headers(ctype),
-    body = body,
+    body = not file and body or nil,
+    body_file = file,
     -- an upload of 256 MB needs more than 300 s on a slow link: at least
     -- 64 KiB/s is asked for, not a fixed time
-    timeout = math.max(self.s.gateway_send_timeout, #(body or "") / 65536),
+    timeout = math.max(self.s.gateway_send_timeout, bytes / 65536),
     max_size = self.s.max_reply_bytes,
     cainfo = self.s.ca_bundle,
   }
@@ -529,11 +568,18 @@ function Gateway:pass_through(target)
 end
 
 -- The head of the queue, with the log batches right behind it merged in
--- when it is one: returns the items and the body to send (nil when the
--- head's body cannot be read).
+-- when it is one: returns the items and the body to send (a string, or
+-- {file, size} for a large upload; nil when the head's body cannot be
+-- read).
 function Gateway:next_batch()
   local q = self.queue
   local first = q:head()
+  if not first.held_in_memory and first.size > LARGE then
+    -- a large upload goes from its file, never read whole
+    local file = q:path(first.seq, "body")
+    if not self.host.fs.exists(file) then return { first }, nil end
+    return { first }, { file = file, size = first.size }
+  end
   local body = q:body(first)
   if not body or first.type ~= "log_batch" or self.alone == first.seq then
     return { first }, body

@@ -196,11 +196,20 @@ function Fake:send_to(url, method, path, body, headers)
   local req = { method = method, path = full:gsub("%?.*$", ""), query = query,
     target = full, headers = headers or {}, body = body or "",
     peer = "127.0.0.1" }
+  local spooled
+  if srv.opts.spool_dir and #req.body > (srv.opts.spool_over or 1048576) then
+    -- as the real server: a large body comes as a file in spool_dir
+    self.spool_n = (self.spool_n or 0) + 1
+    spooled = srv.opts.spool_dir .. "/.spool-fake-" .. self.spool_n .. ".part"
+    self.files[spooled] = req.body
+    req.body, req.body_file, req.body_size = nil, spooled, #body
+  end
   local reply
   local t = self:spawn("gateway request", function()
     reply = srv.handler(req)
   end)
   self:run_until(function() return t.done end, 60)
+  if spooled then self.files[spooled] = nil end -- what the handler left
   return reply
 end
 
@@ -352,6 +361,14 @@ function Fake:make_host()
       if not data then return nil, path .. ": no such file", "ENOENT" end
       return data
     end,
+    sync = function(path)
+      if not f.files[normalize(path)] then
+        return nil, path .. ": no such file", "ENOENT"
+      end
+      f.synced = f.synced or {}
+      table.insert(f.synced, normalize(path))
+      return true
+    end,
     write_atomic = function(path, data)
       path = normalize(path)
       table.insert(f.writes, path)
@@ -435,10 +452,16 @@ function Fake:make_host()
     request = function(opts)
       assert(type(opts.url) == "string", "request: url required")
       assert(opts.url:match("^https?://"), "only http and https URLs")
+      assert(not (opts.body and opts.body_file), "body and body_file")
+      local body = opts.body
+      if opts.body_file then -- recorded as the body that was sent
+        body = f.files[normalize(opts.body_file)]
+        if not body then return nil, opts.body_file .. ": missing", "io" end
+      end
       local req = {
-        method = opts.method or (opts.body and "POST" or "GET"),
-        url = opts.url, headers = opts.headers or {}, body = opts.body,
-        at = f.now, cainfo = opts.cainfo,
+        method = opts.method or (body and "POST" or "GET"),
+        url = opts.url, headers = opts.headers or {}, body = body,
+        body_file = opts.body_file, at = f.now, cainfo = opts.cainfo,
       }
       table.insert(f.requests, req)
       local res, err, code = f.http_handler(req, f)
