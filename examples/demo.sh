@@ -17,11 +17,12 @@
 #                                         in storage, shown FAILED, the
 #                                         worker ERROR. Prints a summary,
 #                                         and exits 1 when it did not end so
-#   bash examples/demo.sh --gateway       the planned API with the study's
-#                                         gateway on (GOLIAT_GATEWAY=on): two
-#                                         studies that talk like GOLIAT (the
-#                                         second says "finished", exits 3)
-#                                         through a 10 s dashboard outage
+#   bash examples/demo.sh --gateway       the planned API with two studies
+#                                         that talk like GOLIAT (the second
+#                                         says "finished", exits 3) through a
+#                                         10 s dashboard outage, which the
+#                                         study's gateway (on by default, as
+#                                         in every mode) rides out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=planned
@@ -87,7 +88,6 @@ fi
 GOLIAT_MONITORING_URL="http://127.0.0.1:$port" GOLIAT_WORK_DIR="$work" \
   GOLIAT_PROJECT_DIR="$work/project" GOLIAT_PUBLIC_IP_URL= \
   GOLIAT_POLL_INTERVAL=2 GOLIAT_CLAIM_SETTLE=1 PYTHONPATH="$PWD/examples" \
-  GOLIAT_GATEWAY=$gateway \
   build/goliat-host scripts/agent.lua &
 agent=$!
 trap 'kill $agent $dashboard 2>/dev/null || true' EXIT
