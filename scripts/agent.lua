@@ -528,13 +528,18 @@ function Agent:run_study(a, config_path, run)
     end
     if not outcome and attempt > 1 then
       local go, why = self:before_rerun(a)
-      if not go then
+      if self.stopping then
+        return { error = "agent stopped by " .. self.stopping .. " before " ..
+          "the rerun of a study that ran out of memory",
+          attempts = attempt - 1 }
+      elseif not go then
         self.log.warn("assignment %s: not run again: %s", tostring(a.id), why)
         return { error = "the study ran out of memory and was not run " ..
           "again: " .. why, attempts = attempt - 1 }
       end
     end
     outcome = outcome or self:run_attempt(a, config_path, attempt, started_at)
+    self.rerun_pending = nil -- (Agent:before_rerun's late claim stops)
     outcome.attempts = attempt
     if outcome.exit_code ~= self.s.oom_exit_code or outcome.timed_out or
         self.stopping or attempt > self.s.oom_retries then
@@ -553,24 +558,41 @@ end
 -- Before a rerun, the dashboard shows the work as this worker's again
 -- (GOLIAT's window said `finished` when the last run ended, which the
 -- deployed dashboard takes for done): the protocol's before_rerun, asked
--- for up to rerun_wait seconds. Returns true, or false and why when the
--- work is another worker's by now.
+-- for up to rerun_wait seconds. When the dashboard has not answered by
+-- then, the rerun starts (a VM-hour is not spent waiting) and the asking
+-- goes on beside it until the dashboard answers or the rerun ends.
+-- Returns true, or false and why when the work is not this worker's now.
 function Agent:before_rerun(a)
   local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
   if not (p and p.before_rerun) then return true end
   local clock = self.host.time
   local deadline = clock.monotonic() + self.s.rerun_wait
+  local step = "dashboard check before a rerun"
   for try = 1, math.huge do
     local go, why = p:before_rerun(a)
     if go ~= nil then
-      self:note_success("dashboard check before a rerun")
+      self:note_success(step)
       return go, why
     end
-    self:note_failure("dashboard check before a rerun", why)
+    self:note_failure(step, why)
     local delay = self:backoff(try)
-    if self.stopping or clock.monotonic() + delay > deadline then
-      self.log.warn("assignment %s: rerun without the dashboard's answer " ..
-        "(its report sets the dashboard right later)", tostring(a.id))
+    if self.stopping then return true end -- (run_study stops)
+    if clock.monotonic() + delay > deadline then
+      self.log.warn("assignment %s: the dashboard has not answered for " ..
+        "%g s: rerunning, and asking it on meanwhile", tostring(a.id),
+        self.s.rerun_wait)
+      local pending = {}
+      self.rerun_pending = pending
+      self.host.task.spawn("claim back during a rerun", function()
+        for later = try + 1, math.huge do
+          clock.sleep(self:backoff(later))
+          if self.rerun_pending ~= pending or self.stopping then return end
+          if p:before_rerun(a) ~= nil then
+            self:note_success(step)
+            return
+          end
+        end
+      end)
       return true
     end
     clock.sleep(delay)
@@ -804,7 +826,8 @@ end
 function Agent:deliver(file, item, deadline, on_stored)
   local clock = self.host.time
   local what = item.body.message and item.body.message.assignment_id
-  local settle = item.settle -- set the dashboard right first (settle)
+  -- set the dashboard right first (Agent:settle)
+  local settle = self:settles(item) and item.settle or nil
   local settle_failures = 0
   while true do
     if not file and on_stored then
@@ -824,6 +847,7 @@ function Agent:deliver(file, item, deadline, on_stored)
             "be checked before the report (%s): reporting anyway",
             tostring(what), tostring(err))
           ok, settle = true, nil
+          item.unsettled = true -- (confirm tries once more)
         end
       end
     elseif not ok then
@@ -838,7 +862,7 @@ function Agent:deliver(file, item, deadline, on_stored)
       if not file and on_stored then on_stored() end
       self.log.info("reported %s for assignment %s",
         tostring(item.body.message and item.body.message.type), tostring(what))
-      if item.settle then return self:confirm(item, deadline) end
+      if self:settles(item) then return self:confirm(item, deadline) end
       return true
     end
     if res and M.refused_for_good(res.status) then
@@ -860,6 +884,15 @@ function Agent:deliver(file, item, deadline, on_stored)
   end
 end
 
+-- Whether a report's work is of a protocol that sets the dashboard right
+-- around it (an outbox item from an older agent has no `settle`).
+function Agent:settles(item)
+  local w = item.settle
+  local p = type(w) == "table" and type(w.protocol) == "string" and
+    self:protocol_for(w.protocol)
+  return p and p.settle and p.confirm and true or false
+end
+
 -- Before a report of work whose protocol can set the dashboard right
 -- (protocol/super_study.lua: a failed run that GOLIAT's window completed is
 -- claimed back first). Returns true, or nil and why.
@@ -872,15 +905,20 @@ function Agent:settle(w, item)
 end
 
 -- After the report: the dashboard is read back and what it shows logged.
--- A failure that shows COMPLETED all the same (the study's window, late)
--- is set right and reported once more; twice at most.
+-- A failure that shows COMPLETED all the same (the study's window, late),
+-- or that could not be checked before the report and cannot be now, is
+-- set right and reported once more, from the outbox; twice at most.
 function Agent:confirm(item, deadline)
   local w = item.settle
   local ok = item.body.message.type == "finished"
   local right = self:protocol_for(w.protocol):confirm(w, ok)
+  if right == nil and item.unsettled then right = false end
+  item.unsettled = nil
   if right == false and not ok and (item.rounds or 0) < 2 then
     item.rounds = (item.rounds or 0) + 1
-    return self:deliver(nil, item, deadline)
+    self.log.warn("assignment %s: reporting the failure once more after " ..
+      "setting the dashboard right", tostring(w.id))
+    return self:deliver(self.outbox:put(item), item, deadline)
   end
   return true
 end

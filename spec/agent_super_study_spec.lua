@@ -829,8 +829,95 @@ describe("GOLIAT's own finished", function()
         "succeeded: claimed back"))
     end)
 
-  it("the report still goes when the dashboard cannot say the status " ..
-    "(its assignments fail), after settle_tries", function()
+  it("a failure reported while the dashboard could not say the status " ..
+    "(after settle_tries) is set right and reported again once it can",
+    function()
+      local f = fake()
+      local failing = 0
+      local d = super.new(f, { override = function(_, path)
+        if failing > 0 and path:match("/assignments$") then
+          failing = failing - 1
+          return P.json(500, { error = "db" })
+        end
+      end })
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      f.spawn_handler = function()
+        return { exit_code = 3, after = 20, on_end = function()
+          d:goliat_finished(ME)
+          failing = 11 -- settle's 10 tries and the read after the report
+        end }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 2 end,
+        3600))
+      f:run_for(60)
+      assert.equals(0, failing)
+      assert.equals(1, log_lines(f, "could not be checked before the " ..
+        "report .*: reporting anyway"))
+      assert.equals(1, log_lines(f, "reporting the failure once more"))
+      local reports = f:reports()
+      assert.equals(2, #reports)
+      for _, r in ipairs(reports) do
+        assert.equals("fatal_error", r.message.type)
+      end
+      assert.equals("RUNNING", a.status)
+      assert.equals("FAILED", d:derived(a))
+    end)
+
+  it("a failure that shows COMPLETED after its report (the study's window, " ..
+    "late) is claimed back and reported again, from the outbox", function()
+      local f = fake()
+      local d = super.new(f)
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      local late = true
+      local handler = f.http_handler
+      f.http_handler = function(req)
+        local res, err, code = handler(req)
+        if late and req.url:match("/api/gui%-update$") and
+            req.body:find('"fatal_error"', 1, true) then
+          late = false
+          d:goliat_finished(ME) -- after the agent's report
+        end
+        return res, err, code
+      end
+      f.spawn_handler = function() return { exit_code = 3, after = 20 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 2 end,
+        600))
+      f:run_for(30)
+      assert.equals(2, #f:reports())
+      assert.equals("RUNNING", a.status)
+      assert.equals("FAILED", d:derived(a))
+      local outbox_writes = count(f.writes, function(w)
+        return w:match("/outbox/") ~= nil
+      end)
+      assert.equals(2, outbox_writes, "the second report was not stored first")
+    end)
+
+  it("a worker reset between out-of-memory runs: the work is not run " ..
+    "again, as after a restart", function()
+      local f = fake()
+      local d = super.new(f)
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      f.spawn_handler = function()
+        return { exit_code = 42, after = 20, on_end = function()
+          d:reset(d:worker_by_ip(ME))
+        end }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end,
+        600))
+      -- (it is PENDING: this worker may take it again later, as new work,
+      -- with a claim of its own)
+      assert.equals(1, #f.spawned)
+      assert.equals(1, #d.claims)
+      assert.equals("PENDING", a.status)
+      assert.matches("not run again: assignment as%d+ %(index 0%) is PENDING " ..
+        "on the dashboard", f:reports()[1].message.message)
+    end)
+
+  it("a stop while the dashboard is asked before a rerun starts no rerun",
+    function()
       local f = fake()
       local broken = false
       local d = super.new(f, { override = function(_, path)
@@ -838,19 +925,57 @@ describe("GOLIAT's own finished", function()
           return P.json(500, { error = "db" })
         end
       end })
-      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      d:add_study("s", { { n = 0 } })
       f.spawn_handler = function()
-        return { exit_code = 3, after = 20, on_end = function()
+        return { exit_code = 42, after = 20, on_end = function()
+          d:goliat_finished(ME)
           broken = true
         end }
       end
       P.start(f)
+      assert.is_true(f:run_until(function()
+        return log_lines(f, "dashboard check before a rerun failed") > 0
+      end, 600))
+      f:signal("SIGTERM")
+      f:run_for(120)
+      assert.equals(1, #f.spawned)
+      assert.equals(0, f.exit_code)
+      assert.matches("agent stopped by SIGTERM before the rerun",
+        f:reports()[1] and f:reports()[1].message.message or
+        f:log_text())
+    end)
+
+  it("a dashboard that does not answer before a rerun: the rerun starts " ..
+    "after rerun_wait, and the work is claimed back once it answers",
+    function()
+      local f = fake()
+      local broken_until = -1
+      local d = super.new(f, { override = function(_, path)
+        if f.now < broken_until and path:match("/assignments$") then
+          return P.json(500, { error = "db" })
+        end
+      end })
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      local seen = {}
+      f.spawn_handler = function()
+        seen[#f.spawned] = a.status
+        local n = #f.spawned
+        return { exit_code = n == 1 and 42 or 0, after = 300,
+          on_end = function()
+            d:goliat_finished(ME)
+            -- the dashboard cannot be read for 120 s after run 1
+            if n == 1 then broken_until = f.now + 120 end
+          end }
+      end
+      P.start(f)
       assert.is_true(f:run_until(function() return #f:reports() >= 1 end,
         3600))
-      assert.equals("fatal_error", f:reports()[1].message.type)
-      assert.equals(1, log_lines(f, "could not be checked before the " ..
-        "report .*: reporting anyway"))
-      assert.equals("RUNNING", a.status)
+      assert.equals(2, #f.spawned)
+      assert.equals("COMPLETED", seen[2]) -- started without the answer
+      assert.equals(1, log_lines(f, "has not answered for 60 s: rerunning"))
+      assert.equals(1, log_lines(f, "showed it COMPLETED before its rerun"))
+      assert.equals(2, #d.claims)
+      assert.equals("COMPLETED", a.status)
     end)
 
   it("an agent restarted between out-of-memory runs claims the work back " ..

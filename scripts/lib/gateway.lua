@@ -364,8 +364,10 @@ function Gateway:serve(a_id, rec)
   local secret = rec and type(rec.secret) == "string" and
     rec.secret:match("^%x+$") and rec.secret or hex(h.sys.random(16))
   local port = rec and math.tointeger(rec.port) or 0
+  -- (a body that takes the whole budget could never be queued: its meta
+  -- file and block rounding need room too)
   local opts = { host = "127.0.0.1", port = port,
-    max_body = self.s.gateway_max_bytes, spool_dir = self.dir,
+    max_body = self.s.gateway_max_bytes - 2 * BLOCK, spool_dir = self.dir,
     spool_over = LARGE }
   local handler = function(req) return self:handle(req) end
   local server, err = h.http.serve(opts, handler)
@@ -517,7 +519,7 @@ function Gateway:own_id(body)
   local json = self.host.json
   local id = cjson.decode(json.select(body, "machineId") or "null")
   local mine = self.s.machine_id
-  if id == nil or id == mine then return body end
+  if id == nil or id == cjson.null or id == mine then return body end
   local out = json.set_string(body, "machineId", mine)
   if out and not self.said_id then
     self.said_id = true

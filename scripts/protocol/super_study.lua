@@ -268,6 +268,15 @@ function M:read_back_patiently(work)
   end
 end
 
+-- Work taken before a restart names the worker row its claim was told:
+-- this agent's, unless a claim since told another.
+function M:adopt_worker(work)
+  if self.worker_id == nil and work.worker_id ~= nil and
+      work.worker_id ~= cjson.null then
+    self.worker_id = work.worker_id
+  end
+end
+
 -- The worker row a claim's reply names becomes this agent's.
 function M:remember_worker(reply)
   local id = reply.workerId
@@ -341,9 +350,7 @@ end
 -- and COMPLETED under this worker counts as ours (before_rerun claims it
 -- back).
 function M:ownership(work, ran)
-  if self.worker_id == nil and work.worker_id ~= nil then
-    self.worker_id = work.worker_id
-  end
+  self:adopt_worker(work)
   if type(work.super_study_id) ~= "string" or type(work.id) ~= "string" then
     return false
   end
@@ -390,10 +397,13 @@ local function what(a)
 end
 
 -- Before an out-of-memory rerun: the assignment RUNNING under this worker,
--- whatever the last run's `finished` made of it. Returns true when the
--- rerun may go (its assignment is ours, or the dashboard cannot say now),
--- or false and why when the work is another worker's by now.
+-- whatever the last run's `finished` made of it (COMPLETED under this
+-- worker is claimed back). Returns true when the rerun may go, false and
+-- why when the work is not this worker's any more (reset, cancelled, or
+-- another worker's: as after a restart, it is not run again), or nil and
+-- err when the dashboard cannot say now.
 function M:before_rerun(work)
+  self:adopt_worker(work)
   local a, err = self:read_back(work)
   if not a then
     if err and err:match("no longer on the dashboard") then
@@ -402,11 +412,13 @@ function M:before_rerun(work)
     return nil, err
   end
   if a.status == "RUNNING" and self:ours(a) then return true end
-  if a.status == "RUNNING" or (a.status == "COMPLETED" and
-      not self:ours(a)) then
+  if not (a.status == "COMPLETED" and self:ours(a)) then
     local _, w = worker_of(a)
-    return false, string.format("%s is %s under another worker (%s)",
-      what(a), a.status, tostring(w and w.ipAddress or a.workerId))
+    local who = w and w.ipAddress or (a.workerId ~= cjson.null and
+      a.workerId) or nil
+    return false, string.format("%s is %s%s on the dashboard", what(a),
+      tostring(a.status), who and " under another worker (" ..
+      tostring(who) .. ")" or "")
   end
   local was = tostring(a.status)
   a, err = self:claim_back(work)
@@ -425,6 +437,7 @@ end
 -- agent's `finished` completes it and the split does not run twice.
 -- Returns true when the report may go, or nil, err.
 function M:settle(work, ok)
+  self:adopt_worker(work)
   local a, err = self:read_back(work)
   if not a then
     if err and err:match("no longer on the dashboard") then return true end
@@ -445,15 +458,22 @@ end
 
 -- After the report: reads what the dashboard shows now and logs it in one
 -- line. Returns true when it shows the outcome (COMPLETED after a success;
--- after a failure anything but COMPLETED), false when it does not, nil and
--- err when it cannot be read.
+-- after a failure anything but COMPLETED under this worker), false when it
+-- does not, nil and err when it cannot be read.
 function M:confirm(work, ok)
+  self:adopt_worker(work)
   local a, err = self:read_back(work)
   if not a then
     if err and err:match("no longer on the dashboard") then return true end
     return nil, err
   end
-  local right = (a.status == "COMPLETED") == ok
+  local right
+  if ok then
+    right = a.status == "COMPLETED"
+  else
+    -- (COMPLETED by another worker, which ran it since, is right too)
+    right = not (a.status == "COMPLETED" and self:ours(a))
+  end
   local log = right and self.agent.log.info or self.agent.log.error
   log("%s: the dashboard shows it %s%s after the %s report", what(a),
     tostring(a.status), self:ours(a) and " under this worker" or "",

@@ -209,7 +209,11 @@ function Fake:send_to(url, method, path, body, headers)
     reply = srv.handler(req)
   end)
   self:run_until(function() return t.done end, 60)
-  if spooled then self.files[spooled] = nil end -- what the handler left
+  if spooled and self.files[spooled] then
+    -- what the handler left (removed, as the real server does)
+    self.spool_left = (self.spool_left or 0) + 1
+    self.files[spooled] = nil
+  end
   return reply
 end
 
