@@ -45,6 +45,14 @@ static int stat_path(const char *path, uv_stat_t *st) {
 }
 
 /* The same for the path itself: a symbolic link is not followed. */
+int host_fs_check_dir(const char *path) {
+  uv_stat_t st;
+  int rc = stat_path(path, &st);
+  if (rc == 0 && (st.st_mode & S_IFMT) != S_IFDIR)
+    rc = UV_ENOTDIR;
+  return rc;
+}
+
 static int lstat_path(const char *path, uv_stat_t *st) {
   uv_fs_t req;
   memset(st, 0, sizeof *st);

@@ -8,4 +8,8 @@
  * returns 0 or a libuv error. */
 int host_fs_write_all(int fd, const char *data, size_t len);
 
+/* 0 when path is a directory (links followed), else a libuv error
+ * (UV_ENOTDIR when it is something else). */
+int host_fs_check_dir(const char *path);
+
 #endif

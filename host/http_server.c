@@ -420,13 +420,6 @@ int http_server_parse_for_fuzz(const char *data, size_t len) {
 #include "log.h"
 #include "task.h"
 
-#ifndef S_IFMT
-#define S_IFMT 0170000
-#endif
-#ifndef S_IFDIR
-#define S_IFDIR 0040000
-#endif
-
 #define SERVER_MT "host.http.server"
 #define TOKEN_MT "host.http.token"
 #ifndef HTTP_SERVER_IDLE_MS /* overridable at build time, for tests */
@@ -1686,17 +1679,6 @@ static void check_serve_args(lua_State *L, serve_opts *o) {
   lua_settop(L, 2);
 }
 
-/* 0 when path is a directory, else a libuv error (UV_ENOTDIR when it is
- * something else). */
-static int check_dir(const char *path) {
-  uv_fs_t req;
-  int rc = uv_fs_stat(NULL, &req, path, NULL);
-  if (rc == 0 && (req.statbuf.st_mode & S_IFMT) != S_IFDIR)
-    rc = UV_ENOTDIR;
-  uv_fs_req_cleanup(&req);
-  return rc;
-}
-
 static char *copy_string(const char *s) {
   size_t n = strlen(s) + 1;
   char *p = malloc(n);
@@ -1747,7 +1729,7 @@ static int l_serve(lua_State *L) {
                      "http.serve: '%s' is not an IP "
                      "address",
                      o.host);
-  rc = o.spool_dir ? check_dir(o.spool_dir) : 0;
+  rc = o.spool_dir ? host_fs_check_dir(o.spool_dir) : 0;
   if (rc != 0)
     return host_fail_uv(L, rc, "http.serve: spool_dir");
   hs_server **ud = lua_newuserdatauv(L, sizeof *ud, 0);

@@ -375,6 +375,15 @@ end
 -- says how it ended.
 ------------------------------------------------------------------------------
 
+-- The stored view of work this agent ran (taken before a restart too):
+-- the assignment, or nil, err and whether it is gone from the dashboard.
+function M:look_up(work)
+  self:adopt_worker(work)
+  local a, err = self:read_back(work)
+  if a then return a end
+  return nil, err, (err and err:match("no longer on the dashboard")) ~= nil
+end
+
 -- Claims `work` back for this worker and reads it again. Returns the
 -- stored view after the claim, or nil, err.
 function M:claim_back(work)
@@ -403,14 +412,9 @@ end
 -- another worker's: as after a restart, it is not run again), or nil and
 -- err when the dashboard cannot say now.
 function M:before_rerun(work)
-  self:adopt_worker(work)
-  local a, err = self:read_back(work)
-  if not a then
-    if err and err:match("no longer on the dashboard") then
-      return false, err
-    end
-    return nil, err
-  end
+  local a, err, gone = self:look_up(work)
+  if gone then return false, err end
+  if not a then return nil, err end
   if a.status == "RUNNING" and self:ours(a) then return true end
   if not (a.status == "COMPLETED" and self:ours(a)) then
     local _, w = worker_of(a)
@@ -437,12 +441,9 @@ end
 -- agent's `finished` completes it and the split does not run twice.
 -- Returns true when the report may go, or nil, err.
 function M:settle(work, ok)
-  self:adopt_worker(work)
-  local a, err = self:read_back(work)
-  if not a then
-    if err and err:match("no longer on the dashboard") then return true end
-    return nil, err
-  end
+  local a, err, gone = self:look_up(work)
+  if gone then return true end
+  if not a then return nil, err end
   local wrong = (not ok and a.status == "COMPLETED" and self:ours(a)) or
     (ok and a.status == "PENDING")
   if not wrong then return true end
@@ -461,12 +462,9 @@ end
 -- after a failure anything but COMPLETED under this worker), false when it
 -- does not, nil and err when it cannot be read.
 function M:confirm(work, ok)
-  self:adopt_worker(work)
-  local a, err = self:read_back(work)
-  if not a then
-    if err and err:match("no longer on the dashboard") then return true end
-    return nil, err
-  end
+  local a, err, gone = self:look_up(work)
+  if gone then return true end
+  if not a then return nil, err end
   local right
   if ok then
     right = a.status == "COMPLETED"
