@@ -337,6 +337,32 @@ describe("the split config", function()
     assert.equals("/work/agent/configs/__.._etc_x_assignment_0.json",
       p.argv[#p.argv])
   end)
+
+  it("fits a 300-character super study name into a short file name, kept " ..
+    "apart from another that starts alike", function()
+      local f = fake()
+      local d = super.new(f)
+      local long = string.rep("sweep-of-phantoms-", 17) -- 306 characters
+      d:add_study(long .. "A", { { n = 0 } })
+      d:add_study(long .. "B", { { n = 1 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 5 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 2 end, 600))
+      local names = {}
+      for i, p in ipairs(f.spawned) do
+        local path = p.argv[#p.argv]
+        names[i] = path:match("[^/]+$")
+        assert.equals("/work/agent/configs/", path:sub(1, 20))
+        assert.is_true(#names[i] <= 90, names[i])
+        assert.equals(long:sub(1, 55), names[i]:sub(1, 55))
+        assert.is_string(f.files[path], "the config was not written")
+      end
+      assert.not_equals(names[1], names[2])
+      assert.is_true(f:run_until(function() return #f:reports() == 2 end, 60))
+      for _, r in ipairs(f:reports()) do
+        assert.equals("finished", r.message.type)
+      end
+    end)
 end)
 
 describe("after a failure", function()

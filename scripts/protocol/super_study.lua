@@ -481,8 +481,26 @@ end
 
 -- A name safe as part of a file name: the super study's name comes from
 -- the dashboard and must not reach outside configs/.
+-- A name longer than NAME_MAX is cut, and a hash of the whole name keeps
+-- it apart from others that start alike: the file name stays far under
+-- the 255 bytes a file system allows, and the path under Windows' 260
+-- characters for a project folder of up to about 170.
+local NAME_MAX = 64
+
+-- FNV-1a, 32 bits, as 8 hex digits (not for security: to tell names apart)
+local function short_hash(text)
+  local h = 0x811c9dc5
+  for i = 1, #text do
+    h = ((h ~ text:byte(i)) * 0x01000193) & 0xffffffff
+  end
+  return string.format("%08x", h)
+end
+
 local function file_part(name)
   local safe = name:gsub("[^%w%-_.]", "_"):gsub("^%.+", "_")
+  if #safe > NAME_MAX then
+    safe = safe:sub(1, NAME_MAX - 9) .. "-" .. short_hash(name)
+  end
   return safe
 end
 
