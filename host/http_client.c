@@ -108,7 +108,7 @@ typedef struct req_opts {
   const char *url, *method, *body, *body_file, *output, *cainfo;
   size_t body_len;
   double timeout, connect_timeout, max_size;
-  int follow, has_expect;
+  int follow, has_expect, compressed;
 } req_opts;
 
 static http_multi *the_multi;
@@ -911,6 +911,7 @@ static void read_opts(lua_State *L, req_opts *o) {
   if (!(o->max_size >= 0 && o->max_size <= 9007199254740992.0))
     luaL_error(L, WHAT ": option 'max_size' must be a number of bytes >= 0");
   o->follow = host_opt_boolean(L, 1, "follow_redirects", 0);
+  o->compressed = host_opt_boolean(L, 1, "compressed", 0);
   lua_settop(L, 1);
   lua_getfield(L, 1, "headers");
   check_headers(L, 2, o);
@@ -1108,6 +1109,10 @@ static CURLcode setup_easy(CURL *e, const req_opts *o, http_req *req) {
   SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
   SET(CURLOPT_CLOSESOCKETDATA, (void *)req->m);
   SET(CURLOPT_USERAGENT, "goliat-host/" HOST_VERSION);
+  /* every encoding this libcurl decodes is offered; the body (and
+   * max_size) is the decoded one */
+  if (o->compressed)
+    SET(CURLOPT_ACCEPT_ENCODING, "");
   if (req->max_size > 0 && !(o->method && strcmp(o->method, "HEAD") == 0))
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->max_size);
   SET(CURLOPT_HTTPHEADER, req->headers);

@@ -106,7 +106,12 @@ local DEFAULTS = {
   gpu_probe_timeout = 10,      -- nvidia-smi, seconds
   status_every = 30,           -- agent_status.json (--status) is rewritten
                                --   on a change, else this often, seconds
-  max_reply_bytes = 1024 * 1024,
+  max_reply_bytes = 1024 * 1024, -- dashboard replies but work lookups
+  lookup_max_bytes = 64 * 1024 * 1024, -- GOLIAT_LOOKUP_MAX_BYTES: a work
+                               --   lookup's reply (the super-study list, a
+                               --   study's assignments), decoded
+  full_list_every = 300,       -- with GOLIAT_SUPER_STUDY: seconds between
+                               --   reads of the whole super-study list
   download_timeout = 120,      -- one config download attempt, seconds
   download_retry_for = 600,    -- keep retrying a failed download this long
   max_config_bytes = 16 * 1024 * 1024,
@@ -223,6 +228,15 @@ end
 -- body: a table (sent as JSON) or a string already encoded.
 function Agent:call(method, path, body)
   return self:send(self:request_options(method, path, body))
+end
+
+-- A work lookup (the super-study list, a super study's assignments): a
+-- GET with its own reply limit (lookup_max_bytes: a long history is
+-- large), the reply asked for compressed. Returns what call returns.
+function Agent:lookup(path)
+  local opts = self:request_options("GET", path)
+  opts.max_size, opts.compressed = self.s.lookup_max_bytes, true
+  return self:send(opts)
 end
 
 -- Sends a request made by request_options; returns what call returns.

@@ -1029,3 +1029,98 @@ describe("GOLIAT's own finished", function()
       assert.equals("COMPLETED", a.status)
     end)
 end)
+
+-- Long histories (issue 20): the super-study list grows with every super
+-- study ever made.
+describe("a long history", function()
+  it("with GOLIAT_SUPER_STUDY: the named studies are looked up by name, " ..
+    "the whole list read at the start and every full_list_every only",
+    function()
+      local f = fake { GOLIAT_SUPER_STUDY = "mine", GOLIAT_POLL_INTERVAL = "5" }
+      local d = super.new(f)
+      for i = 1, 30 do d:add_study("old-" .. i, { { n = i } }) end
+      d:add_study("mine", { { n = 0 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 10 } end
+      P.start(f)
+      f:run_for(600)
+      local full, named = 0, 0
+      for _, r in ipairs(f:requests_to("/api/super%-studies")) do
+        if r.url:match("/api/super%-studies$") then full = full + 1 end
+        if r.url:match("/api/super%-studies%?name=mine$") then
+          named = named + 1
+        end
+      end
+      assert.equals(1, #f.spawned)
+      assert.is_true(named > 50, "named lookups: " .. named)
+      -- the probe, the start, then one per 300 s
+      assert.is_true(full >= 2 and full <= 4, "whole-list reads: " .. full)
+    end)
+
+  it("work lookups have their own reply limit and ask for compression; " ..
+    "the heartbeat keeps the small limit", function()
+      local f = fake { GOLIAT_LOOKUP_MAX_BYTES = "100M" }
+      local d = super.new(f)
+      d:add_study("s", { { n = 0 } })
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      local lookups = f:requests_to("/api/super%-studies")
+      assert.is_true(#lookups >= 2)
+      for _, r in ipairs(lookups) do
+        assert.equals(100 * 1024 * 1024, r.max_size)
+        assert.is_true(r.compressed)
+      end
+      for _, r in ipairs(f:requests_to("/api/heartbeat$")) do
+        assert.equals(1024 * 1024, r.max_size)
+        assert.is_nil(r.compressed)
+      end
+      local _, err = agent.load_settings(P.new_fake {
+        GOLIAT_LOOKUP_MAX_BYTES = "12" }.host)
+      assert.matches("GOLIAT_LOOKUP_MAX_BYTES must be a number of bytes", err)
+    end)
+
+  it("a super study that cannot be read is skipped with a warning, and " ..
+    "the others go on", function()
+      local f = fake()
+      local bad
+      local d = super.new(f, { override = function(_, path)
+        if bad and path == "/api/super-studies/" .. bad .. "/assignments" then
+          return P.json(500, { error = "too large for the database" })
+        end
+      end })
+      bad = d:add_study("huge", { { n = 0 } }).id
+      local good = d:add_study("small", { { n = 1 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 10 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 300))
+      assert.equals(good.assignments[1].id,
+        f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+      f:run_for(120)
+      assert.equals(1, log_lines(f, "^super study huge assignments failed: " ..
+        "HTTP 500"))
+    end)
+
+  it("a super study that cannot be read and holds a failed assignment of " ..
+    "this worker: no new work until it can be read", function()
+      local f = fake()
+      local broken = false
+      local first
+      local d = super.new(f, { override = function(_, path)
+        if broken and first and
+            path == "/api/super-studies/" .. first .. "/assignments" then
+          return P.json(500, { error = "db" })
+        end
+      end })
+      first = d:add_study("a", { { n = 0 } }).id
+      d:add_study("b", { { n = 1 } })
+      f.spawn_handler = function()
+        return { exit_code = 3, after = 10, on_end = function() end }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 300))
+      f:run_for(30) -- held: the failed assignment is RUNNING under us
+      broken = true
+      f:run_for(300)
+      assert.equals(1, #f.spawned)
+      assert.matches("super study a cannot be read now", f:log_text())
+    end)
+end)

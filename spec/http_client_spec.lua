@@ -43,6 +43,16 @@ routes["/to-file"] = function()
   return 302, "", { Location = "file:///etc/passwd" }
 end
 
+-- 5000 "0" bytes, gzip-compressed (41 bytes), sent as such
+local GZIP_5000 = "\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\xed\xc1" ..
+  "\x31\x01\x00\x00\x00\xc2\xa0\x4a\xeb\x9f\xce\x14\x7e\x40\x01\x00" ..
+  "\x00\x00\x00\x6f\x03\x04\x3d\xfc\xa8\x88\x13\x00\x00"
+
+routes["/gzip"] = function()
+  return 200, GZIP_5000, { ["Content-Encoding"] = "gzip",
+    ["Content-Type"] = "application/json" }
+end
+
 routes["/peer"] = function(req)
   return 200, tostring(req.peer)
 end
@@ -95,6 +105,24 @@ describe("host.http.request", function()
     for name in pairs(res.headers) do
       assert.are.equal(name:lower(), name)
     end
+  end)
+
+  it("with compressed = true asks for a compressed reply and decodes it; "
+    .. "max_size is the decoded size (broken if the option is ignored or the "
+    .. "limit counts the compressed bytes)", function()
+    local res = assert(host.http.request({ url = base .. "/echo",
+      compressed = true }))
+    assert.matches("gzip", cjson.decode(res.body).headers["accept-encoding"])
+    res = assert(host.http.request({ url = base .. "/gzip", compressed = true }))
+    assert.are.equal(string.rep("0", 5000), res.body)
+    local none, msg, code = host.http.request({ url = base .. "/gzip",
+      compressed = true, max_size = 4000 })
+    assert.is_nil(none)
+    assert.is_string(msg)
+    assert.are.equal("too_large", code)
+    -- without it nothing is asked for, and the body comes as it was sent
+    res = assert(host.http.request({ url = base .. "/echo" }))
+    assert.is_nil(cjson.decode(res.body).headers["accept-encoding"])
   end)
 
   it("POST sends the body and the headers", function()

@@ -34,6 +34,7 @@ M.ENV = {
   gateway_rate = "GOLIAT_GATEWAY_RATE",
   gateway_hook = "GOLIAT_GATEWAY_HOOK",
   gateway_urls = "GOLIAT_GATEWAY_URLS",
+  lookup_max_bytes = "GOLIAT_LOOKUP_MAX_BYTES",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -326,6 +327,7 @@ local PARSERS = {
   gateway_rate = rate,
   gateway_hook = on_off,
   gateway_urls = url_list,
+  lookup_max_bytes = bytes,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.

@@ -36,7 +36,7 @@ end
 -- The dashboard speaks this API when the list of super studies is a JSON
 -- array.
 function M.probe(agent)
-  local list, err, retry_after, res = agent:call("GET", "/api/super-studies")
+  local list, err, retry_after, res = agent:lookup("/api/super-studies")
   if list and is_json_array(res) then
     return "yes", "GET /api/super-studies answered a JSON array"
   end
@@ -105,25 +105,78 @@ function M:check_shared_row(a)
   end
 end
 
--- Every super study, oldest first, those of GOLIAT_SUPER_STUDY (or all)
--- marked `wanted`: work is taken from those only, but a failed assignment
--- of ours holds the worker wherever it is. Returns the list, or nil, err,
--- retry_after, foreign (this dashboard does not speak the API).
-function M:studies()
-  local agent = self.agent
-  local list, err, retry_after, res = agent:call("GET", "/api/super-studies")
+-- GET of a list of super studies: the list, or nil, err, retry_after,
+-- foreign (this dashboard does not speak the API).
+function M:study_list(path)
+  local list, err, retry_after, res = self.agent:lookup(path)
   if not list then
     return nil, err, retry_after, res and res.status == 404
   end
   if not is_json_array(res) then
-    return nil, "GET /api/super-studies did not answer a JSON array", nil, true
+    return nil, "GET " .. path .. " did not answer a JSON array", nil, true
   end
+  return list
+end
+
+-- The super studies named in GOLIAT_SUPER_STUDY, each looked up by name
+-- (a long history is not read for them). A name that cannot be looked up
+-- now is left out of this round, with a warning; nil and why when none
+-- can.
+function M:named(names)
+  local out, err, retry_after, foreign
+  local read = 0
+  for _, name in ipairs(names) do
+    local step = "super study " .. name .. " lookup"
+    local list
+    list, err, retry_after, foreign = self:study_list("/api/super-studies" ..
+      "?name=" .. enc(name))
+    if foreign then return nil, err, retry_after, foreign end
+    if list then
+      read = read + 1
+      self.agent:note_success(step)
+      for _, st in ipairs(list) do
+        out = out or {}
+        out[#out + 1] = st
+      end
+    else
+      self.agent:note_failure(step, err)
+    end
+  end
+  if read == 0 then return nil, err, retry_after end
+  return out or {}
+end
+
+-- Every super study, oldest first, those of GOLIAT_SUPER_STUDY (or all)
+-- marked `wanted`: work is taken from those only, but a failed assignment
+-- of ours holds the worker wherever it is. With GOLIAT_SUPER_STUDY set the
+-- named studies are looked up by name, and the whole list is read at the
+-- start and every full_list_every seconds only (a failed assignment of
+-- ours in another super study is found there, and its study is then read
+-- every round). Returns the list, or nil, err, retry_after, foreign (this
+-- dashboard does not speak the API).
+function M:studies()
+  local agent = self.agent
   local names = agent.s.super_study
+  local now = agent.host.time.monotonic()
+  local list, err, retry_after, foreign
+  if names and self.full_at and now - self.full_at < agent.s.full_list_every
+  then
+    list, err, retry_after, foreign = self:named(names)
+    if list and self.held_study then
+      list[#list + 1] = self.held_study
+    end
+  else
+    list, err, retry_after, foreign = self:study_list("/api/super-studies")
+    if list then self.full_at = now end
+  end
+  if not list then return nil, err, retry_after, foreign end
   local wanted, found = {}, {}
   for _, name in ipairs(names or {}) do wanted[name] = true end
-  local out = {}
+  local out, seen = {}, {}
   for _, st in ipairs(list) do
-    if type(st) == "table" and type(st.id) == "string" then
+    if type(st) == "table" and type(st.id) == "string" and not seen[st.id]
+    then
+      seen[st.id] = true
       out[#out + 1] = st
       st.position = #out
       st.wanted = names == nil or wanted[st.name] == true
@@ -161,7 +214,7 @@ end
 
 -- A super study's assignments with their stored status, sorted by index.
 function M:assignments(study_id)
-  local list, err, retry_after, res = self.agent:call("GET",
+  local list, err, retry_after, res = self.agent:lookup(
     "/api/super-studies/" .. enc(study_id) .. "/assignments")
   if not list then return nil, err, retry_after end
   if not is_json_array(res) then
@@ -206,11 +259,22 @@ function M:find_work()
   local studies, err, retry_after, foreign = self:studies()
   if not studies then return nil, err, retry_after, foreign end
   self.configs = {}
-  local candidate, held
+  local candidate, held, unread
   for _, st in ipairs(studies) do
+    local list
     if worth_reading(st) then
-      local list, aerr, aretry = self:assignments(st.id)
-      if not list then return nil, aerr, aretry end
+      local step = "super study " .. tostring(st.name) .. " assignments"
+      local aerr
+      list, aerr = self:assignments(st.id)
+      if list then
+        self.agent:note_success(step)
+      else
+        -- (too large, a 500, ...): skipped this round, the others go on
+        self.agent:note_failure(step, aerr)
+        if self:may_hold(st) then unread = unread or st end
+      end
+    end
+    if list then
       for _, a in ipairs(list) do
         if a.status == "RUNNING" and self:ours(a) and not held then
           held = { a = a, st = st }
@@ -227,8 +291,15 @@ function M:find_work()
       end
     end
   end
+  if not held and unread then
+    return false, string.format("super study %s cannot be read now, and " ..
+      "it may hold a failed assignment of this worker: taking no new work " ..
+      "until it can be read", tostring(unread.name))
+  end
   if held then
     self.held = held.a.id
+    self.held_study = { id = held.st.id, name = held.st.name,
+      createdAt = held.st.createdAt }
     return false, string.format("assignment %s (index %s of super study " ..
       "%s) is still RUNNING under this worker on the dashboard after it " ..
       "failed; taking no new work until an operator resets this worker " ..
@@ -241,9 +312,24 @@ function M:find_work()
     self.agent.log.info("assignment %s is no longer RUNNING under this " ..
       "worker (the worker was reset on the dashboard): taking work again",
       tostring(self.held))
-    self.held, self.worker_id = nil, nil
+    self.held, self.worker_id, self.held_study = nil, nil, nil
   end
   return candidate or false
+end
+
+-- Whether a super study that could not be read may hold a RUNNING
+-- assignment of this worker (as its list entry says, or the one where a
+-- failed assignment of ours was last seen).
+function M:may_hold(st)
+  if self.held_study and self.held_study.id == st.id then return true end
+  if type(st.assignments) ~= "table" then return true end
+  for _, a in ipairs(st.assignments) do
+    if type(a) == "table" and a.status == "RUNNING" and
+        self.worker_id ~= nil and a.workerId == self.worker_id then
+      return true
+    end
+  end
+  return false
 end
 
 -- The stored view of one assignment, or nil, err.

@@ -466,6 +466,7 @@ function Fake:make_host()
         method = opts.method or (body and "POST" or "GET"),
         url = opts.url, headers = opts.headers or {}, body = body,
         body_file = opts.body_file, at = f.now, cainfo = opts.cainfo,
+        max_size = opts.max_size, compressed = opts.compressed,
       }
       table.insert(f.requests, req)
       local res, err, code = f.http_handler(req, f)
