@@ -7,6 +7,8 @@
 #
 #   bash examples/demo.sh                 the planned API: two assignments,
 #                                         the second fails with exit code 3
+#                                         (three times: the agent runs a
+#                                         failure again, here 2 s later)
 #   bash examples/demo.sh --super-study   the deployed GOLIAT dashboard: a
 #                                         super study of three assignments,
 #                                         claimed one by one; the first two
@@ -88,6 +90,7 @@ fi
 GOLIAT_MONITORING_URL="http://127.0.0.1:$port" GOLIAT_WORK_DIR="$work" \
   GOLIAT_PROJECT_DIR="$work/project" GOLIAT_PUBLIC_IP_URL= \
   GOLIAT_POLL_INTERVAL=2 GOLIAT_CLAIM_SETTLE=1 PYTHONPATH="$PWD/examples" \
+  GOLIAT_FAILURE_RETRY_DELAY=2 \
   build/goliat-host scripts/agent.lua &
 agent=$!
 trap 'kill $agent $dashboard 2>/dev/null || true' EXIT

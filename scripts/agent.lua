@@ -66,6 +66,11 @@ local DEFAULTS = {
                                --   this size is moved to .1 (0 = no limit)
   oom_retries = 3,             -- GOLIAT_OOM_RETRIES: reruns of a study that
   oom_exit_code = 42,          --   exits with this code (out of memory)
+  failure_retries = 2,         -- GOLIAT_FAILURE_RETRIES: reruns of a study
+                               --   that failed otherwise (an exit code but
+                               --   0 and 42, a crash), in case it passes
+  failure_retry_delay = 60,    -- GOLIAT_FAILURE_RETRY_DELAY: seconds before
+                               --   such a rerun
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
   rerun_wait = 60,             -- seconds a rerun waits for the dashboard
@@ -530,43 +535,111 @@ end
 -- Runs the study until it ends other than out of memory, or the reruns are
 -- used up. `run` continues after a restart: {attempt = n, started_at =
 -- wall clock of the first start, outcome = how attempt n ended, if known}.
+-- `run` continues after a restart: {attempt = n, started_at = wall clock
+-- of the first start, earlier = how attempts 1 to n-1 ended ("42", "3",
+-- "SIGKILL"), outcome = how attempt n ended, if known}.
 function Agent:run_study(a, config_path, run)
   run = run or {}
   local attempt = run.attempt or 1
   local started_at = run.started_at or self.host.time.now()
+  local earlier = run.earlier or {}
   local outcome = run.outcome
   while true do
-    if not outcome and attempt > self.s.oom_retries + 1 then
-      -- the limit was lowered across a restart
-      return { exit_code = self.s.oom_exit_code, attempts = attempt - 1 }
-    end
     if not outcome and attempt > 1 then
+      local last = M.ended_as(earlier[#earlier])
+      if not self:rerun_kind(last, { table.unpack(earlier, 1,
+          #earlier - 1) }) then
+        -- the limits were lowered across a restart
+        last.attempts, last.earlier = attempt - 1, { table.unpack(earlier,
+          1, #earlier - 1) }
+        return last
+      end
       local go, why = self:before_rerun(a)
       if self.stopping then
         return { error = "agent stopped by " .. self.stopping .. " before " ..
-          "the rerun of a study that ran out of memory",
-          attempts = attempt - 1 }
+          "the study's rerun", attempts = attempt - 1, earlier = earlier }
       elseif not go then
         self.log.warn("assignment %s: not run again: %s", tostring(a.id), why)
-        return { error = "the study ran out of memory and was not run " ..
-          "again: " .. why, attempts = attempt - 1 }
+        return { error = "the study was not run again: " .. why,
+          attempts = attempt - 1, earlier = earlier }
       end
     end
-    outcome = outcome or self:run_attempt(a, config_path, attempt, started_at)
+    outcome = outcome or self:run_attempt(a, config_path, attempt, started_at,
+      earlier)
     self.rerun_pending = nil -- (Agent:before_rerun's late claim stops)
-    outcome.attempts = attempt
-    if outcome.exit_code ~= self.s.oom_exit_code or outcome.timed_out or
-        self.stopping or attempt > self.s.oom_retries then
-      return outcome
+    outcome.attempts, outcome.earlier = attempt, earlier
+    local kind = self:rerun_kind(outcome, earlier)
+    if not kind then return outcome end
+    local ended = M.ending_of(outcome)
+    if kind == "oom" then
+      self.log.warn("assignment %s: the study ran out of memory (exit code " ..
+        "%d) on attempt %d: running it again", a.id, outcome.exit_code,
+        attempt)
+    else
+      self.log.warn("assignment %s: the study failed (%s) on attempt %d: " ..
+        "running it again in %g s (GOLIAT_FAILURE_RETRIES)", a.id,
+        tonumber(ended) and "exit code " .. ended or ended, attempt,
+        self.s.failure_retry_delay)
     end
-    self.log.warn("assignment %s: the study ran out of memory (exit code " ..
-      "%d) on attempt %d of %d: running it again", a.id, outcome.exit_code,
-      attempt, self.s.oom_retries + 1)
+    earlier = { table.unpack(earlier) }
+    earlier[#earlier + 1] = ended
     attempt, outcome = attempt + 1, nil
     -- a restart from here on starts this attempt, not the last one again
     self:save_state { assignment = a, config_path = config_path,
-      attempt = attempt, started_at = started_at }
+      attempt = attempt, started_at = started_at, earlier = earlier }
+    if kind == "failure" and not self:pause(self.s.failure_retry_delay) then
+      return { error = "agent stopped by " .. self.stopping .. " before " ..
+        "the study's rerun", attempts = attempt - 1, earlier = earlier }
+    end
   end
+end
+
+-- How an attempt ended, as kept in the state file: its exit code as text,
+-- or the signal that killed it.
+function M.ending_of(outcome)
+  if outcome.exit_code then return tostring(outcome.exit_code) end
+  return outcome.signal or "SIGKILL"
+end
+
+-- The outcome an ending_of text stands for.
+function M.ended_as(text)
+  local code = math.tointeger(tonumber(text or ""))
+  if code then return { exit_code = code } end
+  return { signal = text or "SIGKILL" }
+end
+
+-- Whether the attempt that ended with `outcome` is run again: "oom" (out
+-- of memory, oom_retries), "failure" (any other exit code but 0, or a
+-- crash; failure_retries), or nil. earlier: how the attempts before it
+-- ended. A time limit, an error before the study ran, and a stop are
+-- never run again.
+function Agent:rerun_kind(outcome, earlier)
+  if outcome.timed_out or outcome.error or self.stopping or
+      outcome.exit_code == 0 then
+    return nil
+  end
+  local oom = tostring(self.s.oom_exit_code)
+  local ooms = 0
+  for _, e in ipairs(earlier) do
+    if e == oom then ooms = ooms + 1 end
+  end
+  if outcome.exit_code == self.s.oom_exit_code then
+    return ooms < self.s.oom_retries and "oom" or nil
+  end
+  return #earlier - ooms < self.s.failure_retries and "failure" or nil
+end
+
+-- Wait `seconds` unless the agent is asked to stop; returns whether the
+-- whole wait passed.
+function Agent:pause(seconds)
+  local clock = self.host.time
+  local deadline = clock.monotonic() + seconds
+  while not self.stopping do
+    local left = deadline - clock.monotonic()
+    if left <= 0 then return true end
+    clock.sleep(math.min(left, 1))
+  end
+  return false
 end
 
 -- Before a rerun, the dashboard shows the work as this worker's again
@@ -632,7 +705,7 @@ function Agent:gateway_for(a, rec)
   return got
 end
 
-function Agent:run_attempt(a, config_path, attempt, started_at)
+function Agent:run_attempt(a, config_path, attempt, started_at, earlier)
   local h = self.host
   local exit_file = self:file(a, "study_%d.exit.json")
   local log_path = self:file(a, "study_%d.log")
@@ -642,7 +715,7 @@ function Agent:run_attempt(a, config_path, attempt, started_at)
   -- a restart that finds `starting` without a pid must not start it again
   self:save_state { assignment = a, config_path = config_path,
     attempt = attempt, started_at = started_at, exit_file = exit_file,
-    starting = true, gateway = gateway }
+    starting = true, gateway = gateway, earlier = earlier }
   local argv = { self.s.host_exe, self.s.wrapper_script,
     -- what the study leaves running gets half the grace: the other half
     -- is for the agent, should the wrapper itself be killed
@@ -675,6 +748,7 @@ function Agent:run_attempt(a, config_path, attempt, started_at)
     attempt = attempt,
     started_at = started_at,
     gateway = gateway,
+    earlier = earlier,
   }
   self:save_state(state)
   return self:watch_study(proc, state)
@@ -789,12 +863,20 @@ end
 function Agent:outcome_text(outcome)
   local text = self:outcome_message(outcome)
   local n = outcome.attempts or 1
-  if n > 1 then
-    text = string.format("%s on attempt %d of %d (the %s ran out of memory)",
+  if n <= 1 then return text end
+  local earlier, oom = outcome.earlier or {}, tostring(self.s.oom_exit_code)
+  local parts, all_oom = {}, true
+  for i, e in ipairs(earlier) do
+    all_oom = all_oom and e == oom
+    parts[i] = tonumber(e) and "exit code " .. e or e
+  end
+  if all_oom then
+    return string.format("%s on attempt %d of %d (the %s ran out of memory)",
       text, n, self.s.oom_retries + 1,
       n == 2 and "first attempt" or ("first " .. (n - 1) .. " attempts"))
   end
-  return text
+  return string.format("%s on attempt %d (before it: %s)", text, n,
+    table.concat(parts, ", "))
 end
 
 -- The report's text, with the study's own words when it sent a `finished`
@@ -1074,6 +1156,7 @@ function Agent:recover()
   local outcome = self:read_exit_file(state.exit_file)
   local run = { attempt = math.tointeger(state.attempt) or 1,
     started_at = tonumber(state.started_at) }
+  run.earlier = M.earlier_of(state, run.attempt, self.s.oom_exit_code)
   local starts = false -- whether recovering starts a study
   if outcome then
     self.log.info("assignment %s: the study ended while the agent was down",
@@ -1123,8 +1206,7 @@ end
 
 -- Whether the attempt that ended ran out of memory with reruns left.
 function Agent:rerun_due(run)
-  return run.outcome.exit_code == self.s.oom_exit_code and
-    run.attempt <= self.s.oom_retries
+  return self:rerun_kind(run.outcome, run.earlier) ~= nil
 end
 
 -- Whether work taken before a restart is still this worker's: "yes", "no",
@@ -1141,6 +1223,19 @@ function Agent:ownership(a, ran)
     if self.stopping then return "n/a" end
     self.host.time.sleep(self:backoff(try))
   end
+end
+
+-- How the attempts before the state's ended. An agent before failure
+-- retries kept none: its reruns were all out of memory.
+function M.earlier_of(state, attempt, oom_code)
+  local out = {}
+  if type(state.earlier) == "table" then
+    for _, e in ipairs(state.earlier) do
+      if type(e) == "string" then out[#out + 1] = e end
+    end
+  end
+  while #out < attempt - 1 do table.insert(out, 1, tostring(oom_code)) end
+  return out
 end
 
 -- Whether the state's pid is still the study's wrapper (not a reused pid).

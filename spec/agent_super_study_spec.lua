@@ -966,7 +966,7 @@ describe("GOLIAT's own finished", function()
       f:run_for(120)
       assert.equals(1, #f.spawned)
       assert.equals(0, f.exit_code)
-      assert.matches("agent stopped by SIGTERM before the rerun",
+      assert.matches("agent stopped by SIGTERM before the study.s rerun",
         f:reports()[1] and f:reports()[1].message.message or
         f:log_text())
     end)
@@ -1122,5 +1122,115 @@ describe("a long history", function()
       f:run_for(300)
       assert.equals(1, #f.spawned)
       assert.matches("super study a cannot be read now", f:log_text())
+    end)
+end)
+
+-- Failures that pass (issue 20): a run that fails otherwise than out of
+-- memory is run again, GOLIAT_FAILURE_RETRIES times, after
+-- GOLIAT_FAILURE_RETRY_DELAY.
+describe("failure retries", function()
+  local function run_codes(codes, env)
+    local e = { GOLIAT_FAILURE_RETRIES = "2" }
+    for k, v in pairs(env or {}) do e[k] = v end
+    local f = fake(e)
+    local d = super.new(f)
+    local a = d:add_study("s", { { n = 0 } }).assignments[1]
+    f.spawn_handler = function()
+      return { exit_code = codes[#f.spawned] or 0, after = 20,
+        on_end = function() d:goliat_finished(ME) end }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 3600))
+    f:run_for(100)
+    return f, d, a
+  end
+
+  it("run a failed study again after the delay, with no new claim, and " ..
+    "report once, naming the attempts", function()
+      local f, d, a = run_codes { 3, 0 }
+      assert.equals(2, #f.spawned)
+      assert.is_true(f.procs[2].started - f.procs[1].started >= 20 + 60,
+        "the rerun did not wait GOLIAT_FAILURE_RETRY_DELAY")
+      assert.equals(2, #d.claims) -- the claim, and back from GOLIAT's finished
+      local reports = f:reports()
+      assert.equals(1, #reports)
+      assert.equals("finished", reports[1].message.type)
+      assert.matches("on attempt 2 %(before it: exit code 3%)",
+        reports[1].message.message)
+      assert.equals("COMPLETED", a.status)
+    end)
+
+  it("stop after GOLIAT_FAILURE_RETRIES, report the failure, and only then " ..
+    "hold the worker", function()
+      local f, _, a = run_codes { 3, 3, 3, 3 }
+      assert.equals(3, #f.spawned)
+      local m = f:reports()[1].message
+      assert.equals("fatal_error", m.type)
+      assert.matches("on attempt 3 %(before it: exit code 3, exit code 3%)",
+        m.message)
+      assert.equals("RUNNING", a.status)
+      assert.equals(1, log_lines(f, "still RUNNING under this worker"))
+    end)
+
+  it("count apart from out-of-memory reruns", function()
+    local f = run_codes({ 42, 3, 42, 0 }, { GOLIAT_FAILURE_RETRY_DELAY = "5" })
+    assert.equals(4, #f.spawned)
+    assert.matches("on attempt 4 %(before it: exit code 42, exit code 3, " ..
+      "exit code 42%)", f:reports()[1].message.message)
+  end)
+
+  it("GOLIAT_FAILURE_RETRIES=0 reports the first failure", function()
+    local f = run_codes({ 3, 0 }, { GOLIAT_FAILURE_RETRIES = "0" })
+    assert.equals(1, #f.spawned)
+    assert.equals("fatal_error", f:reports()[1].message.type)
+  end)
+
+  it("keep their count across an agent killed during the delay", function()
+    local f = fake { GOLIAT_FAILURE_RETRIES = "2" }
+    local d = super.new(f)
+    d:add_study("s", { { n = 0 } })
+    f.spawn_handler = function() return { exit_code = 3, after = 20 } end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 2 end, 600))
+    f:run_for(30) -- attempt 2 fails; the agent waits for the next
+    f:kill_agent()
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 3600))
+    assert.equals(3, #f.spawned)
+    assert.matches("on attempt 3 %(before it: exit code 3, exit code 3%)",
+      f:reports()[1].message.message)
+  end)
+
+  it("never rerun a study that timed out", function()
+    local f = fake { GOLIAT_FAILURE_RETRIES = "2", GOLIAT_STUDY_TIMEOUT = "30" }
+    P.dashboard(f, { queue = { P.assignment() },
+      configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+    f.spawn_handler = function() return { exit_code = 0, after = 600 } end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+    assert.equals(1, #f.spawned)
+    assert.matches("timed out", f:reports()[1].message.message)
+  end)
+
+  it("work in the planned API too, and the settings refuse what does not " ..
+    "parse", function()
+      local f = fake { GOLIAT_FAILURE_RETRIES = "1",
+        GOLIAT_FAILURE_RETRY_DELAY = "0" }
+      P.dashboard(f, { queue = { P.assignment() },
+        configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+      f.spawn_handler = function()
+        return { exit_code = #f.spawned == 1 and 7 or 0, after = 5 }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(2, #f.spawned)
+      assert.equals("finished", f:reports()[1].message.type)
+      local _, err = agent.load_settings(P.new_fake {
+        GOLIAT_FAILURE_RETRIES = "-1" }.host)
+      assert.equals("GOLIAT_FAILURE_RETRIES must be a whole number >= 0, " ..
+        "got '-1'", err)
+      _, err = agent.load_settings(P.new_fake {
+        GOLIAT_FAILURE_RETRY_DELAY = "soon" }.host)
+      assert.matches("GOLIAT_FAILURE_RETRY_DELAY", err)
     end)
 end)

@@ -35,6 +35,8 @@ M.ENV = {
   gateway_hook = "GOLIAT_GATEWAY_HOOK",
   gateway_urls = "GOLIAT_GATEWAY_URLS",
   lookup_max_bytes = "GOLIAT_LOOKUP_MAX_BYTES",
+  failure_retries = "GOLIAT_FAILURE_RETRIES",
+  failure_retry_delay = "GOLIAT_FAILURE_RETRY_DELAY",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -328,6 +330,8 @@ local PARSERS = {
   gateway_hook = on_off,
   gateway_urls = url_list,
   lookup_max_bytes = bytes,
+  failure_retries = count,
+  failure_retry_delay = seconds_or_zero,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.

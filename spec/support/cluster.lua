@@ -53,6 +53,8 @@ function M.agent_env(url, work_dir, extra)
     GOLIAT_HEARTBEAT_INTERVAL = "0.5",
     GOLIAT_POLL_INTERVAL = "0.5",
     PYTHONPATH = host.fs.join(M.source_dir, "examples"),
+    -- a failure is reported at once unless a spec asks for retries
+    GOLIAT_FAILURE_RETRIES = "0",
   }
   for k, v in pairs(extra or {}) do env[k] = v end
   return env

@@ -56,6 +56,8 @@ function M.new_fake(env)
   local e = {
     GOLIAT_MONITORING_URL = DASH,
     GOLIAT_WORK_DIR = "/work/agent",
+    -- a failure is reported at once unless a spec asks for retries
+    GOLIAT_FAILURE_RETRIES = "0",
   }
   for k, v in pairs(env or {}) do e[k] = v end
   return fake_host.new { env = e }
