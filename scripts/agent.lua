@@ -544,10 +544,11 @@ function Agent:run_study(a, config_path, run)
   local started_at = run.started_at or self.host.time.now()
   local earlier = run.earlier or {}
   local outcome = run.outcome
+  local resumed = run.resumed -- an attempt stopped with the agent, again
   while true do
-    if not outcome and attempt > 1 then
+    if not outcome and (attempt > 1 or resumed) then
       local last = M.ended_as(earlier[#earlier])
-      if not self:rerun_kind(last, { table.unpack(earlier, 1,
+      if not resumed and not self:rerun_kind(last, { table.unpack(earlier, 1,
           #earlier - 1) }) then
         -- the limits were lowered across a restart
         last.attempts, last.earlier = attempt - 1, { table.unpack(earlier,
@@ -564,6 +565,7 @@ function Agent:run_study(a, config_path, run)
           attempts = attempt - 1, earlier = earlier }
       end
     end
+    resumed = false
     outcome = outcome or self:run_attempt(a, config_path, attempt, started_at,
       earlier)
     self.rerun_pending = nil -- (Agent:before_rerun's late claim stops)
@@ -1050,6 +1052,7 @@ end
 -- happens (a full disk, then a kill), the next start finds the state and
 -- reports the assignment from it. a: the work, or only its id.
 function Agent:finish(a, outcome, duration)
+  if self.stopping and self:keep_on_stop(a, outcome) then return end
   local a_id = a
   if type(a) == "table" then a_id = a.id end
   -- with the gateway: the study has exited; what it said at its end is
@@ -1078,6 +1081,44 @@ function Agent:finish(a, outcome, duration)
     return
   end
   self:deliver(file, item, deadline, clear)
+end
+
+-- A planned stop (a service stop, a reboot, Ctrl-C) keeps work whose
+-- protocol can say whose it is (super studies): the study's tree was ended,
+-- but no failure is reported. The state file keeps the assignment, marked
+-- interrupted, and the next start runs it again if the dashboard still
+-- shows it as this worker's (GOLIAT's caches let it resume). The planned
+-- API cannot say, and its work is reported as before. Returns whether the
+-- work was kept.
+function Agent:keep_on_stop(a, outcome)
+  if type(a) ~= "table" or outcome.exit_code == 0 or outcome.timed_out then
+    return false
+  end
+  local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
+  if not (p and p.ownership) then return false end
+  local state = cjson.decode(self.host.fs.read(self.state_file) or "")
+  if type(state) ~= "table" or type(state.assignment) ~= "table" or
+      state.assignment.id ~= a.id then
+    state = { assignment = a, started_at = self.host.time.now() }
+  end
+  state.pid, state.start_time, state.exit_file, state.starting, state.gateway =
+    nil, nil, nil, nil, nil
+  state.interrupted = self.stopping
+  local ok, err = durable.save_state(self.host, self.state_file, state)
+  if not ok then
+    self.log.error("cannot keep assignment %s for the next start (%s): " ..
+      "reporting it", tostring(a.id), tostring(err))
+    return false
+  end
+  if self.gateway then
+    -- what the study sent is sent at the next start; its last words are not
+    self.gateway:stop_serving(a.id)
+    self.study_url, self.gateway_rec = nil, nil
+  end
+  self.log.info("assignment %s: stopped by %s: not reported; the next " ..
+    "start runs it again if the dashboard still shows it as this worker's",
+    tostring(a.id), self.stopping)
+  return true
 end
 
 ------------------------------------------------------------------------------
@@ -1165,9 +1206,13 @@ function Agent:recover()
     starts = self:rerun_due(run)
   elseif not state.pid and state.starting then
     outcome = { error = "study lost: the agent died while starting it" }
+  elseif not state.pid and state.interrupted and state.config_path then
+    self.log.info("assignment %s: its study was stopped with the agent " ..
+      "(%s): running it again", tostring(a.id), tostring(state.interrupted))
+    starts, run.resumed = true, true
   elseif not state.pid and run.attempt > 1 and state.config_path then
     self.log.info("assignment %s: the agent restarted between two " ..
-      "out-of-memory reruns", tostring(a.id))
+      "reruns", tostring(a.id))
     starts = true
   elseif not state.pid then
     starts = "prepare"

@@ -966,9 +966,11 @@ describe("GOLIAT's own finished", function()
       f:run_for(120)
       assert.equals(1, #f.spawned)
       assert.equals(0, f.exit_code)
-      assert.matches("agent stopped by SIGTERM before the study.s rerun",
-        f:reports()[1] and f:reports()[1].message.message or
-        f:log_text())
+      -- kept for the next start, at the attempt it was about to run
+      assert.equals(0, #f:reports())
+      local state = cjson.decode(f.files["/work/agent/agent_state.json"])
+      assert.equals(2, state.attempt)
+      assert.equals("SIGTERM", state.interrupted)
     end)
 
   it("a dashboard that does not answer before a rerun: the rerun starts " ..
@@ -1233,4 +1235,73 @@ describe("failure retries", function()
         GOLIAT_FAILURE_RETRY_DELAY = "soon" }.host)
       assert.matches("GOLIAT_FAILURE_RETRY_DELAY", err)
     end)
+end)
+
+-- Planned stops (issue 20): a service stop or a reboot during a study ends
+-- its tree but keeps the work for the next start.
+describe("a planned stop", function()
+  local function stopped_during_study(env)
+    local f = fake(env)
+    local d = super.new(f)
+    local a = d:add_study("s", { { n = 0 } }).assignments[1]
+    f.spawn_handler = function(o)
+      if #f.spawned == 1 then return { exit_code = 0, after = 600 } end
+      return { exit_code = 0, after = 20, opts = o }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    f:run_for(30)
+    f:signal("SIGTERM")
+    f:run_for(60)
+    return f, d, a
+  end
+
+  it("reports nothing, keeps the assignment, and the next start runs it " ..
+    "again while the dashboard shows it as this worker's", function()
+      local f, d, a = stopped_during_study()
+      assert.equals(0, f.exit_code)
+      assert.equals("SIGTERM", f.procs[1].sig)
+      assert.equals(0, #f:reports())
+      assert.equals("RUNNING", a.status)
+      local state = cjson.decode(f.files["/work/agent/agent_state.json"])
+      assert.equals("SIGTERM", state.interrupted)
+      assert.is_nil(state.pid)
+      f:kill_agent() -- (it has exited: a new process starts)
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(2, #f.spawned)
+      assert.same(f.spawned[1].argv[#f.spawned[1].argv],
+        f.spawned[2].argv[#f.spawned[2].argv]) -- the same config
+      assert.equals(1, #d.claims) -- no new claim
+      assert.equals(1, #f:reports())
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals("COMPLETED", a.status)
+      assert.matches("stopped with the agent %(SIGTERM%): running it again",
+        f:log_text())
+    end)
+
+  it("does not run it again when the worker was reset meanwhile", function()
+    local f, d, a = stopped_during_study()
+    d:reset(d:worker_by_ip(ME))
+    d:claim(a.id, "203.0.113.9")
+    f:kill_agent() -- (it has exited: a new process starts)
+    P.start(f)
+    f:run_for(120)
+    assert.equals(1, #f.spawned)
+    assert.equals(0, #f:reports())
+    assert.is_nil(f.files["/work/agent/agent_state.json"])
+  end)
+
+  it("of the planned API still reports the assignment failed", function()
+    local f = fake()
+    P.dashboard(f, { queue = { P.assignment() },
+      configs = { [P.BLOB .. "/c3.json"] = "{}" } })
+    f.spawn_handler = function() return { exit_code = 0, after = 600 } end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    f:signal("SIGTERM")
+    f:run_for(60)
+    assert.equals("fatal_error", f:reports()[1].message.type)
+    assert.matches("agent stopped by SIGTERM", f:reports()[1].message.message)
+  end)
 end)
