@@ -73,6 +73,9 @@ local DEFAULTS = {
                                --   such a rerun
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
+  ownership_every = 60,        -- GOLIAT_OWNERSHIP_EVERY: seconds between
+                               --   checks, while a study runs, that its
+                               --   work is still this worker's (0 = never)
   rerun_wait = 60,             -- seconds a rerun waits for the dashboard
                                --   to show its work as ours again (then it
                                --   runs anyway; the report sets it right)
@@ -460,6 +463,7 @@ function Agent:write_status(force)
       pid = study.proc.pid,
       attempt = study.state.attempt,
       started_at = study.state.started_at,
+      owned_at = study.owned_at,
     } or nil,
     gateway = self.gateway and self.gateway:stats() or nil,
   }
@@ -616,7 +620,7 @@ end
 -- ended. A time limit, an error before the study ran, and a stop are
 -- never run again.
 function Agent:rerun_kind(outcome, earlier)
-  if outcome.timed_out or outcome.error or self.stopping or
+  if outcome.timed_out or outcome.error or outcome.lost or self.stopping or
       outcome.exit_code == 0 then
     return nil
   end
@@ -768,6 +772,7 @@ end
 function Agent:watch_study(proc, state)
   local study = { proc = proc, assignment = state.assignment, state = state }
   self.study = study
+  self:watch_ownership(study)
   if self.s.study_timeout then
     self.host.task.spawn("study timeout", function()
       local left = self.s.study_timeout -
@@ -799,8 +804,45 @@ function Agent:watch_study(proc, state)
     -- the wrapper itself was killed (its tree was): no exit code recorded
     outcome = { signal = wrapper_signal or "SIGKILL" }
   end
-  outcome.timed_out = study.timed_out
+  outcome.timed_out, outcome.lost = study.timed_out, study.lost
   return outcome
+end
+
+-- While the study runs, about every ownership_every seconds: is its work
+-- still this worker's on the dashboard (the protocol's still_ours: super
+-- studies)? Two answers in a row that it is not (a reset, another
+-- worker's claim, a deleted super study) stop the study, which is then
+-- not reported (Agent:finish); a read that fails never stops it.
+function Agent:watch_ownership(study)
+  local a, every = study.assignment, self.s.ownership_every
+  local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
+  if not (p and p.still_ours) or every <= 0 then return end
+  local h = self.host
+  h.task.spawn("ownership watch", function()
+    local misses = 0
+    while true do
+      h.time.sleep(self:jittered(every))
+      if self.study ~= study or self.stopping then return end
+      local mine, why = p:still_ours(a)
+      if self.study ~= study then return end -- (it ended meanwhile)
+      if mine then
+        misses, study.owned_at = 0, h.time.now()
+        self:note_success("ownership check")
+      elseif mine == false then
+        misses = misses + 1
+        if misses >= 2 then
+          study.lost = why
+          self.log.warn("assignment %s is no longer this worker's on the " ..
+            "dashboard (%s): stopping its study, reporting nothing",
+            tostring(a.id), why)
+          study.proc:terminate(self.s.study_grace)
+          return
+        end
+      else
+        self:note_failure("ownership check", why)
+      end
+    end
+  end)
 end
 
 -- The wrapper has ended: whatever of the study's tree still runs ends too,
@@ -1052,6 +1094,7 @@ end
 -- happens (a full disk, then a kill), the next start finds the state and
 -- reports the assignment from it. a: the work, or only its id.
 function Agent:finish(a, outcome, duration)
+  if outcome.lost then return self:drop_lost(a) end
   if self.stopping and self:keep_on_stop(a, outcome) then return end
   local a_id = a
   if type(a) == "table" then a_id = a.id end
@@ -1081,6 +1124,19 @@ function Agent:finish(a, outcome, duration)
     return
   end
   self:deliver(file, item, deadline, clear)
+end
+
+-- Work that became another's while its study ran (watch_ownership): its
+-- study was stopped; nothing is reported (a report could complete or fail
+-- the other worker's run), not even what the study said at its end.
+function Agent:drop_lost(a)
+  if self.gateway then
+    self.gateway:stop_serving(a.id)
+    self.study_url, self.gateway_rec = nil, nil
+  end
+  durable.clear_state(self.host, self.state_file)
+  self.log.info("assignment %s: its study was stopped and is not " ..
+    "reported; taking other work", tostring(a.id))
 end
 
 -- A planned stop (a service stop, a reboot, Ctrl-C) keeps work whose

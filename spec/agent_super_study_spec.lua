@@ -1305,3 +1305,92 @@ describe("a planned stop", function()
     assert.matches("agent stopped by SIGTERM", f:reports()[1].message.message)
   end)
 end)
+
+-- Ownership while the study runs (issue 20): a reset, another worker's
+-- claim or a deleted super study stops the study, and nothing is reported.
+describe("while a study runs", function()
+  local function long_study(env)
+    local f = fake(env)
+    local d = super.new(f)
+    local st = d:add_study("s", { { n = 0 }, { n = 1 } })
+    f.spawn_handler = function()
+      return { exit_code = 0, after = #f.spawned == 1 and 3600 or 20 }
+    end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    f:run_for(100) -- a check or so confirms it
+    return f, d, st
+  end
+
+  it("checks about every minute that its work is still this worker's, and " ..
+    "--status says when it last was", function()
+      local f = long_study()
+      local reads = #f:requests_to("/assignments$")
+      f:run_for(600)
+      local more = #f:requests_to("/assignments$") - reads
+      assert.is_true(more >= 8 and more <= 13, "reads in 600 s: " .. more)
+      local st = cjson.decode(f.files["/work/agent/agent_status.json"])
+      assert.is_number(st.study.owned_at)
+      assert.equals(1, #f.spawned)
+    end)
+
+  it("stops the study when two checks in a row find it claimed by another " ..
+    "worker, reports nothing, and takes other work", function()
+      local f, d, st = long_study()
+      d:claim(st.assignments[1].id, "203.0.113.9")
+      assert.is_true(f:run_until(function() return #f.spawned == 2 end, 600))
+      assert.equals("SIGTERM", f.procs[1].sig)
+      assert.equals(st.assignments[2].id, f.spawned[2].env.GOLIAT_ASSIGNMENT_ID)
+      f:run_for(60)
+      for _, r in ipairs(f:reports()) do
+        assert.not_equals(st.assignments[1].id, r.message.assignment_id)
+      end
+      assert.equals("RUNNING", st.assignments[1].status) -- the other's run
+      assert.equals(1, log_lines(f, "is no longer this worker's on the " ..
+        "dashboard %(assignment as%d+ %(index 0%) is RUNNING under another " ..
+        "worker %(203%.0%.113%.9%)%): stopping its study"))
+    end)
+
+  it("stops it after the worker was reset", function()
+    local f, d = long_study()
+    d:reset(d:worker_by_ip(ME))
+    assert.is_true(f:run_until(function() return f.procs[1].sig end, 600))
+    assert.equals("SIGTERM", f.procs[1].sig)
+    -- PENDING again, it is taken anew (a claim of its own) and run; the
+    -- run that was stopped is never reported
+    assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+    local id = f.spawned[1].env.GOLIAT_ASSIGNMENT_ID
+    assert.equals(2, count(d.claims, function(c) return c.id == id end))
+    assert.equals(1, #f:reports())
+    assert.equals("finished", f:reports()[1].message.type)
+    assert.is_true(f:reports()[1].message.duration_s < 100,
+      "the stopped run was reported")
+  end)
+
+  it("stops it when its super study was deleted", function()
+    local f, d, st = long_study()
+    d:delete_study(st)
+    assert.is_true(f:run_until(function() return f.procs[1].sig end, 600))
+    f:run_for(30)
+    assert.equals(0, #f:reports())
+    assert.matches("no longer on the dashboard", f:log_text())
+  end)
+
+  it("never stops it on a read that fails", function()
+    local failing = false
+    local f = fake()
+    local d = super.new(f, { override = function(_, path)
+      if failing and path:match("/assignments$") then
+        return P.json(500, { error = "db" })
+      end
+    end })
+    d:add_study("s", { { n = 0 } })
+    f.spawn_handler = function() return { exit_code = 0, after = 3600 } end
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+    failing = true
+    f:run_for(1200)
+    assert.is_nil(f.procs[1].sig)
+    assert.equals(1, log_lines(f, "^ownership check failed: HTTP 500"))
+  end)
+end)

@@ -37,6 +37,7 @@ M.ENV = {
   lookup_max_bytes = "GOLIAT_LOOKUP_MAX_BYTES",
   failure_retries = "GOLIAT_FAILURE_RETRIES",
   failure_retry_delay = "GOLIAT_FAILURE_RETRY_DELAY",
+  ownership_every = "GOLIAT_OWNERSHIP_EVERY",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -332,6 +333,7 @@ local PARSERS = {
   lookup_max_bytes = bytes,
   failure_retries = count,
   failure_retry_delay = seconds_or_zero,
+  ownership_every = seconds_or_zero,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.

@@ -98,6 +98,10 @@ function M.text(info)
       tostring(study.assignment_id), num(study.split_index),
       study.super_study and ", super study " .. study.super_study or "",
       num(study.pid), num(study.attempt or 1), ago(now, study.started_at))
+    if study.owned_at then
+      add("  still this worker's on the dashboard %s ago", ago(now,
+        study.owned_at))
+    end
   elseif info.running then
     add("study: none%s", st.waiting and " (" .. st.waiting .. ")" or
       " (looking for work)")

@@ -16,6 +16,8 @@
 --   and, where the dashboard can show an outcome that is not the true one
 --   (GOLIAT's own window completes work whatever the run did):
 --     :before_rerun(work) (optional) -> true | false, why | nil, err
+--     :still_ours(work)   (optional) while its study runs
+--                         -> true | false, why | nil, err
 --     :settle(work, ok)   (optional) before the report -> true | nil, err
 --     :confirm(work, ok)  (optional) after it -> true | false | nil, err
 local cjson = require "cjson.safe"

@@ -565,6 +565,24 @@ function M:confirm(work, ok)
   return right
 end
 
+-- While its study runs: is `work` still RUNNING under this worker (or
+-- COMPLETED under it: GOLIAT's own `finished` of an earlier attempt)?
+-- true; false and why not (a reset, another worker's claim, a deleted
+-- super study or assignment); nil and err when the dashboard cannot say.
+function M:still_ours(work)
+  local a, err, gone = self:look_up(work)
+  if gone then return false, err end
+  if not a then return nil, err end
+  if (a.status == "RUNNING" or a.status == "COMPLETED") and self:ours(a) then
+    return true
+  end
+  local _, w = worker_of(a)
+  local who = w and w.ipAddress or (a.workerId ~= cjson.null and
+    a.workerId) or nil
+  return false, string.format("%s is %s%s", what(a), tostring(a.status),
+    who and " under another worker (" .. tostring(who) .. ")" or "")
+end
+
 -- A name safe as part of a file name: the super study's name comes from
 -- the dashboard and must not reach outside configs/.
 -- A name longer than NAME_MAX is cut, and a hash of the whole name keeps

@@ -94,6 +94,13 @@ function D:reset(worker)
   end
 end
 
+-- The operator deletes a super study (its assignments with it).
+function D:delete_study(st)
+  for i, x in ipairs(self.studies) do
+    if x == st then table.remove(self.studies, i) return end
+  end
+end
+
 -- Another machine claims an assignment (as a racing agent would).
 function D:claim(assignment_id, ip)
   local w = self:worker_by_ip(ip) or self:new_worker(ip)
