@@ -313,6 +313,8 @@ end
 --   POST   /api/assignments/<id>/claim         {machineId}; never refuses
 --   POST   /api/heartbeat, /api/gui-update     with the effects below
 --   DELETE /api/workers/<id>                   the operator's reset
+--   GET    /api/workers/<id>                   {worker: {..., lastSeen},
+--                                              guiState}
 --   GET    /api/workers                        the workers that are not stale
 -- Any other /api/ path (GET /api/assignment among them) gets Next.js's HTML
 -- 404 page. A body that is not JSON gets 500, as deployed.
@@ -402,8 +404,10 @@ local function to_json(v)
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
+-- Every reply carries the dashboard's clock in `Date`, as Next.js does.
 local function ss_reply(status, value)
-  return { status = status, headers = { ["Content-Type"] = "application/json" },
+  return { status = status, headers = { ["Content-Type"] = "application/json",
+    ["Date"] = os.date("!%a, %d %b %Y %H:%M:%S GMT") },
     body = to_json(value) }
 end
 
@@ -886,6 +890,16 @@ local function ss_delete_worker(id)
   return ss_reply(200, object({ "success" }, { success = true }))
 end
 
+-- GET /api/workers/<id>: the worker with its lastSeen (and the latest GUI
+-- state, which this dashboard does not keep: null).
+local function ss_get_worker(id)
+  local w = ss.worker_by_id[id]
+  if not w then return ss_error(404, "Worker not found") end
+  return ss_reply(200, object({ "worker", "guiState" }, {
+    worker = object({ "id", "ipAddress", "hostname", "status", "lastSeen",
+      "machineLabel" }, w), guiState = cjson.null }))
+end
+
 local function ss_list_workers()
   local list = array()
   for _, w in ipairs(ss.workers) do
@@ -920,6 +934,7 @@ local function super_study_route(req)
   if m == "POST" and p == "/api/gui-screenshots" then return screenshots(req) end
   id = p:match("^/api/workers/([^/]+)$")
   if m == "DELETE" and id then return ss_delete_worker(id) end
+  if m == "GET" and id then return ss_get_worker(id) end
   return next_404() -- /api/assignment among them: the deployed has none
 end
 

@@ -73,6 +73,10 @@ local DEFAULTS = {
                                --   such a rerun
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
+  abandoned_after = 1800,      -- GOLIAT_ABANDONED_AFTER: work RUNNING under
+                               --   a worker the dashboard has not seen for
+                               --   this long (its VM is gone) is taken over
+                               --   (0 = never)
   ownership_every = 60,        -- GOLIAT_OWNERSHIP_EVERY: seconds between
                                --   checks, while a study runs, that its
                                --   work is still this worker's (0 = never)

@@ -1394,3 +1394,57 @@ describe("while a study runs", function()
     assert.equals(1, log_lines(f, "^ownership check failed: HTTP 500"))
   end)
 end)
+
+-- Vanished VMs (issue 20): work RUNNING under a worker the dashboard has
+-- not seen for GOLIAT_ABANDONED_AFTER is taken over.
+describe("work of a vanished VM", function()
+  -- A super study whose one assignment runs under another machine's
+  -- worker, last seen by the dashboard `ago` seconds before our start.
+  local function orphaned(ago, env)
+    local f = fake(env)
+    local d = super.new(f)
+    local a = d:add_study("s", { { n = 0 } }).assignments[1]
+    d:claim(a.id, "203.0.113.50")
+    local w = d:worker_by_ip("203.0.113.50")
+    w.status = "RUNNING"
+    w.seen = -ago
+    f.spawn_handler = function() return { exit_code = 0, after = 20 } end
+    return f, d, a, w
+  end
+
+  it("is taken over when the dashboard has not seen its worker for " ..
+    "GOLIAT_ABANDONED_AFTER, saying whose it was", function()
+      local f, d, a = orphaned(40 * 60)
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(a.id, f.spawned[1].env.GOLIAT_ASSIGNMENT_ID)
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals("COMPLETED", a.status)
+      assert.equals(2, #d.claims)
+      assert.matches("was RUNNING under worker w%d+ %(203%.0%.113%.50%), " ..
+        "which the dashboard last saw 40 min ago: its VM is gone; taking it " ..
+        "over", f:log_text())
+    end)
+
+  it("is left alone while its worker was seen recently, or with " ..
+    "GOLIAT_ABANDONED_AFTER=0", function()
+      local f = orphaned(10 * 60)
+      P.start(f)
+      f:run_for(300)
+      assert.equals(0, #f.spawned)
+      f = orphaned(40 * 60, { GOLIAT_ABANDONED_AFTER = "0" })
+      P.start(f)
+      f:run_for(300)
+      assert.equals(0, #f.spawned)
+      assert.equals(0, #f:requests_to("/api/workers/"))
+    end)
+
+  it("is judged by the dashboard's clock, not the VM's", function()
+    local f = orphaned(10 * 60)
+    local now = f.host.time.now
+    f.host.time.now = function() return now() + 7200 end -- 2 h ahead
+    P.start(f)
+    f:run_for(300)
+    assert.equals(0, #f.spawned)
+  end)
+end)

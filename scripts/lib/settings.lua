@@ -38,6 +38,7 @@ M.ENV = {
   failure_retries = "GOLIAT_FAILURE_RETRIES",
   failure_retry_delay = "GOLIAT_FAILURE_RETRY_DELAY",
   ownership_every = "GOLIAT_OWNERSHIP_EVERY",
+  abandoned_after = "GOLIAT_ABANDONED_AFTER",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -334,6 +335,7 @@ local PARSERS = {
   failure_retries = count,
   failure_retry_delay = seconds_or_zero,
   ownership_every = seconds_or_zero,
+  abandoned_after = seconds_or_zero,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.
@@ -593,18 +595,36 @@ local function utc_epoch(y, m, d, hh, mm, ss)
   return days * 86400 + hh * 3600 + mm * 60 + ss
 end
 
+-- An HTTP-date (RFC 9110, "Sun, 06 Dec 2026 12:00:00 GMT") as Unix
+-- seconds, or nil.
+function M.http_date(value)
+  if type(value) ~= "string" then return nil end
+  local d, mon, y, hh, mm, ss =
+    value:match("^%s*%a+,%s*(%d+)%s+(%a+)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+GMT")
+  if not d or not MONTHS[mon] then return nil end
+  return utc_epoch(tonumber(y), MONTHS[mon], tonumber(d), tonumber(hh),
+    tonumber(mm), tonumber(ss))
+end
+
+-- An ISO-8601 time in UTC as the dashboard writes it
+-- ("2026-12-06T12:00:00.000Z") as Unix seconds, or nil.
+function M.iso_time(value)
+  if type(value) ~= "string" then return nil end
+  local y, mon, d, hh, mm, ss, frac =
+    value:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)(%.?%d*)Z$")
+  if not y then return nil end
+  return utc_epoch(tonumber(y), tonumber(mon), tonumber(d), tonumber(hh),
+    tonumber(mm), tonumber(ss)) + (tonumber("0" .. frac) or 0)
+end
+
 -- Retry-After (RFC 9110): delay-seconds or an HTTP-date. Returns seconds
 -- from now (>= 0), or nil when absent or unreadable.
 function M.retry_after(value, now)
   if type(value) ~= "string" then return nil end
   local secs = value:match("^%s*(%d+)%s*$")
   if secs then return tonumber(secs) end
-  local d, mon, y, hh, mm, ss =
-    value:match("^%s*%a+,%s*(%d+)%s+(%a+)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+GMT")
-  if not d or not MONTHS[mon] then return nil end
-  local at = utc_epoch(tonumber(y), MONTHS[mon], tonumber(d), tonumber(hh),
-    tonumber(mm), tonumber(ss))
-  return math.max(0, at - now)
+  local at = M.http_date(value)
+  return at and math.max(0, at - now)
 end
 
 return M

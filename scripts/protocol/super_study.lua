@@ -260,6 +260,7 @@ function M:find_work()
   if not studies then return nil, err, retry_after, foreign end
   self.configs = {}
   local candidate, held, unread
+  local orphans = {} -- RUNNING under other workers: maybe abandoned
   for _, st in ipairs(studies) do
     local list
     if worth_reading(st) then
@@ -278,6 +279,8 @@ function M:find_work()
       for _, a in ipairs(list) do
         if a.status == "RUNNING" and self:ours(a) and not held then
           held = { a = a, st = st }
+        elseif a.status == "RUNNING" and st.wanted and not self:ours(a) then
+          orphans[#orphans + 1] = { a = a, st = st }
         elseif a.status == "PENDING" and st.wanted and not candidate then
           local work, why = work_of(a, st)
           if work then
@@ -290,6 +293,9 @@ function M:find_work()
         end
       end
     end
+  end
+  if not candidate and not held and not unread then
+    candidate = self:abandoned(orphans)
   end
   if not held and unread then
     return false, string.format("super study %s cannot be read now, and " ..
@@ -315,6 +321,45 @@ function M:find_work()
     self.held, self.worker_id, self.held_study = nil, nil, nil
   end
   return candidate or false
+end
+
+-- The work of the first assignment in `orphans` (RUNNING under other
+-- workers) whose worker the dashboard last saw more than abandoned_after
+-- ago, by its own clock (the worker's lastSeen against the Date of the
+-- reply: the VM's clock plays no part), or nil. A VM that is gone takes
+-- its study with it, and a study that still runs beats through GOLIAT's
+-- window, so only a worker whose agent and study are both gone looks
+-- abandoned. Each worker is asked once per round.
+function M:abandoned(orphans)
+  local after = self.agent.s.abandoned_after
+  if after <= 0 then return nil end
+  local ages = {}
+  for _, o in ipairs(orphans) do
+    local id, w = worker_of(o.a)
+    if id ~= nil and ages[id] == nil then
+      ages[id] = self:worker_age(id) or false
+    end
+    local age = id ~= nil and ages[id]
+    if age and age > after then
+      local work = work_of(o.a, o.st)
+      if work then
+        work.abandoned = { worker = id, ip = w and w.ipAddress, age = age }
+        return work
+      end
+    end
+  end
+  return nil
+end
+
+-- How long ago (seconds, by the dashboard's clock) the dashboard last saw
+-- worker `id`, or nil when it cannot say.
+function M:worker_age(id)
+  local reply, _, _, res = self.agent:lookup("/api/workers/" .. enc(id))
+  local w = reply and type(reply.worker) == "table" and reply.worker
+  local seen = w and settings_lib.iso_time(w.lastSeen)
+  local now = res and settings_lib.http_date(res.headers["date"])
+  if not (seen and now) then return nil end
+  return now - seen
 end
 
 -- Whether a super study that could not be read may hold a RUNNING
@@ -392,7 +437,12 @@ function M:take(work)
   if not a then
     return nil, "cannot read assignment " .. work.id .. ": " .. tostring(rerr)
   end
-  if a.status ~= "PENDING" then
+  local gone = work.abandoned
+  if gone and a.status == "RUNNING" and worker_of(a) == gone.worker then
+    agent.log.warn("assignment %s was RUNNING under worker %s (%s), which " ..
+      "the dashboard last saw %.0f min ago: its VM is gone; taking it over",
+      work.id, tostring(gone.worker), tostring(gone.ip), gone.age / 60)
+  elseif a.status ~= "PENDING" then
     return false, string.format("assignment %s is %s by now", work.id,
       tostring(a.status))
   end

@@ -27,6 +27,7 @@ function M.new(f, opts)
   opts = opts or {}
   local d = setmetatable({ f = f, studies = {}, workers = {}, claims = {},
     reads = {}, next_id = 0, opts = opts }, D)
+  d.wall0 = f.host.time.now() - f.now
   f.http_handler = function(req) return d:handle(req) end
   return d
 end
@@ -63,7 +64,7 @@ end
 
 function D:new_worker(ip, hostname)
   local w = { id = self:id("w"), ipAddress = ip, hostname = hostname,
-    status = "IDLE", isStale = false }
+    status = "IDLE", isStale = false, seen = self.f.now }
   table.insert(self.workers, w)
   return w
 end
@@ -163,6 +164,8 @@ function D:handle(req)
   end
   table.insert(self.reads, { method = m, path = path, at = self.f.now })
   local body = req.body and cjson.decode(req.body)
+  local seen = body and body.machineId and self:worker_by_ip(body.machineId)
+  if seen then seen.seen = self.f.now end
   if m == "GET" and path == "/api/assignment" then
     return { status = 404, headers = { ["content-type"] = "text/html" },
       body = "<!DOCTYPE html><html><body>404: This page could not be " ..
@@ -211,6 +214,21 @@ function D:handle(req)
       end
     end
     return reply(404, { error = "not found" })
+  end
+  local wid = path:match("^/api/workers/([^/]+)$")
+  if m == "GET" and wid then
+    -- lastSeen by the dashboard's clock, and that clock in the Date header
+    local w = self:worker_by_id(wid)
+    if not w then return reply(404, { error = "Worker not found" }) end
+    local wall = self.wall0 -- the dashboard's own clock, not the VM's
+    local res = reply(200, { worker = { id = w.id, ipAddress = w.ipAddress,
+      hostname = w.hostname, status = w.status,
+      lastSeen = os.date("!%Y-%m-%dT%H:%M:%S.000Z",
+        math.floor(wall + w.seen)) },
+      guiState = cjson.null })
+    res.headers["date"] = os.date("!%a, %d %b %Y %H:%M:%S GMT",
+      math.floor(wall + self.f.now + (self.clock_skew or 0)))
+    return res
   end
   local aid = path:match("^/api/assignments/([^/]+)/claim$")
   if m == "POST" and aid then
