@@ -71,6 +71,14 @@
 --       true); replies with the study and its assignments (any mode)
 --   POST /dev/reset-worker {"machineId": "..."}: what the operator's
 --       DELETE /api/workers/<id> does, for the machine's current worker
+--   POST /dev/history {"studies": N, "assignments": M,
+--       "base_config_bytes": B}: a long history at once: N finished super
+--       studies ("history-<k>", COMPLETED), each of M COMPLETED assignments
+--       (default 200) run by a worker long gone, and with a base config of
+--       about B bytes (default 0: none), which GET /api/super-studies lists
+--       with each of them: the list grows by about B + 60 * M bytes per
+--       study (the deployed dashboard's longer ids make it about 115 * M).
+--       Replies {success, studies, list_bytes}
 --   GET /dev/events also lists `super_studies` (stored statuses),
 --       `workers` (stale rows too), `claims` ({assignmentId, machineId,
 --       at}) and `history` (each change of an assignment's stored status:
@@ -137,6 +145,7 @@ local state = {
 local base_url
 
 local function say(fmt, ...)
+  if state.quiet then return end -- (POST /dev/history makes many studies)
   io.stdout:write(os.date("!%H:%M:%S "), string.format(fmt, ...), "\n")
   io.stdout:flush()
 end
@@ -307,12 +316,15 @@ end
 --
 -- Routes (super-study mode only; in planned mode they are JSON 404s):
 --   GET    /api/super-studies[?name=N]         newest first, brief assignments
+--                                              (and baseConfig, if it has one)
 --   POST   /api/super-studies                  {name, assignments: [...]}
 --   GET    /api/super-studies/<id>/assignments stored status, `worker`
 --   GET    /api/super-studies/<id>             derived status per assignment
 --   POST   /api/assignments/<id>/claim         {machineId}; never refuses
 --   POST   /api/heartbeat, /api/gui-update     with the effects below
 --   DELETE /api/workers/<id>                   the operator's reset
+--   DELETE /api/super-studies/<id>             the super study and its
+--                                              assignments deleted
 --   GET    /api/workers/<id>                   {worker: {..., lastSeen},
 --                                              guiState}
 --   GET    /api/workers                        the workers that are not stale
@@ -833,12 +845,25 @@ local function ss_list_studies(req)
     if a.createdAt ~= b.createdAt then return a.createdAt > b.createdAt end
     return a.seq > b.seq
   end)
+  -- built as one text: a long history's list is large (POST /dev/history),
+  -- and its base configs are not copied more than once
+  local parts = { "[" }
   for i, s in ipairs(list) do
-    list[i] = study_json(s, function(a)
+    local entry = to_json(study_json(s, function(a)
       return object({ "id", "status", "workerId" }, a)
-    end)
+    end))
+    if i > 1 then parts[#parts + 1] = "," end
+    if s.baseConfig ~= nil then
+      parts[#parts + 1] = entry:sub(1, -2)
+      parts[#parts + 1] = ',"baseConfig":'
+      parts[#parts + 1] = to_json(s.baseConfig)
+      parts[#parts + 1] = "}"
+    else
+      parts[#parts + 1] = entry
+    end
   end
-  return ss_reply(200, list)
+  parts[#parts + 1] = "]"
+  return ss_reply(200, raw(table.concat(parts)))
 end
 
 local function ss_study_assignments(id)
@@ -879,7 +904,7 @@ local function ss_create_study(req)
       "assignments", i, "splitConfig"), status = one.status }
   end
   local s = create_study(body.name, nonempty(body.description), specs,
-    body.baseConfig)
+    received_config(req.body, body.baseConfig, "baseConfig"))
   return ss_reply(200, study_json(s, full_view))
 end
 
@@ -888,6 +913,32 @@ local function ss_delete_worker(id)
   if not w then return ss_error(404, "Worker not found") end
   reset_worker(w)
   return ss_reply(200, object({ "success" }, { success = true }))
+end
+
+-- DELETE /api/super-studies/<id>: the super study and its assignments
+-- go (a cascade); an unknown id is a 500, as the deployed one's.
+local function ss_delete_study(id)
+  local s = ss.study_by_id[id]
+  if not s then
+    return ss_error(500, "Failed to delete super study",
+      "Record to delete does not exist.")
+  end
+  for i, x in ipairs(ss.studies) do
+    if x == s then table.remove(ss.studies, i); break end
+  end
+  ss.study_by_id[id] = nil
+  local kept = {}
+  for _, a in ipairs(ss.assignments) do
+    if a.superStudyId == id then
+      ss.assignment_by_id[a.id] = nil
+    else
+      kept[#kept + 1] = a
+    end
+  end
+  ss.assignments = kept
+  say("super study %s (%s) deleted with its assignments", s.name, id)
+  return ss_reply(200, object({ "success", "message" }, { success = true,
+    message = "Super study deleted successfully" }))
 end
 
 -- GET /api/workers/<id>: the worker with its lastSeen (and the latest GUI
@@ -927,6 +978,7 @@ local function super_study_route(req)
   if m == "GET" and id then return ss_study_assignments(id) end
   id = p:match("^/api/super%-studies/([^/]+)$")
   if m == "GET" and id then return ss_study(id) end
+  if m == "DELETE" and id then return ss_delete_study(id) end
   id = p:match("^/api/assignments/([^/]+)/claim$")
   if m == "POST" and id then return ss_claim(req, id) end
   id = p:match("^/api/assignments/([^/]+)/results$")
@@ -977,6 +1029,51 @@ local function dev_reset_worker(req)
   end
   local n = reset_worker(w, " (POST /dev/reset-worker)")
   return json_reply(200, { success = true, workerId = w.id, reset = n })
+end
+
+-- POST /dev/history: N finished super studies at once (see the header).
+local HISTORY_WORKER = "w-history" -- the worker that ran them: gone
+local HISTORY_CONFIG = raw('{"history": true}')
+
+local function dev_history(req)
+  local spec = cjson.decode(req.body)
+  if type(spec) ~= "table" then return bad_request("expected a JSON object") end
+  local n = math.tointeger(tonumber(spec.studies))
+  local m = math.tointeger(tonumber(spec.assignments or 200))
+  local bytes = math.tointeger(tonumber(spec.base_config_bytes or 0))
+  if not (n and n >= 1 and n <= 100000 and m and m >= 0 and m <= 10000 and
+      bytes and bytes >= 0 and bytes <= 64 * 1024 * 1024) then
+    return bad_request('expected {"studies": 1..100000, "assignments": ' ..
+      '0..10000, "base_config_bytes": 0..67108864}')
+  end
+  local base -- one text for all: the dashboard holds it once
+  if bytes > 0 then
+    local head = '{"study_type": "far_field", "note": "POST /dev/history", ' ..
+      '"filler": "'
+    base = raw(head .. ("x"):rep(math.max(0, bytes - #head - 2)) .. '"}')
+  end
+  local now = host.time.now()
+  local first = ss.counters.ss + 1
+  state.quiet = true -- (no yield in here: nothing else is kept quiet)
+  for k = first, first + n - 1 do
+    local specs = {}
+    for i = 1, m do
+      specs[i] = { splitConfig = HISTORY_CONFIG, status = "COMPLETED" }
+    end
+    local s = create_study("history-" .. k, "finished (POST /dev/history)",
+      specs, base)
+    for _, a in ipairs(s.list) do
+      a.workerId, a.progress = HISTORY_WORKER, 100
+      a.startedAt, a.completedAt = iso_ms(now), iso_ms(now)
+    end
+  end
+  state.quiet = false
+  local res = ss_list_studies({ query = "" })
+  say("history: %d finished super studies of %d assignment(s) added " ..
+    "(history-%d to history-%d); GET /api/super-studies is %d bytes now",
+    n, m, first, first + n - 1, #res.body)
+  return json_reply(200, { success = true, studies = n,
+    list_bytes = #res.body })
 end
 
 -- The super-study part of GET /dev/events (stored state, stale rows too).
@@ -1205,6 +1302,7 @@ local function handle(req)
     return dev_super_studies(req)
   end
   if m == "POST" and p == "/dev/reset-worker" then return dev_reset_worker(req) end
+  if m == "POST" and p == "/dev/history" then return dev_history(req) end
   return json_reply(404, { error = "not found", code = "NOT_FOUND" })
 end
 

@@ -1448,3 +1448,24 @@ describe("work of a vanished VM", function()
     assert.equals(0, #f.spawned)
   end)
 end)
+
+describe("a whole list that cannot be read", function()
+  it("stops neither the detection nor the named studies' work (the probe " ..
+    "asks for one name; the whole list is asked again later)", function()
+      local f = fake { GOLIAT_SUPER_STUDY = "now" }
+      super.new(f, { override = function(req)
+        if req.method == "GET" and req.url:match("/api/super%-studies$") then
+          return nil, "response body larger than 67108864 bytes", "too_large"
+        end
+      end }):add_study("now", { { n = 0 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 10 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 300))
+      assert.equals("finished", f:reports()[1].message.type)
+      for _, r in ipairs(f:requests_to("/api/super%-studies%?")) do
+        assert.matches("%?name=now$", r.url)
+      end
+      assert.equals(1, log_lines(f, "^whole super%-study list failed: " ..
+        "response body larger"))
+    end)
+end)

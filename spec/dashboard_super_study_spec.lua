@@ -163,6 +163,22 @@ describe("super studies", function()
     assert.equals("[]", res.body)
   end)
 
+  it("deletes a study with its assignments (DELETE /api/super-studies/<id>), " ..
+    "and answers 500 for an unknown one, as deployed", function()
+      local a = study("alpha", 2)
+      local b = study("beta", 1)
+      local done = ok_call("DELETE", "/api/super-studies/" .. a.id)
+      assert.is_true(done.success)
+      local list = ok_call("GET", "/api/super-studies")
+      assert.equals(1, #list)
+      assert.equals(b.id, list[1].id)
+      assert.equals(0, #ok_call("GET", "/api/super-studies/" .. a.id ..
+        "/assignments"))
+      assert.equals(500, (call("DELETE", "/api/super-studies/" .. a.id)))
+      assert.equals(500, (call("POST", "/api/assignments/" ..
+        a.assignments[1].id .. "/claim", { machineId = "10.0.0.1" })))
+    end)
+
   it("creates a study with POST /api/super-studies and refuses one without name", function()
     local s = ok_call("POST", "/api/super-studies", { name = "sweep",
       description = "two splits", assignments = {

@@ -43,6 +43,9 @@ Config fields, all optional:
                  counted in count_file (required with it)
   runs_file      append "<assignment id> <machine id> <exit code>" there
                  (the GOLIAT_MACHINE_ID the study was given)
+  starts_file    append "<assignment id> <machine id> <pid>" there when a
+                 run starts (runs_file says how runs ended; a run stopped
+                 before its end shows here only)
   post_finished  send the end-of-run messages above (default true, as
                  GOLIAT does after every run, errors included; false
                  imitates a crash: none of them is sent)

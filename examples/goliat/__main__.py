@@ -299,6 +299,15 @@ def record_run(config, code):
                     f"{os.environ.get('GOLIAT_MACHINE_ID')} {code}\n")
 
 
+def record_start(config):
+    """starts_file: "<assignment id> <machine id> <pid>", at the start of
+    the run (a run stopped before its end leaves no runs_file line)."""
+    if config.get("starts_file"):
+        with open(config["starts_file"], "a", encoding="utf-8") as f:
+            f.write(f"{os.environ.get('GOLIAT_ASSIGNMENT_ID')} "
+                    f"{os.environ.get('GOLIAT_MACHINE_ID')} {os.getpid()}\n")
+
+
 def record_status(config):
     """Append the stored status of this run's assignment, as the
     development dashboard at probe_url shows it now, to status_file (a
@@ -332,6 +341,7 @@ def main(argv):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if config.get("pid_file"):
         write_pid(config["pid_file"], os.getpid())
+    record_start(config)
     if config.get("child_pid_file"):
         child = sleeper(config.get("child_ignores_sigterm"))
         write_pid(config["child_pid_file"], child.pid)

@@ -34,9 +34,13 @@ local function is_json_array(res)
 end
 
 -- The dashboard speaks this API when the list of super studies is a JSON
--- array.
+-- array. It is asked for one name only (the first of GOLIAT_SUPER_STUDY,
+-- or one no study has): a long history is not read to find that out.
 function M.probe(agent)
-  local list, err, retry_after, res = agent:lookup("/api/super-studies")
+  local name = agent.s.super_study and agent.s.super_study[1] or
+    "goliat-host-probe"
+  local list, err, retry_after, res = agent:lookup("/api/super-studies" ..
+    "?name=" .. enc(name))
   if list and is_json_array(res) then
     return "yes", "GET /api/super-studies answered a JSON array"
   end
@@ -167,7 +171,16 @@ function M:studies()
     end
   else
     list, err, retry_after, foreign = self:study_list("/api/super-studies")
-    if list then self.full_at = now end
+    if list then
+      self.full_at = now
+      if names then agent:note_success("whole super-study list") end
+    elseif names and not foreign then
+      -- (too large, a 500): the named studies are looked up all the same,
+      -- and the whole list asked for again after full_list_every
+      agent:note_failure("whole super-study list", err)
+      self.full_at = now
+      list, err, retry_after, foreign = self:named(names)
+    end
   end
   if not list then return nil, err, retry_after, foreign end
   local wanted, found = {}, {}
@@ -440,8 +453,10 @@ function M:take(work)
   local gone = work.abandoned
   if gone and a.status == "RUNNING" and worker_of(a) == gone.worker then
     agent.log.warn("assignment %s was RUNNING under worker %s (%s), which " ..
-      "the dashboard last saw %.0f min ago: its VM is gone; taking it over",
-      work.id, tostring(gone.worker), tostring(gone.ip), gone.age / 60)
+      "the dashboard last saw %s ago: its VM is gone; taking it over",
+      work.id, tostring(gone.worker), tostring(gone.ip), gone.age >= 120 and
+      string.format("%.0f min", gone.age / 60) or
+      string.format("%.0f s", gone.age))
   elseif a.status ~= "PENDING" then
     return false, string.format("assignment %s is %s by now", work.id,
       tostring(a.status))
