@@ -33,7 +33,7 @@ log() { printf '%s build.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # ---- Debian packages needed for the build ----
 packages=(gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64 mingw-w64-x86-64-dev
-  cmake make dpkg-dev xz-utils wine64)
+  libz-mingw-w64-dev cmake make dpkg-dev xz-utils wine64)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -193,7 +193,9 @@ build_deps() {
   cp -r "$src_uv"include/uv.h "$src_uv"include/uv "$out/include/"
 
   # libcurl: static, Schannel (Windows' certificate store), HTTP and HTTPS,
-  # no optional library (zlib, brotli, zstd, nghttp2, ssh, ldap, idn, psl).
+  # zlib (Debian's static build for mingw: compressed replies of the
+  # dashboard's work lookups are decoded), no other optional library
+  # (brotli, zstd, nghttp2, ssh, ldap, idn, psl).
   # FILE stays compiled in (never allowed: the host restricts requests and
   # redirects to http and https) so that a redirect to file:// fails as
   # "unsupported protocol", as with Debian's libcurl, rather than as a
@@ -208,13 +210,16 @@ build_deps() {
     -DBUILD_SHARED_LIBS=OFF -DBUILD_CURL_EXE=OFF -DBUILD_TESTING=OFF \
     -DENABLE_MANUAL=OFF -DCURL_ENABLE_EXPORT_TARGET=OFF -DPICKY_COMPILER=OFF \
     "${off[@]}" -DCURL_USE_SCHANNEL=ON -DCURL_USE_OPENSSL=OFF \
-    -DCURL_WINDOWS_SSPI=ON -DCURL_ZLIB=OFF -DCURL_BROTLI=OFF -DCURL_ZSTD=OFF \
+    -DCURL_WINDOWS_SSPI=ON -DCURL_ZLIB=ON \
+    -DZLIB_INCLUDE_DIR="/usr/$target/include" \
+    -DZLIB_LIBRARY="/usr/$target/lib/libz.a" -DCURL_BROTLI=OFF -DCURL_ZSTD=OFF \
     -DUSE_NGHTTP2=OFF -DUSE_LIBIDN2=OFF -DUSE_WIN32_IDN=OFF \
     -DCURL_USE_LIBPSL=OFF -DCURL_USE_LIBSSH2=OFF -DCURL_USE_LIBSSH=OFF \
     -DCURL_USE_GSSAPI=OFF -DENABLE_UNIX_SOCKETS=OFF -DCURL_CA_BUNDLE=none -DCURL_CA_PATH=none
   step curl cmake --build "$work/b-curl" --target libcurl -j "$jobs"
   cp "$(find "$work/b-curl/lib" -name 'libcurl*.a' | head -n1)" \
     "$out/lib/libcurl.a"
+  cp "/usr/$target/lib/libz.a" "$out/lib/libz.a"
   cp -r "$src_curl"include/curl "$out/include/"
 
   for s in "${sources[@]}"; do echo "$s ${version[$s]}"; done \

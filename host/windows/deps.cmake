@@ -22,13 +22,13 @@ set_target_properties(PkgConfig::UV PROPERTIES
   INTERFACE_LINK_LIBRARIES
     "${_deps_lib}/libuv.a;ws2_32;iphlpapi;userenv;psapi;user32;advapi32;dbghelp;ole32;shell32")
 
-# libcurl with Schannel (Windows' own TLS) and nothing else optional
+# libcurl with Schannel (Windows' own TLS) and zlib, nothing else optional
 add_library(PkgConfig::CURL INTERFACE IMPORTED)
 set_target_properties(PkgConfig::CURL PROPERTIES
   INTERFACE_INCLUDE_DIRECTORIES "${_deps_inc}"
   INTERFACE_COMPILE_DEFINITIONS CURL_STATICLIB
   INTERFACE_LINK_LIBRARIES
-    "${_deps_lib}/libcurl.a;ws2_32;crypt32;bcrypt;secur32;advapi32;normaliz")
+    "${_deps_lib}/libcurl.a;${_deps_lib}/libz.a;ws2_32;crypt32;bcrypt;secur32;advapi32;normaliz")
 
 # cJSON (host.json): one C file
 add_library(PkgConfig::CJSON INTERFACE IMPORTED)
