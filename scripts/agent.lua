@@ -684,7 +684,11 @@ function Agent:before_rerun(a)
         for later = try + 1, math.huge do
           clock.sleep(self:backoff(later))
           if self.rerun_pending ~= pending or self.stopping then return end
-          if p:before_rerun(a) ~= nil then
+          -- (the guard is asked again just before a claim: the rerun may
+          -- have ended, and its report gone, during the read)
+          if p:before_rerun(a, function()
+                return self.rerun_pending == pending and not self.stopping
+              end) ~= nil then
             self:note_success(step)
             return
           end
@@ -1143,6 +1147,21 @@ function Agent:drop_lost(a)
     "reported; taking other work", tostring(a.id))
 end
 
+-- At a stop, before the study's tree is asked to end: the state file marks
+-- its work interrupted at once, so that a stop cut short (Windows gives a
+-- service about 20 s at shutdown, and ending the tree may take longer)
+-- still leaves the work to run again at the next start (keep_on_stop).
+function Agent:mark_interrupted(signal)
+  local state = cjson.decode(self.host.fs.read(self.state_file) or "")
+  local a = type(state) == "table" and state.assignment
+  local p = type(a) == "table" and type(a.protocol) == "string" and
+    self:protocol_for(a.protocol)
+  if p and p.ownership then
+    state.interrupted = signal
+    self:save_state(state)
+  end
+end
+
 -- A planned stop (a service stop, a reboot, Ctrl-C) keeps work whose
 -- protocol can say whose it is (super studies): the study's tree was ended,
 -- but no failure is reported. The state file keeps the assignment, marked
@@ -1151,9 +1170,10 @@ end
 -- API cannot say, and its work is reported as before. Returns whether the
 -- work was kept.
 function Agent:keep_on_stop(a, outcome)
-  if type(a) ~= "table" or outcome.exit_code == 0 or outcome.timed_out then
-    return false
-  end
+  -- (an exit code 0 during a stop may be a study that was stopped: it runs
+  -- again, which costs little with GOLIAT's caches, rather than be taken
+  -- for done)
+  if type(a) ~= "table" or outcome.timed_out then return false end
   local p = type(a.protocol) == "string" and self:protocol_for(a.protocol)
   if not (p and p.ownership) then return false end
   local state = cjson.decode(self.host.fs.read(self.state_file) or "")
@@ -1259,17 +1279,20 @@ function Agent:recover()
     started_at = tonumber(state.started_at) }
   run.earlier = M.earlier_of(state, run.attempt, self.s.oom_exit_code)
   local starts = false -- whether recovering starts a study
-  if outcome then
+  if state.interrupted and state.config_path and
+      not (state.pid and self:same_process(state)) then
+    -- stopped with the agent (the tree ended, or the stop was cut short):
+    -- the same attempt again, whatever the exit file says
+    self.log.info("assignment %s: its study was stopped with the agent " ..
+      "(%s): running it again", tostring(a.id), tostring(state.interrupted))
+    starts, run.resumed, outcome = true, true, nil
+  elseif outcome then
     self.log.info("assignment %s: the study ended while the agent was down",
       tostring(a.id))
     run.outcome, outcome = outcome, nil
     starts = self:rerun_due(run)
   elseif not state.pid and state.starting then
     outcome = { error = "study lost: the agent died while starting it" }
-  elseif not state.pid and state.interrupted and state.config_path then
-    self.log.info("assignment %s: its study was stopped with the agent " ..
-      "(%s): running it again", tostring(a.id), tostring(state.interrupted))
-    starts, run.resumed = true, true
   elseif not state.pid and run.attempt > 1 and state.config_path then
     self.log.info("assignment %s: the agent restarted between two " ..
       "reruns", tostring(a.id))
@@ -1445,6 +1468,7 @@ function Agent:stop(signal)
   self.stopping = signal
   local h = self.host
   self.log.info("%s: stopping", signal)
+  self:mark_interrupted(signal)
   if self.study then
     self.log.info("terminating the study (grace %g s)", self.s.study_grace)
     self.study.proc:terminate(self.s.study_grace)

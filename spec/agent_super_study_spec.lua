@@ -1174,12 +1174,15 @@ describe("failure retries", function()
       assert.equals(1, log_lines(f, "still RUNNING under this worker"))
     end)
 
-  it("count apart from out-of-memory reruns", function()
-    local f = run_codes({ 42, 3, 42, 0 }, { GOLIAT_FAILURE_RETRY_DELAY = "5" })
-    assert.equals(4, #f.spawned)
-    assert.matches("on attempt 4 %(before it: exit code 42, exit code 3, " ..
-      "exit code 42%)", f:reports()[1].message.message)
-  end)
+  it("count apart from out-of-memory reruns (broken if one count held " ..
+    "both: 4 reruns here, 1 failure and 3 out of memory)", function()
+      local f = run_codes({ 3, 42, 42, 42, 0 }, { GOLIAT_FAILURE_RETRIES = "1",
+        GOLIAT_FAILURE_RETRY_DELAY = "5" })
+      assert.equals(5, #f.spawned)
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.matches("on attempt 5 %(before it: exit code 3, exit code 42, " ..
+        "exit code 42, exit code 42%)", f:reports()[1].message.message)
+    end)
 
   it("GOLIAT_FAILURE_RETRIES=0 reports the first failure", function()
     local f = run_codes({ 3, 0 }, { GOLIAT_FAILURE_RETRIES = "0" })
@@ -1467,5 +1470,81 @@ describe("a whole list that cannot be read", function()
       end
       assert.equals(1, log_lines(f, "^whole super%-study list failed: " ..
         "response body larger"))
+    end)
+end)
+
+describe("from a review", function()
+  it("a stop cut short (the study's tree outlives the agent) still leaves " ..
+    "the work to run again, not a failure", function()
+      local f = fake()
+      local d = super.new(f)
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      f.spawn_handler = function()
+        return { exit_code = 0, after = #f.spawned == 1 and 3600 or 20 }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      local p = f.procs[1]
+      p.terminate = function() return nil end -- it does not end in time
+      f:signal("SIGTERM")
+      f:run_for(60)
+      assert.equals(0, f.exit_code)
+      local state = cjson.decode(f.files["/work/agent/agent_state.json"])
+      assert.equals("SIGTERM", state.interrupted)
+      assert.is_number(state.pid) -- (the stop did not get to keep_on_stop)
+      f:kill_agent()
+      p.spec.signal, p.spec.exit_code = "SIGTERM", nil
+      p.finish() -- it ends after all, killed: its exit file says so
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals(2, #f.spawned)
+      assert.equals(1, #f:reports())
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals("COMPLETED", a.status)
+    end)
+
+  it("a study that exits 0 during a stop is kept and run again, never " ..
+    "reported as failed", function()
+      local f = fake()
+      local d = super.new(f)
+      local a = d:add_study("s", { { n = 0 } }).assignments[1]
+      f.spawn_handler = function()
+        return { exit_code = 0, after = #f.spawned == 1 and 3600 or 20 }
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.spawned == 1 end, 60))
+      local p = f.procs[1]
+      p.terminate = function(self) self.finish() return 0 end -- exits 0
+      f:signal("SIGTERM")
+      f:run_for(60)
+      assert.equals(0, #f:reports())
+      f:kill_agent()
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals("COMPLETED", a.status)
+    end)
+
+  it("after a restart, an unreadable super study that holds a failed " ..
+    "assignment of this worker keeps it from taking new work", function()
+      local f = fake()
+      local broken, first = false, nil
+      local d = super.new(f, { override = function(_, path)
+        if broken and path == "/api/super-studies/" .. first .. "/assignments"
+        then
+          return P.json(500, { error = "db" })
+        end
+      end })
+      first = d:add_study("a", { { n = 0 } }).id
+      local b = d:add_study("b", { { n = 1 } })
+      f.spawn_handler = function() return { exit_code = 3, after = 10 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 300))
+      f:kill_agent() -- a restart: the new agent knows no worker row yet
+      broken = true
+      P.start(f)
+      f:run_for(300)
+      assert.equals(1, #f.spawned)
+      assert.equals("PENDING", b.assignments[1].status)
     end)
 end)

@@ -381,13 +381,31 @@ end
 function M:may_hold(st)
   if self.held_study and self.held_study.id == st.id then return true end
   if type(st.assignments) ~= "table" then return true end
+  local mine = self:my_worker_id()
   for _, a in ipairs(st.assignments) do
     if type(a) == "table" and a.status == "RUNNING" and
-        self.worker_id ~= nil and a.workerId == self.worker_id then
+        (mine == nil or a.workerId == mine) then
       return true
     end
   end
   return false
+end
+
+-- This machine's worker row: the one a claim told, else the newest row
+-- with this machine id in GET /api/workers (after a start or a reset no
+-- claim has told it yet); nil when the dashboard cannot say.
+function M:my_worker_id()
+  if self.worker_id ~= nil then return self.worker_id end
+  local list = self.agent:lookup("/api/workers")
+  if type(list) ~= "table" then return nil end
+  local id, seen
+  for _, w in ipairs(list) do
+    if type(w) == "table" and w.ipAddress == self.agent.s.machine_id and
+        w.id ~= nil and (seen == nil or tostring(w.lastSeen) > seen) then
+      id, seen = w.id, tostring(w.lastSeen)
+    end
+  end
+  return id
 end
 
 -- The stored view of one assignment, or nil, err.
@@ -562,7 +580,7 @@ end
 -- why when the work is not this worker's any more (reset, cancelled, or
 -- another worker's: as after a restart, it is not run again), or nil and
 -- err when the dashboard cannot say now.
-function M:before_rerun(work)
+function M:before_rerun(work, still_wanted)
   local a, err, gone = self:look_up(work)
   if gone then return false, err end
   if not a then return nil, err end
@@ -576,6 +594,9 @@ function M:before_rerun(work)
       tostring(who) .. ")" or "")
   end
   local was = tostring(a.status)
+  if still_wanted and not still_wanted() then
+    return false, "the rerun has ended"
+  end
   a, err = self:claim_back(work)
   if not a then return nil, err end
   self.agent.log.warn("%s: the dashboard showed it %s before its rerun " ..

@@ -215,6 +215,14 @@ function D:handle(req)
     end
     return reply(404, { error = "not found" })
   end
+  if m == "GET" and path == "/api/workers" then
+    local list = {}
+    for _, w in ipairs(self.workers) do
+      list[#list + 1] = { id = w.id, ipAddress = w.ipAddress,
+        hostname = w.hostname, status = w.status }
+    end
+    return reply(200, array(list))
+  end
   local wid = path:match("^/api/workers/([^/]+)$")
   if m == "GET" and wid then
     -- lastSeen by the dashboard's clock, and that clock in the Date header
