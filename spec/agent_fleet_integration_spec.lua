@@ -13,11 +13,7 @@ local cluster = require "support.cluster"
 
 local fs = host.fs
 
-local function lines(path)
-  local out = {}
-  for line in (fs.read(path) or ""):gmatch("[^\n]+") do out[#out + 1] = line end
-  return out
-end
+local lines = cluster.lines -- a file's lines
 
 local function count(text, plain)
   local n, at = 0, 1

@@ -15,11 +15,7 @@ local cluster = require "support.cluster"
 
 local fs = host.fs
 
-local function lines(path)
-  local out = {}
-  for line in (fs.read(path) or ""):gmatch("[^\n]+") do out[#out + 1] = line end
-  return out
-end
+local lines = cluster.lines -- a file's lines
 
 -- GOLIAT's own id, as its window finds it (not the agent's).
 local GOLIAT_ID = "203.0.113.77"

@@ -24,6 +24,15 @@ function M.wait_until(pred, limit, step)
   return pred()
 end
 
+-- The lines of a file (none when it is missing).
+function M.lines(path)
+  local out = {}
+  for line in (host.fs.read(path) or ""):gmatch("[^\n]+") do
+    out[#out + 1] = line
+  end
+  return out
+end
+
 -- Start the example dashboard; returns { proc, port, url, dir }.
 function M.start_dashboard(args)
   local dir = M.temp_dir("dash")
