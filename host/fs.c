@@ -212,6 +212,10 @@ static int l_write_atomic(lua_State *L) {
  * the disk (for a file written by other means than write_atomic). */
 static int l_sync(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  /* a folder is refused on every platform (Windows opens one and flushes
+   * it without complaint) */
+  if (host_fs_check_dir(path) == 0)
+    return host_fail_uv(L, UV_EISDIR, path);
   /* read-write: Windows flushes only a handle that may write */
   int fd = open_path(path, UV_FS_O_RDWR, 0);
   if (fd < 0)
