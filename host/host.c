@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 void host_on_close(host_ctx *ctx, host_close_fn fn, void *data) {
   host_close_hook *h = malloc(sizeof *h);
@@ -83,4 +84,12 @@ int host_fail(lua_State *L, const char *code, const char *fmt, ...) {
 
 int host_fail_uv(lua_State *L, int err, const char *what) {
   return host_fail(L, uv_err_name(err), "%s: %s", what, uv_strerror(err));
+}
+
+char *host_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *copy = malloc(n);
+  if (copy)
+    memcpy(copy, s, n);
+  return copy;
 }

@@ -74,6 +74,9 @@ int host_fail(lua_State *L, const char *code, const char *fmt, ...);
 /* Push nil, libuv's message for err and libuv's error name; returns 3. */
 int host_fail_uv(lua_State *L, int err, const char *what);
 
+/* A malloc'd copy of s, or NULL when out of memory (the caller frees it). */
+char *host_strdup(const char *s);
+
 /* Each binding adds its functions to the table at the top of the stack. */
 void host_open_task(lua_State *L);
 void host_open_time(lua_State *L);

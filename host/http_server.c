@@ -1679,21 +1679,13 @@ static void check_serve_args(lua_State *L, serve_opts *o) {
   lua_settop(L, 2);
 }
 
-static char *copy_string(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *p = malloc(n);
-  if (p)
-    memcpy(p, s, n);
-  return p;
-}
-
 /* The server for o, its socket initialized but not bound; NULL when out of
  * memory. */
 static hs_server *server_new(host_ctx *ctx, hs_registry *reg,
                              const serve_opts *o) {
   hs_server *srv = calloc(1, sizeof *srv);
   uv_tcp_t *tcp = malloc(sizeof *tcp);
-  char *dir = o->spool_dir ? copy_string(o->spool_dir) : NULL;
+  char *dir = o->spool_dir ? host_strdup(o->spool_dir) : NULL;
   if (!srv || !tcp || (o->spool_dir && !dir) ||
       uv_tcp_init(&ctx->loop, tcp) != 0) {
     free(srv);

@@ -288,14 +288,6 @@ static void free_args(spawn_args *a) {
   close_fd(a->err_fd);
 }
 
-static char *dup_str(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = malloc(n);
-  if (d)
-    memcpy(d, s, n);
-  return d;
-}
-
 static char *join_env(const char *k, const char *v) {
   size_t kl = strlen(k), vl = strlen(v);
   char *s = malloc(kl + vl + 2);
@@ -351,7 +343,7 @@ static char **build_argv(lua_State *L, int opts, int n) {
   lua_getfield(L, opts, "argv");
   for (int i = 0; i < n; i++) {
     lua_rawgeti(L, -1, i + 1);
-    argv[i] = dup_str(lua_tostring(L, -1));
+    argv[i] = host_strdup(lua_tostring(L, -1));
     lua_pop(L, 1);
     if (!argv[i]) {
       lua_pop(L, 1);

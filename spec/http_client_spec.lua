@@ -383,19 +383,7 @@ describe("host.http.request", function()
     -- and counts requests.
     local upload, upload_base, expected, hits
 
-    -- n bytes of every value, numbered every 256 bytes.
-    local function bytes(n)
-      local block = {}
-      for i = 0, 251 do
-        block[#block + 1] = string.char(i)
-      end
-      block = table.concat(block)
-      local parts = {}
-      for i = 1, n // 256 + 1 do
-        parts[i] = string.pack("<I4", i) .. block
-      end
-      return table.concat(parts):sub(1, n)
-    end
+    local bytes = require("support.helpers").bytes
 
     local function write_file(path, data)
       local f = assert(io.open(path, "wb"))

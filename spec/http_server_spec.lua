@@ -280,20 +280,7 @@ describe("host.http.serve", function()
       end)
     end
 
-    -- n bytes of every value, numbered every 256 bytes, so that a lost,
-    -- doubled or moved piece shows.
-    local function bytes(n, seed)
-      local block = {}
-      for i = 0, 251 do
-        block[#block + 1] = string.char((i + (seed or 0)) % 256)
-      end
-      block = table.concat(block)
-      local parts = {}
-      for i = 1, n // 256 + 1 do
-        parts[i] = string.pack("<I4", i) .. block
-      end
-      return table.concat(parts):sub(1, n)
-    end
+    local bytes = H.bytes
 
     -- A fresh spool folder for one test, removed when it ends.
     local function spool_dir()

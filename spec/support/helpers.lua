@@ -142,4 +142,19 @@ function M.run_host(args, opts)
   return r
 end
 
+-- n bytes of every value, numbered every 256 bytes (a lost, doubled or
+-- moved piece shows); seed shifts the values.
+function M.bytes(n, seed)
+  local block = {}
+  for i = 0, 251 do
+    block[#block + 1] = string.char((i + (seed or 0)) % 256)
+  end
+  block = table.concat(block)
+  local parts = {}
+  for i = 1, n // 256 + 1 do
+    parts[i] = string.pack("<I4", i) .. block
+  end
+  return table.concat(parts):sub(1, n)
+end
+
 return M
