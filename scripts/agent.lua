@@ -149,6 +149,9 @@ function M.new(host, settings)
   self.study = nil       -- { proc, assignment, state } while one runs
   self.stopping = nil    -- the signal's name once a stop was asked for
   self.beat_done = host.task.event() -- set as each heartbeat ends
+  self.beat_back = host.task.event() -- set when a heartbeat works again
+  -- which boot the monotonic clock counts from (Agent:mark); nil unknown
+  self.boot_id = host.sys.boot_id and host.sys.boot_id() or nil
   local fs = host.fs
   self.state_file = fs.join(settings.work_dir, "agent_state.json")
   self.status_file = fs.join(settings.work_dir, M.STATUS_FILE)
@@ -311,6 +314,7 @@ function Agent:heartbeat_loop()
     local delay = self.s.heartbeat_interval *
       (1 - self.s.jitter * math.random())
     if ok then
+      if (self.failures.heartbeat or 0) > 0 then self.beat_back:set() end
       self:note_success("heartbeat")
     else
       self:note_failure("heartbeat", err)
@@ -417,7 +421,7 @@ end
 -- than that.
 -- The facts write_status compares (each one set by it on every call).
 local STATUS_FACTS = { "protocol", "stopping", "waiting", "failure", "study",
-  "ok", "error", "attempt", "study_pid", "backlog" }
+  "ok", "error", "attempt", "study_pid", "backlog", "report" }
 
 function Agent:write_status(force)
   local h = self.host
@@ -436,10 +440,14 @@ function Agent:write_status(force)
   -- the gateway's queue: whether it holds a backlog (its size is written
   -- with the rest, not a reason to write)
   seen.backlog = self.gateway and self.gateway.queue.count > 0
+  seen.report = self.report_waiting
   local last = self.status_seen
   self.status_scratch = seen
+  -- whether it is due goes by the monotonic clock: a wall clock stepped
+  -- back must not hold the file back until it catches up
+  local mono = h.time.monotonic()
   if not force and last and
-      now - (self.status_written or 0) < self.s.status_every then
+      mono - (self.status_written or -math.huge) < self.s.status_every then
     local same = true
     for i = 1, #STATUS_FACTS do
       local k = STATUS_FACTS[i]
@@ -470,12 +478,13 @@ function Agent:write_status(force)
       owned_at = study.owned_at,
     } or nil,
     gateway = self.gateway and self.gateway:stats() or nil,
+    report_waiting = self.report_waiting,
   }
   st.heartbeat_at = beat and beat.at or nil
   st.updated_at = now
   if h.fs.write_atomic(self.status_file, cjson.encode(st),
       { sync = false }) then
-    self.status_seen, self.status_written = seen, now
+    self.status_seen, self.status_written = seen, mono
     self.status_scratch = last -- overwritten whole by the next call
   end
 end
@@ -541,15 +550,13 @@ function Agent:hook_env(env)
 end
 
 -- Runs the study until it ends other than out of memory, or the reruns are
--- used up. `run` continues after a restart: {attempt = n, started_at =
--- wall clock of the first start, outcome = how attempt n ended, if known}.
--- `run` continues after a restart: {attempt = n, started_at = wall clock
--- of the first start, earlier = how attempts 1 to n-1 ended ("42", "3",
--- "SIGKILL"), outcome = how attempt n ended, if known}.
+-- used up. `run` continues after a restart: {attempt = n, started = when
+-- the first attempt started (Agent:mark), earlier = how attempts 1 to n-1
+-- ended ("42", "3", "SIGKILL"), outcome = how attempt n ended, if known}.
 function Agent:run_study(a, config_path, run)
   run = run or {}
   local attempt = run.attempt or 1
-  local started_at = run.started_at or self.host.time.now()
+  local started = run.started or self:mark()
   local earlier = run.earlier or {}
   local outcome = run.outcome
   local resumed = run.resumed -- an attempt stopped with the agent, again
@@ -574,7 +581,7 @@ function Agent:run_study(a, config_path, run)
       end
     end
     resumed = false
-    outcome = outcome or self:run_attempt(a, config_path, attempt, started_at,
+    outcome = outcome or self:run_attempt(a, config_path, attempt, started,
       earlier)
     self.rerun_pending = nil -- (Agent:before_rerun's late claim stops)
     outcome.attempts, outcome.earlier = attempt, earlier
@@ -595,13 +602,49 @@ function Agent:run_study(a, config_path, run)
     earlier[#earlier + 1] = ended
     attempt, outcome = attempt + 1, nil
     -- a restart from here on starts this attempt, not the last one again
-    self:save_state { assignment = a, config_path = config_path,
-      attempt = attempt, started_at = started_at, earlier = earlier }
+    self:save_state(M.put_started({ assignment = a,
+      config_path = config_path, attempt = attempt, earlier = earlier },
+      started))
     if kind == "failure" and not self:pause(self.s.failure_retry_delay) then
       return { error = "agent stopped by " .. self.stopping .. " before " ..
         "the study's rerun", attempts = attempt - 1, earlier = earlier }
     end
   end
+end
+
+-- When something starts, on both clocks: {at = wall clock, mono =
+-- monotonic clock, boot = this boot's id}. Durations and time limits come
+-- from the monotonic clock (Agent:since), which a wall clock step does not
+-- move; it counts from the machine's boot, so a mark saved by an earlier
+-- agent of the same boot still holds after a restart or a reload.
+function Agent:mark()
+  local clock = self.host.time
+  return { at = clock.now(), mono = clock.monotonic(), boot = self.boot_id }
+end
+
+-- Seconds since a mark; by the wall clock only when the mark is of another
+-- boot, or has no monotonic time (a state file of an older agent).
+function Agent:since(started)
+  local clock = self.host.time
+  if started.mono and started.boot and started.boot == self.boot_id then
+    local d = clock.monotonic() - started.mono
+    if d >= 0 then return d end
+  end
+  return math.max(0, clock.now() - (started.at or clock.now()))
+end
+
+-- A mark into a state table's fields (started_at, started_mono, boot_id),
+-- and back.
+function M.put_started(state, started)
+  state.started_at, state.started_mono, state.boot_id = started.at,
+    started.mono, started.boot
+  return state
+end
+
+function M.started_of(state)
+  return { at = tonumber(state.started_at),
+    mono = tonumber(state.started_mono),
+    boot = type(state.boot_id) == "string" and state.boot_id or nil }
 end
 
 -- How an attempt ended, as kept in the state file: its exit code as text,
@@ -719,7 +762,7 @@ function Agent:gateway_for(a, rec)
   return got
 end
 
-function Agent:run_attempt(a, config_path, attempt, started_at, earlier)
+function Agent:run_attempt(a, config_path, attempt, started, earlier)
   local h = self.host
   local exit_file = self:file(a, "study_%d.exit.json")
   local log_path = self:file(a, "study_%d.log")
@@ -727,9 +770,9 @@ function Agent:run_attempt(a, config_path, attempt, started_at, earlier)
   local gateway = self:gateway_for(a)
   if gateway then self.gateway:new_attempt() end
   -- a restart that finds `starting` without a pid must not start it again
-  self:save_state { assignment = a, config_path = config_path,
-    attempt = attempt, started_at = started_at, exit_file = exit_file,
-    starting = true, gateway = gateway, earlier = earlier }
+  self:save_state(M.put_started({ assignment = a, config_path = config_path,
+    attempt = attempt, exit_file = exit_file, starting = true,
+    gateway = gateway, earlier = earlier }, started))
   local argv = { self.s.host_exe, self.s.wrapper_script,
     -- what the study leaves running gets half the grace: the other half
     -- is for the agent, should the wrapper itself be killed
@@ -760,11 +803,10 @@ function Agent:run_attempt(a, config_path, attempt, started_at, earlier)
     exit_file = exit_file,
     config_path = config_path,
     attempt = attempt,
-    started_at = started_at,
     gateway = gateway,
     earlier = earlier,
   }
-  self:save_state(state)
+  self:save_state(M.put_started(state, started))
   return self:watch_study(proc, state)
 end
 
@@ -783,8 +825,8 @@ function Agent:watch_study(proc, state)
   self:watch_ownership(study)
   if self.s.study_timeout then
     self.host.task.spawn("study timeout", function()
-      local left = self.s.study_timeout -
-        (self.host.time.now() - state.started_at)
+      -- (monotonic, across restarts too: a wall clock step changes nothing)
+      local left = self.s.study_timeout - self:since(M.started_of(state))
       self.host.time.sleep(math.max(0, left))
       -- a study that ended while the agent was paused (a suspended VM)
       -- ended on time: its exit file says so before the agent noticed
@@ -983,7 +1025,10 @@ function Agent:deliver(file, item, deadline, on_stored)
       file = self.outbox:put(item, "quiet")
       if file then on_stored() end
     end
-    local ok, err, retry_after, res = self:register()
+    -- only the report's own reply decides its fate (res): a heartbeat
+    -- refused by a proxy or during a token rotation says nothing about it
+    local ok, err, retry_after = self:register()
+    local res
     if ok and settle then
       ok, err = self:settle(settle, item)
       if ok then
@@ -1006,6 +1051,7 @@ function Agent:deliver(file, item, deadline, on_stored)
     end
     if ok then
       self:note_success("report")
+      self:note_report_waiting(nil)
       self.outbox:done(file)
       if not file and on_stored then on_stored() end
       self.log.info("reported %s for assignment %s",
@@ -1013,23 +1059,45 @@ function Agent:deliver(file, item, deadline, on_stored)
       if self:settles(item) then return self:confirm(item, deadline) end
       return true
     end
-    if res and M.refused_for_good(res.status) then
-      -- asking again will not help, and it must not hold up all work
+    if res and M.report_refused(res.status) then
+      -- the report itself is bad: asking again will not help, and it must
+      -- not hold up all work
+      self:note_report_waiting(nil)
       local kept = self.outbox:reject(file or self.outbox:put(item, "quiet"))
       self.log.error("report for assignment %s refused by the dashboard " ..
         "for good (%s): not sent again, kept in %s", tostring(what), err,
         tostring(kept))
       return true
     end
+    local hint = res and M.OPERATOR_FIXES[res.status]
+    if hint then err = string.format("%s (%s)", err, hint) end
     local n = self:note_failure("report", err)
+    self:note_report_waiting(what, err)
     local delay = self:backoff(n, retry_after)
     if deadline and clock.monotonic() + delay > deadline then
       self.log.error("report for assignment %s not delivered yet: %s " ..
         "(kept in the outbox for the next start)", tostring(what), err)
       return false
     end
-    clock.sleep(delay)
+    -- a heartbeat that works again after failures ends the wait: what
+    -- waits goes at once when the dashboard is back
+    self.beat_back:wait(delay)
   end
+end
+
+-- A report that waits for the dashboard (what, and why), shown by
+-- --status; nil once it is sent or set aside.
+function Agent:note_report_waiting(what, err)
+  if not what then
+    self.report_waiting = nil
+    return
+  end
+  local w = self.report_waiting
+  if w and w.assignment_id == tostring(what) and w.error == err then return end
+  self.report_waiting = { assignment_id = tostring(what),
+    error = self.log.redact(tostring(err)),
+    since = w and w.since or self.host.time.now() }
+  self:write_status()
 end
 
 -- Whether a report's work is of a protocol that sets the dashboard right
@@ -1071,10 +1139,36 @@ function Agent:confirm(item, deadline)
   return true
 end
 
--- A reply that will not change if the same request is sent again: a 4xx
--- but 408 (timeout) and 429 (slow down). Everything else is retried.
+-- Replies that an operator's fix changes (a rotated token, a proxy that
+-- wants credentials, a wrong URL): what is refused with them is kept and
+-- sent again; what to check is said in the log and in --status.
+M.OPERATOR_FIXES = {
+  [401] = "the dashboard refuses the agent's credentials: check " ..
+    "GOLIAT_API_TOKEN; the report is kept and sent again",
+  [403] = "refused by the dashboard or a proxy: check GOLIAT_API_TOKEN " ..
+    "and the proxy; the report is kept and sent again",
+  [404] = "not found: check GOLIAT_MONITORING_URL; the report is kept " ..
+    "and sent again",
+  [407] = "the proxy wants credentials: check the proxy settings; the " ..
+    "report is kept and sent again",
+}
+
+-- A reply that says the report itself is bad (malformed, too large, not
+-- understood): sending the same report again will not help, so it is set
+-- aside. Every other reply, 401, 403, 404 and 407 included, keeps it.
+local BAD_REPORT = { [400] = true, [413] = true, [415] = true, [422] = true }
+function M.report_refused(status)
+  return BAD_REPORT[status] == true
+end
+
+-- A reply that will not change if the same request is sent again (for the
+-- gateway's messages of studies): a 4xx but 408 (timeout), 429 (slow
+-- down) and those an operator's fix changes (OPERATOR_FIXES but 404: a
+-- study may post where the dashboard has nothing). Everything else is
+-- retried.
 function M.refused_for_good(status)
-  return status >= 400 and status < 500 and status ~= 408 and status ~= 429
+  return status >= 400 and status < 500 and status ~= 408 and
+    status ~= 429 and (status == 404 or not M.OPERATOR_FIXES[status])
 end
 Agent.refused_for_good = M.refused_for_good -- for lib/gateway.lua
 
@@ -1179,7 +1273,7 @@ function Agent:keep_on_stop(a, outcome)
   local state = cjson.decode(self.host.fs.read(self.state_file) or "")
   if type(state) ~= "table" or type(state.assignment) ~= "table" or
       state.assignment.id ~= a.id then
-    state = { assignment = a, started_at = self.host.time.now() }
+    state = M.put_started({ assignment = a }, self:mark())
   end
   state.pid, state.start_time, state.exit_file, state.starting, state.gateway =
     nil, nil, nil, nil, nil
@@ -1217,7 +1311,7 @@ function Agent:handle(work)
     outcome = { error = work.invalid }
   else
     -- on disk from now on: a restart in the middle still reports it
-    local state = { assignment = work, started_at = clock.now() }
+    local state = M.put_started({ assignment = work }, self:mark())
     self:save_state(state)
     local taken, why, keep_state = self.protocol:take(work)
     if not taken then
@@ -1237,14 +1331,14 @@ function Agent:handle(work)
       outcome = { error = "agent stopped by " .. self.stopping ..
         " before the study started" }
     else
-      outcome = self:prepare_and_run(work, state.started_at)
+      outcome = self:prepare_and_run(work, M.started_of(state))
     end
   end
   self:finish(work, outcome, clock.monotonic() - started)
   return outcome.exit_code ~= nil or outcome.signal ~= nil
 end
 
-function Agent:prepare_and_run(work, started_at)
+function Agent:prepare_and_run(work, started)
   -- each assignment's study log starts fresh; the last one is kept as .1
   local log_path = self:file(work, "study_%d.log")
   local fs = self.host.fs
@@ -1256,7 +1350,7 @@ function Agent:prepare_and_run(work, started_at)
     return { error = "agent stopped by " .. self.stopping ..
       " before the study started" }
   end
-  return self:run_study(work, path, { started_at = started_at })
+  return self:run_study(work, path, { started = started })
 end
 
 -- After a restart: the study named in the state file either ended while
@@ -1276,7 +1370,7 @@ function Agent:recover()
   self.busy = true
   local outcome = self:read_exit_file(state.exit_file)
   local run = { attempt = math.tointeger(state.attempt) or 1,
-    started_at = tonumber(state.started_at) }
+    started = M.started_of(state) }
   run.earlier = M.earlier_of(state, run.attempt, self.s.oom_exit_code)
   local starts = false -- whether recovering starts a study
   if state.interrupted and state.config_path and
@@ -1319,7 +1413,7 @@ function Agent:recover()
       if owned == "yes" then
         self.log.info("assignment %s: claimed before the restart and still " ..
           "ours on the dashboard: starting its study", tostring(a.id))
-        outcome = self:prepare_and_run(a, run.started_at)
+        outcome = self:prepare_and_run(a, run.started)
       else
         outcome = { error = "the agent restarted before the study started" }
       end
@@ -1327,7 +1421,7 @@ function Agent:recover()
     if not outcome then
       outcome = self:run_study(a, state.config_path, run)
     end
-    self:finish(a, outcome, h.time.now() - (run.started_at or h.time.now()))
+    self:finish(a, outcome, self:since(run.started))
   end
   self.busy = false
 end

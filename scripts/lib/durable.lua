@@ -78,12 +78,22 @@ end
 
 -- Move a report the dashboard refused for good to rejected/ beside the
 -- outbox (kept for a person to look at, never sent again); returns where.
+-- The outbox's numbers start again from what is in outbox/ after every
+-- start, so the name kept gets the time and a random part: a report
+-- rejected earlier under the same number is never overwritten.
 function Outbox:reject(file)
   if not file then return nil end
   local fs = self.host.fs
   local dir = fs.join((self.dir:gsub("[/\\][^/\\]+[/\\]?$", "")), "rejected")
   fs.mkdir_p(dir)
-  local to = fs.join(dir, (file:match("([^/\\]+)$")))
+  local base = (file:match("([^/\\]+)$")):gsub("%.json$", "")
+  local stamp = os.date("!%Y%m%dT%H%M%SZ", math.floor(self.host.time.now()))
+  local to
+  for _ = 1, 100 do
+    to = fs.join(dir, string.format("%s-%s-%06x.json", base, stamp,
+      math.random(0, 0xffffff)))
+    if not fs.exists(to) then break end
+  end
   local ok = fs.write_atomic(to, fs.read(file) or "")
   if ok then fs.remove(file) end
   return ok and to or file
@@ -105,6 +115,8 @@ local function state_problem(state)
   local checks = {
     pid = count, attempt = count,
     started_at = function(v) return type(v) == "number" end,
+    started_mono = function(v) return type(v) == "number" end,
+    boot_id = function(v) return type(v) == "string" end,
     start_time = function(v) return type(v) == "number" or type(v) == "string" end,
     exit_file = function(v) return type(v) == "string" end,
     config_path = function(v) return type(v) == "string" end,

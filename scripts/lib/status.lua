@@ -110,6 +110,11 @@ function M.text(info)
   add("outbox: %d report%s waiting%s", info.outbox,
     info.outbox == 1 and "" or "s", info.rejected > 0 and string.format(
       ", %d refused for good in rejected/", info.rejected) or "")
+  local rw = st.report_waiting
+  if type(rw) == "table" then
+    add("report for assignment %s waiting for %s: %s", tostring(
+      rw.assignment_id), ago(now, rw.since), tostring(rw.error))
+  end
   local g = info.gateway
   if g then
     add("gateway: %s, %d message%s of studies waiting to be sent%s",

@@ -254,7 +254,8 @@ function Fake:make_host()
 
   host.time = {
     monotonic = function() return f.now end,
-    now = function() return WALL_START + f.now end,
+    -- f.wall_step: the wall clock stepped (forward, or back when < 0)
+    now = function() return WALL_START + f.now + (f.wall_step or 0) end,
     sleep = function(s)
       assert(type(s) == "number" and s >= 0, "sleep: bad duration")
       block(f.now + s)
@@ -312,6 +313,8 @@ function Fake:make_host()
     getenv = function(name) return f.env[name] end,
     hostname = function() return "fake-vm" end,
     pid = function() return 4242 end,
+    -- f.boot_id: a reboot between two starts changes it
+    boot_id = function() return f.boot_id or "fake-boot-1" end,
     -- distinct bytes on every call (not random: the specs are repeatable)
     random = function(n)
       f.random_calls = f.random_calls + 1

@@ -1,0 +1,193 @@
+-- Policy specs for hostile conditions, round 2 (issue 21): a token
+-- rotation while a study ends, rejected reports across restarts, wall
+-- clock steps, and the wait of a report after an outage. The real
+-- scripts/agent.lua on the fake host.
+local cjson = require "cjson"
+local P = require "support.policy"
+
+local CONFIG = { [P.BLOB .. "/c3.json"] = "{}" }
+local STATUS = "/work/agent/agent_status.json"
+
+local function status_of(f)
+  return cjson.decode(f.files[STATUS] or "null")
+end
+
+local function rejected(f)
+  return f.host.fs.list("/work/agent/rejected") or {}
+end
+
+-- A dashboard that answers `status` to every request while `window(now)`.
+local function refusing(f, opts, status, window)
+  P.dashboard(f, opts)
+  local inner = f.http_handler
+  f.http_handler = function(req, ff)
+    if req.url:sub(1, #P.DASH) == P.DASH and window(f.now, req) then
+      return P.json(status, { error = "refused" })
+    end
+    return inner(req, ff)
+  end
+end
+
+describe("a token rotation while a study ends (401 for 8 s)", function()
+  it("keeps the report and sends it once the token works again: only " ..
+    "the report's own reply can set it aside", function()
+      local f = P.offline_fake()
+      -- the heartbeat sent before the report meets the 401; the report
+      -- itself would have been accepted
+      refusing(f, { queue = { P.assignment() }, configs = CONFIG }, 401,
+        function(now) return now >= 29 and now < 37 end)
+      f.spawn_handler = function() return { exit_code = 0, after = 30 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals("a-1", f:reports()[1].message.assignment_id)
+      assert.equals(0, #rejected(f), "a report was set aside")
+      assert.is_nil(f:log_text():find("refused by the dashboard for good", 1,
+        true))
+    end)
+
+  for _, status in ipairs { 401, 403, 404, 407 } do
+    it("keeps a report refused with HTTP " .. status .. " on its own, " ..
+      "says why in --status, and sends it once the operator fixed it",
+      function()
+        local f = P.offline_fake()
+        refusing(f, { queue = { P.assignment() }, configs = CONFIG }, status,
+          function(now, req)
+            return now < 300 and req.url:match("/api/gui%-update$")
+          end)
+        f.spawn_handler = function() return { exit_code = 3, after = 10 } end
+        P.start(f)
+        f:run_for(200)
+        assert.equals(0, #rejected(f))
+        local w = status_of(f).report_waiting
+        assert.is_table(w, "--status does not show the waiting report")
+        assert.equals("a-1", w.assignment_id)
+        assert.matches("HTTP " .. status, w.error)
+        assert.matches("kept and sent again", w.error)
+        assert.is_true(f:run_until(function() return #f:reports() >= 1 end,
+          600))
+        f:run_for(40)
+        assert.is_nil(status_of(f).report_waiting)
+      end)
+  end
+
+  it("sets aside a report whose own reply says it is bad (400, 413, 422)",
+    function()
+      for _, status in ipairs { 400, 413, 422 } do
+        local f = P.offline_fake()
+        refusing(f, { queue = { P.assignment() }, configs = CONFIG }, status,
+          function(_, req) return req.url:match("/api/gui%-update$") end)
+        P.start(f)
+        assert.is_true(f:run_until(function() return #rejected(f) >= 1 end,
+          600), "HTTP " .. status .. " was not set aside")
+      end
+    end)
+end)
+
+describe("reports refused for good across restarts", function()
+  it("are all kept: a second one with the same outbox number does not " ..
+    "overwrite the first", function()
+      local f = P.offline_fake()
+      refusing(f, { queue = { P.assignment(), P.assignment { id = "a-2" } },
+        configs = CONFIG }, 400,
+        function(_, req) return req.url:match("/api/gui%-update$") end)
+      P.start(f)
+      assert.is_true(f:run_until(function() return #rejected(f) >= 1 end, 600))
+      -- a restart: the outbox numbers start again from the empty outbox/
+      f:kill_agent()
+      P.start(f)
+      assert.is_true(f:run_until(function() return #rejected(f) >= 2 end, 600),
+        "the second rejected report replaced the first")
+      local ids = {}
+      for _, name in ipairs(rejected(f)) do
+        local item = cjson.decode(f.files["/work/agent/rejected/" .. name])
+        ids[#ids + 1] = item.body.message.assignment_id
+      end
+      table.sort(ids)
+      assert.same({ "a-1", "a-2" }, ids)
+    end)
+end)
+
+describe("the wall clock stepped back 3 h", function()
+  it("does not hold back agent_status.json (due by the monotonic clock)",
+    function()
+      local f = P.offline_fake()
+      P.dashboard(f)
+      P.start(f)
+      f:run_for(60)
+      f.wall_step = -3 * 3600
+      f:run_for(100)
+      local st = status_of(f)
+      local wall = 1800000000 + f.now + f.wall_step
+      -- written since the step: not "in the future", and recent
+      assert.is_true(st.updated_at <= wall and st.updated_at > wall - 40,
+        string.format("status last written %.0f s before the wall " ..
+          "clock's now", wall - st.updated_at))
+      assert.is_true(st.heartbeat_at <= wall and st.heartbeat_at > wall - 40)
+    end)
+end)
+
+describe("the wall clock stepped forward 2 h, then a restart", function()
+  it("neither times a 6 s old study out nor counts the step in its " ..
+    "duration (monotonic, same boot)", function()
+      local f = P.offline_fake { GOLIAT_STUDY_TIMEOUT = "3600" }
+      P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
+      f.spawn_handler = function() return { exit_code = 0, after = 200 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.procs == 1 end, 60))
+      f:run_for(6)
+      f.wall_step = 2 * 3600
+      f:kill_agent()
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      local m = f:reports()[1].message
+      assert.equals("finished", m.type, m.message)
+      assert.is_nil(f:log_text():find("timed out", 1, true))
+      assert.is_true(m.duration_s < 300, "duration " .. m.duration_s)
+    end)
+
+  it("after a reboot (another boot id) falls back to the wall clock",
+    function()
+      local f = P.offline_fake()
+      P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
+      f.spawn_handler = function() return { exit_code = 0, after = 200 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.procs == 1 end, 60))
+      f:run_for(6)
+      f:kill_agent()
+      f.procs[1].finish() -- the study wrote its exit file, then the reboot
+      f.boot_id = "fake-boot-2"
+      f.wall_step = 1000 -- the machine was off for 1000 s
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      local m = f:reports()[1].message
+      assert.is_true(m.duration_s >= 1000, "duration " .. m.duration_s)
+    end)
+end)
+
+describe("a report held back by an outage", function()
+  it("is sent at once when a heartbeat works again, not after the grown " ..
+    "backoff", function()
+      local f = P.offline_fake()
+      P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
+      local inner = f.http_handler
+      f.http_handler = function(req, ff)
+        if f.now >= 25 and f.now < 400 then
+          return nil, "connection refused", "connect"
+        end
+        return inner(req, ff)
+      end
+      f.spawn_handler = function() return { exit_code = 0, after = 30 } end
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 900))
+      local back
+      for _, r in ipairs(f:requests_to("/api/heartbeat$")) do
+        if r.at >= 400 then back = r.at; break end
+      end
+      local sent = f:requests_to("/api/gui%-update$")
+      local at = sent[#sent].at
+      -- the heartbeat loop's first beat after the outage wakes the report
+      assert.is_true(at - back <= 1, string.format(
+        "the report went %.1f s after the dashboard answered again",
+        at - back))
+    end)
+end)
