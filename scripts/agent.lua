@@ -118,6 +118,9 @@ local DEFAULTS = {
   gpu_probe_timeout = 10,      -- nvidia-smi, seconds
   status_every = 30,           -- agent_status.json (--status) is rewritten
                                --   on a change, else this often, seconds
+  reload_check_limit = 30,     -- a reload's check of the edited agent.lua
+                               --   and settings (--validate) may take this
+                               --   long, seconds; longer, it is refused
   max_reply_bytes = 1024 * 1024, -- dashboard replies but work lookups
   lookup_max_bytes = 64 * 1024 * 1024, -- GOLIAT_LOOKUP_MAX_BYTES: a work
                                --   lookup's reply (the super-study list, a
@@ -1595,10 +1598,28 @@ function Agent:reload(why)
   local out = h.fs.join(self.s.work_dir, ".goliat-reload-check.txt")
   local p = h.proc.spawn { argv = { self.s.host_exe, M.script_path(h),
     "--validate" }, stdout = out, stderr = "stdout" }
+  -- an edit that blocks while it loads (in a C call, where the task
+  -- watchdog cannot stop it) must not hold every later reload up
+  local checked, too_long = false, false
+  if p then
+    h.task.spawn("reload check limit", function()
+      h.time.sleep(self.s.reload_check_limit)
+      if not checked and p:running() then
+        too_long = true
+        p:kill()
+      end
+    end)
+  end
   local code = p and p:wait()
+  checked = true
   local text = h.fs.read(out) or ""
   h.fs.remove(out)
-  if code ~= 0 then
+  if too_long then
+    text = string.format("the check of the edited agent.lua and settings " ..
+      "did not end within %g s (does the edit block while it loads?): " ..
+      "stopped", self.s.reload_check_limit)
+  end
+  if code ~= 0 or too_long then
     self.log.error("reload refused, the agent keeps running as it was: %s",
       text:match("[^\r\n]+") or "the check could not run")
     self.reloading = false
@@ -1613,7 +1634,37 @@ function Agent:reload(why)
     string.format(" (the study of assignment %s keeps running and is " ..
       "taken back)", tostring(self.study.assignment.id)) or "")
   self:write_status(true)
+  -- the settings in use, for the next script should its settings fail
+  -- all the same (M.main): the agent goes on with these, not exits
+  local saved = cjson.encode(self.s)
+  if saved then h.sys.setenv(M.RELOAD_FALLBACK, saved) end
   h.restart()
+end
+
+-- The environment variable that carries the settings across a reload.
+M.RELOAD_FALLBACK = "GOLIAT_AGENT_RELOAD_SETTINGS"
+
+-- The settings the agent had before a reload (Agent:reload), or nil; the
+-- variable is removed at once (a study must not inherit it: it holds the
+-- token).
+local function reload_fallback(host)
+  local text = host.sys.getenv(M.RELOAD_FALLBACK)
+  if not text then return nil end
+  host.sys.setenv(M.RELOAD_FALLBACK, nil)
+  local s = cjson.decode(text)
+  if type(s) ~= "table" then return nil end
+  -- JSON gave 5.0 for 5: whole numbers back as integers ("42", not "42.0")
+  local function whole(t)
+    for k, v in pairs(t) do
+      if type(v) == "table" then
+        whole(v)
+      elseif math.type(v) == "float" and math.tointeger(v) then
+        t[k] = math.tointeger(v)
+      end
+    end
+  end
+  whole(s)
+  return s
 end
 
 -- agent.lua's own path, as goliat-host was given it.
@@ -1747,7 +1798,9 @@ function M.main(host, option, ...)
         return
       end
     end
-    local s, err = M.load_settings(host, { look_only = true })
+    -- as a start checks them, the folders included (made if missing, as
+    -- the start would)
+    local s, err = M.load_settings(host)
     if s then
       local ok
       ok, err = settings_lib.apply_host(host, s)
@@ -1765,11 +1818,19 @@ function M.main(host, option, ...)
     host.exit(2)
     return
   end
+  local fallback = reload_fallback(host)
   local settings, err = M.load_settings(host)
   if settings then
     local ok
     ok, err = settings_lib.apply_host(host, settings)
     if not ok then settings = nil end
+  end
+  if not settings and fallback then
+    -- checked by --validate, yet refused now (a folder gone since): the
+    -- study under way stays supervised with the settings from before
+    host.log.error("reload: the edited settings are refused (%s): the " ..
+      "agent goes on with the settings it had before the reload", err)
+    settings = fallback
   end
   if not settings then
     io.stderr:write("goliat-agent: ", err, "\n")

@@ -191,3 +191,90 @@ describe("a report held back by an outage", function()
         at - back))
     end)
 end)
+
+describe("a reload", function()
+  -- the validator (--validate) ends as `check` says; studies run 120 s
+  local function validating(f, check)
+    f.spawn_handler = function(opts)
+      if opts.argv[3] == "--validate" then
+        f.files[opts.stdout] = ""
+        return check
+      end
+      return { exit_code = 0, after = 120 }
+    end
+  end
+
+  local function validators(f)
+    local n = 0
+    for _, p in ipairs(f.spawned) do
+      if p.argv[3] == "--validate" then n = n + 1 end
+    end
+    return n
+  end
+
+  it("whose check blocks is stopped after its limit and refused; the " ..
+    "next SIGHUP is heard", function()
+      local f = P.offline_fake()
+      P.dashboard(f)
+      validating(f, { exit_code = 0, after = 1e9 }) -- blocks while loading
+      P.start(f)
+      f:run_for(5)
+      f:signal("SIGHUP")
+      f:run_for(60)
+      assert.is_nil(f.restarts)
+      assert.is_nil(f.exit_code)
+      assert.matches("reload refused, the agent keeps running as it was: " ..
+        "the check of the edited agent%.lua and settings did not end " ..
+        "within 30 s", f:log_text())
+      assert.is_true(f.procs[1].ended, "the blocked check was left running")
+      f:signal("SIGHUP")
+      f:run_for(5)
+      assert.equals(2, validators(f), "the second SIGHUP was ignored")
+    end)
+
+  it("whose settings fail after the check passed keeps the agent, with " ..
+    "the settings from before, supervising its study", function()
+      local f = P.offline_fake()
+      P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
+      validating(f, { exit_code = 0 })
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f.procs >= 1 end, 60))
+      -- the project folder becomes unusable between the check and the
+      -- restart
+      f.files["/blocked"] = "a file"
+      f.env.GOLIAT_PROJECT_DIR = "/blocked/project"
+      f:signal("SIGHUP")
+      f:run_for(10)
+      assert.equals(1, f.restarts)
+      assert.is_nil(f.exit_code, "the reloaded agent exited")
+      assert.matches("reload: the edited settings are refused %(" ..
+        "GOLIAT_PROJECT_DIR", f:log_text())
+      assert.is_nil(f.env.GOLIAT_AGENT_RELOAD_SETTINGS,
+        "the saved settings stay in the environment (a study inherits it)")
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.equals(1, f.attached, "the study was not taken back")
+    end)
+end)
+
+describe("--validate", function()
+  it("checks the folders as a start does: an unusable GOLIAT_PROJECT_DIR " ..
+    "fails it", function()
+      local f = P.offline_fake { GOLIAT_PROJECT_DIR = "/blocked/project" }
+      f.files["/blocked"] = "a file"
+      local written = {}
+      local old = io.stdout
+      io.stdout = { write = function(_, ...) -- luacheck: ignore
+        for _, piece in ipairs { ... } do written[#written + 1] = piece end
+      end }
+      local ok, err = pcall(function()
+        f:start(function(host) require("agent").main(host, "--validate") end)
+        f:run_for(1)
+      end)
+      io.stdout = old -- luacheck: ignore
+      assert(ok, err)
+      assert.equals(2, f.exit_code)
+      assert.matches("GOLIAT_PROJECT_DIR: cannot create /blocked/project",
+        table.concat(written))
+    end)
+end)

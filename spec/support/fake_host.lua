@@ -311,6 +311,7 @@ function Fake:make_host()
 
   host.sys = {
     getenv = function(name) return f.env[name] end,
+    setenv = function(name, value) f.env[name] = value; return true end,
     hostname = function() return "fake-vm" end,
     pid = function() return 4242 end,
     -- f.boot_id: a reboot between two starts changes it
@@ -347,7 +348,19 @@ function Fake:make_host()
       return normalize(table.concat({ ... }, "/"))
     end,
     mkdir_p = function(path)
-      f.dirs[normalize(path)] = true
+      path = normalize(path)
+      -- a file where a folder of the path should be: as a real disk
+      local at = 1
+      while true do
+        local slash = path:find("/", at + 1, true)
+        local part = slash and path:sub(1, slash - 1) or path
+        if f.files[part] then
+          return nil, part .. ": not a directory", "ENOTDIR"
+        end
+        if not slash then break end
+        at = slash
+      end
+      f.dirs[path] = true
       return true
     end,
     exists = function(path)
