@@ -80,6 +80,34 @@ describe("the settings file", function()
       assert.same({ "py", "-m", "goliat", "study" }, s.study_command)
     end)
 
+  -- PowerShell's `>` writes UTF-16 LE with a BOM; Notepad's "Unicode"
+  -- the same; some tools write it without the BOM, or big-endian
+  local function utf16(text, big, bom)
+    local out = {}
+    for c in text:gmatch(".") do
+      out[#out + 1] = big and "\0" .. c or c .. "\0"
+    end
+    return (bom and (big and "\254\255" or "\255\254") or "") ..
+      table.concat(out)
+  end
+  for name, bytes in pairs {
+    ["little-endian with a BOM"] = utf16("GOLIAT_MONITORING_URL=http://d.test\r\n",
+      false, true),
+    ["big-endian with a BOM"] = utf16("GOLIAT_MONITORING_URL=http://d.test\n",
+      true, true),
+    ["little-endian without a BOM"] = utf16("GOLIAT_MONITORING_URL=x\n", false),
+  } do
+    it("saved as UTF-16 (" .. name .. ") is refused with a message that " ..
+      "says so and how to save it as UTF-8", function()
+        local f = with_file(BESIDE, bytes)
+        local s, err = load(f)
+        assert.is_nil(s)
+        assert.matches("saved as UTF%-16", err)
+        assert.matches("save it as UTF%-8", err)
+        assert.matches(BESIDE:gsub("%p", "%%%0") .. ":1:", err)
+      end)
+  end
+
   local at = BESIDE:gsub("%p", "%%%0")
   for name, case in pairs {
     ["a line without ="] = { "GOLIAT_MONITORING_URL=http://d.test\n" ..

@@ -30,6 +30,15 @@ end
 -- "<path>:<line>: why". `known` maps each accepted name to true. A line is
 -- never echoed in an error: it may hold the token.
 function M.parse(text, path, known)
+  -- UTF-16 (PowerShell's `>`, Notepad's "Unicode"): its BOM, or a zero
+  -- byte beside each character of an ASCII text without one
+  if text:find("^\255\254") or text:find("^\254\255") or
+      text:find("^%Z%z%Z%z") or text:find("^%z%Z%z%Z") then
+    return nil, path .. ":1: the file is saved as UTF-16 (PowerShell's " ..
+      "'>' and Notepad's \"Unicode\" do that): save it as UTF-8 (in " ..
+      "Notepad: Save As, Encoding UTF-8; in PowerShell: Set-Content " ..
+      "-Encoding utf8)"
+  end
   text = text:gsub("^\239\187\191", "") -- the BOM Notepad writes
   local out, n = {}, 0
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
