@@ -31,7 +31,8 @@ local PROTOCOLS = {
 
 -- The other modules loaded only when needed. --validate loads them all,
 -- and the protocols' (so that a reload checks them too).
-local LAZY_MODULES = { "lib.gateway", "lib.check", "lib.status" }
+local LAZY_MODULES = { "lib.gateway", "lib.check", "lib.status",
+  "lib.retention" }
 
 ------------------------------------------------------------------------------
 -- Settings. Each can be overridden from the environment (variable named on
@@ -73,6 +74,11 @@ local DEFAULTS = {
                                --   such a rerun
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
+  keep_finished = 500,         -- GOLIAT_KEEP_FINISHED: finished assignments
+                               --   whose files (study log, its .1, exit
+                               --   file, split config) are kept; 0 = all
+  keep_finished_mb = 10240,    -- GOLIAT_KEEP_FINISHED_MB: and at most this
+                               --   much of them, MB; 0 = no limit
   abandoned_after = 1800,      -- GOLIAT_ABANDONED_AFTER: work RUNNING under
                                --   a worker the dashboard has not seen for
                                --   this long (its VM is gone) is taken over
@@ -1218,6 +1224,7 @@ function Agent:finish(a, outcome, duration)
   local item = { path = "/api/gui-update", body = body,
     settle = self:settling(a) }
   local file = self.outbox:put(item)
+  self:retain(a)
   local function clear() durable.clear_state(self.host, self.state_file) end
   if file then clear() end
   local deadline = self.stopping and
@@ -1229,6 +1236,40 @@ function Agent:finish(a, outcome, duration)
     return
   end
   self:deliver(file, item, deadline, clear)
+end
+
+-- A finished assignment's files go into the retention ledger
+-- (lib/retention.lua), and the oldest assignments' files beyond
+-- keep_finished and keep_finished_mb are removed.
+function Agent:retain(a)
+  if type(a) ~= "table" or not math.tointeger(a.split_index) then return end
+  local h = self.host
+  local files = {}
+  local function add(p)
+    if p and h.fs.exists(p) then files[#files + 1] = p end
+  end
+  local log_path = self:file(a, "study_%d.log")
+  add(log_path)
+  add(log_path .. ".1")
+  add(self:file(a, "study_%d.exit.json"))
+  local state = cjson.decode(h.fs.read(self.state_file) or "")
+  if type(state) == "table" and type(state.assignment) == "table" and
+      state.assignment.id == a.id and type(state.config_path) == "string" then
+    add(state.config_path)
+  end
+  if #files == 0 then return end
+  local ledger = require("lib.retention").open(h,
+    h.fs.join(self.s.work_dir, "retention.json"), self.log)
+  ledger:add(a.id, files, h.time.now())
+  local gone, freed = ledger:prune(self.s.keep_finished,
+    math.floor(self.s.keep_finished_mb * 1048576))
+  ledger:save()
+  if gone > 0 then
+    self.log.info("retention: removed the files of the %d oldest " ..
+      "finished assignment(s) (%.1f MB; GOLIAT_KEEP_FINISHED=%d, " ..
+      "GOLIAT_KEEP_FINISHED_MB=%g)", gone, freed / 1048576,
+      self.s.keep_finished, self.s.keep_finished_mb)
+  end
 end
 
 -- Work that became another's while its study ran (watch_ownership): its

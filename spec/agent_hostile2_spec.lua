@@ -278,3 +278,70 @@ describe("--validate", function()
         table.concat(written))
     end)
 end)
+
+describe("the files of finished work", function()
+  -- n assignments with split indices 1..n, each study writing a log of
+  -- `log_bytes`
+  local function run_many(env, n, log_bytes)
+    local f = P.offline_fake(env)
+    local queue, configs = {}, {}
+    for i = 1, n do
+      local url = P.BLOB .. "/c" .. i .. ".json"
+      queue[i] = P.assignment { id = "a-" .. i, split_index = i,
+        config_url = url }
+      configs[url] = "{}"
+    end
+    P.dashboard(f, { queue = queue, configs = configs })
+    f.spawn_handler = function(opts)
+      if opts.stdout then f.files[opts.stdout] = string.rep("x", log_bytes) end
+      return { exit_code = 0, after = 10 }
+    end
+    -- not the agent's: never removed
+    f.files["/work/agent/configs/my_own.json"] = "mine"
+    f.files["/work/agent/study_99.log"] = "from before the ledger"
+    P.start(f)
+    assert.is_true(f:run_until(function() return #f:reports() >= n end,
+      100 * n))
+    f:run_for(5)
+    return f
+  end
+
+  local function kept(f)
+    local out = {}
+    for path in pairs(f.files) do
+      local n = path:match("/study_(%d+)%.log$") or
+        path:match("/study_(%d+)%.exit%.json$") or
+        path:match("/assigned_config_(%d+)%.json$")
+      if n and n ~= "99" then out[tonumber(n)] = (out[tonumber(n)] or 0) + 1 end
+    end
+    return out
+  end
+
+  it("are removed for the oldest assignments beyond GOLIAT_KEEP_FINISHED, " ..
+    "and nothing the agent did not make is touched", function()
+      local f = run_many({ GOLIAT_KEEP_FINISHED = "3" }, 7, 100)
+      -- log, exit file and config of the newest 3 (5, 6, 7) only
+      assert.same({ [5] = 3, [6] = 3, [7] = 3 }, kept(f))
+      assert.equals("mine", f.files["/work/agent/configs/my_own.json"])
+      assert.is_string(f.files["/work/agent/study_99.log"])
+      assert.matches("retention: removed the files of the 1 oldest",
+        f:log_text())
+    end)
+
+  it("are kept within GOLIAT_KEEP_FINISHED_MB, the newest assignment's " ..
+    "always", function()
+      -- 2 KB a log: 0.005 MB (5243 bytes) holds two assignments' files
+      local f = run_many({ GOLIAT_KEEP_FINISHED_MB = "0.005" }, 5, 2048)
+      assert.same({ [4] = 3, [5] = 3 }, kept(f))
+      f = run_many({ GOLIAT_KEEP_FINISHED_MB = "0.0001" }, 3, 2048)
+      assert.same({ [3] = 3 }, kept(f))
+    end)
+
+  it("are all kept by default over 60 assignments (weeks of history)",
+    function()
+      local f = run_many({}, 60, 10)
+      local n = 0
+      for _ in pairs(kept(f)) do n = n + 1 end
+      assert.equals(60, n)
+    end)
+end)

@@ -39,6 +39,8 @@ M.ENV = {
   failure_retry_delay = "GOLIAT_FAILURE_RETRY_DELAY",
   ownership_every = "GOLIAT_OWNERSHIP_EVERY",
   abandoned_after = "GOLIAT_ABANDONED_AFTER",
+  keep_finished = "GOLIAT_KEEP_FINISHED",
+  keep_finished_mb = "GOLIAT_KEEP_FINISHED_MB",
 }
 
 -- Variables the host itself reads at start-up (host/README.md); the
@@ -336,6 +338,8 @@ local PARSERS = {
   failure_retry_delay = seconds_or_zero,
   ownership_every = seconds_or_zero,
   abandoned_after = seconds_or_zero,
+  keep_finished = count,
+  keep_finished_mb = megabytes,
 }
 
 -- scripts/, the folder of agent.lua and study_wrapper.lua.

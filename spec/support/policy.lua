@@ -98,14 +98,15 @@ function M.start_refused(f)
   return table.concat(written)
 end
 
--- Files written other than the agent's own bookkeeping (outbox, state),
--- after checking that every write stayed inside the work directory.
+-- Files written other than the agent's own bookkeeping (outbox, state,
+-- status, retention ledger), after checking that every write stayed inside the work directory.
 function M.data_writes(f)
   local out = {}
   for _, path in ipairs(f.writes) do
     assert.equals("/work/agent/", path:sub(1, 12), "write outside: " .. path)
     if not path:match("/outbox/") and not path:match("agent_state%.json$")
         and not path:match("agent_status%.json$")
+        and not path:match("/retention%.json$")
         and not path:match("/%.goliat%-write%-test$") then
       table.insert(out, path)
     end
