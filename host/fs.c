@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -172,9 +173,85 @@ static int write_file(const char *path, int flags, int mode, const char *data,
   return rc;
 }
 
+/* ---- temporary files ----
+ *
+ * "<path>.tmp-<pid>-<n>" (the agent's Lua code removes leftovers by that
+ * form), where n is 64 random bits in decimal: the host may run as root in
+ * folders others can write, so nobody may guess the name and plant a link
+ * there first. The file is created exclusively (CREATE_NEW on Windows),
+ * never through a link; a name taken already is tried again with another
+ * number. */
+#define TEMP_TRIES 8
+#define TEMP_FLAGS                                                             \
+  (UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL | UV_FS_O_NOFOLLOW)
+
+/* 64 random bits; without a random source, a counter mixed with the clock
+ * (distinct, if not secret). */
+static uint64_t temp_number(void) {
+  static uint64_t fallback;
+  uint64_t v;
+  if (uv_random(NULL, NULL, &v, sizeof v, 0, NULL) == 0)
+    return v;
+  fallback += UINT64_C(0x9E3779B97F4A7C15);
+  return fallback ^ (uv_hrtime() * UINT64_C(0xBF58476D1CE4E5B9));
+}
+
+/* A malloc'd new temporary name for path, or NULL when out of memory. */
+static char *temp_name(const char *path) {
+  char digits[24];
+  size_t i = sizeof digits;
+  uint64_t v = temp_number();
+  digits[--i] = '\0';
+  do {
+    digits[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  size_t size = strlen(path) + 64;
+  char *name = malloc(size);
+  if (name)
+    snprintf(name, size, "%s.tmp-%d-%s", path, (int)uv_os_getpid(), digits + i);
+  return name;
+}
+
+/* Create a new temporary file for path, open for writing; returns its file
+ * descriptor or a libuv error. *name is the malloc'd name of the file (the
+ * last one tried on an error; NULL when out of memory). */
+static int create_temp(const char *path, int mode, char **name) {
+  int fd = UV_EEXIST;
+  *name = NULL;
+  for (int i = 0; i < TEMP_TRIES && fd == UV_EEXIST; i++) {
+    free(*name);
+    *name = temp_name(path);
+    if (!*name)
+      return UV_ENOMEM;
+    fd = open_path(*name, TEMP_FLAGS, mode);
+  }
+  return fd;
+}
+
+static void unlink_path(const char *path) {
+  uv_fs_t req;
+  uv_fs_unlink(NULL, &req, path, NULL);
+  uv_fs_req_cleanup(&req);
+}
+
+static int rename_path(const char *from, const char *to) {
+  uv_fs_t req;
+  int rc = uv_fs_rename(NULL, &req, from, to, NULL);
+  uv_fs_req_cleanup(&req);
+  return rc;
+}
+
+/* Failure of the temporary file tmp (NULL when out of memory) of path. */
+static int fail_temp(lua_State *L, int err, const char *path, const char *tmp) {
+  if (!tmp)
+    return host_fail_uv(L, err, path);
+  return host_fail(L, uv_err_name(err), "%s: %s (temporary file %s)", path,
+                   uv_strerror(err), tmp);
+}
+
 /* host.fs.write_atomic(path, data) -> true | nil, msg, code */
 static int l_write_atomic(lua_State *L) {
-  static unsigned counter;
   size_t len;
   const char *path = luaL_checkstring(L, 1);
   const char *data = luaL_checklstring(L, 2, &len);
@@ -187,23 +264,29 @@ static int l_write_atomic(lua_State *L) {
     sync = lua_isnil(L, -1) || lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  lua_settop(L, 2);
-  const char *tmp = lua_pushfstring(L, "%s.tmp-%d-%d", path,
-                                    (int)uv_os_getpid(), (int)++counter);
   /* owner-only: the agent's state, reports and configs are nobody else's */
-  int rc = write_file(tmp, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0600,
-                      data, len, sync);
-  if (rc == 0) {
-    uv_fs_t req;
-    rc = uv_fs_rename(NULL, &req, tmp, path, NULL);
-    uv_fs_req_cleanup(&req);
+  char *tmp;
+  int rc = create_temp(path, 0600, &tmp);
+  if (rc >= 0) {
+    int fd = rc;
+    rc = host_fs_write_all(fd, data, len);
+    if (rc == 0 && sync)
+      rc = fsync_fd(fd);
+    close_fd(fd);
+    if (rc < 0)
+      unlink_path(tmp);
   }
   if (rc < 0) {
-    uv_fs_t req;
-    uv_fs_unlink(NULL, &req, tmp, NULL);
-    uv_fs_req_cleanup(&req);
-    return host_fail_uv(L, rc, path);
+    int n = fail_temp(L, rc, path, tmp);
+    free(tmp);
+    return n;
   }
+  rc = rename_path(tmp, path);
+  if (rc < 0)
+    unlink_path(tmp);
+  free(tmp);
+  if (rc < 0)
+    return host_fail_uv(L, rc, path);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -233,18 +316,23 @@ static int l_append(lua_State *L) {
   size_t len;
   const char *path = luaL_checkstring(L, 1);
   const char *data = luaL_checklstring(L, 2, &len);
-  int rc = write_file(path, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND,
-                      0644, data, len, 0);
+  /* never through a link planted at path (UV_FS_O_NOFOLLOW is 0 on
+   * Windows, where making a link needs a privilege) */
+  int rc = write_file(
+      path, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND | UV_FS_O_NOFOLLOW,
+      0644, data, len, 0);
   if (rc < 0)
     return host_fail_uv(L, rc, path);
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* Copy the open file `from` to the file `to` (created or emptied); returns
- * the bytes copied or a libuv error. */
-static int64_t copy_fd(int from, const char *to) {
-  int out = open_path(to, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0644);
+/* Copy the open file `from` to a new temporary file, then rename it over
+ * `to` (a link planted at `to` is replaced, not written through); returns
+ * the bytes copied or a libuv error. *tmp is the temporary file's
+ * malloc'd name (see create_temp). */
+static int64_t copy_fd(int from, const char *to, char **tmp) {
+  int out = create_temp(to, 0644, tmp);
   if (out < 0)
     return out;
   char *buf = malloc(READ_CHUNK);
@@ -265,6 +353,15 @@ static int64_t copy_fd(int from, const char *to) {
   }
   free(buf);
   close_fd(out);
+  if (total < 0) {
+    unlink_path(*tmp);
+    return total;
+  }
+  int rc = rename_path(*tmp, to);
+  if (rc < 0) {
+    unlink_path(*tmp);
+    return rc;
+  }
   return total;
 }
 
@@ -279,11 +376,15 @@ static int l_copy_truncate(lua_State *L) {
   int fd = open_path(path, UV_FS_O_RDWR, 0);
   if (fd < 0)
     return host_fail_uv(L, fd, path);
-  int64_t copied = copy_fd(fd, copy);
+  char *tmp;
+  int64_t copied = copy_fd(fd, copy, &tmp);
   if (copied < 0) {
     close_fd(fd);
-    return host_fail_uv(L, (int)copied, copy);
+    int n = fail_temp(L, (int)copied, copy, tmp);
+    free(tmp);
+    return n;
   }
+  free(tmp);
   uv_fs_t req;
   int rc = uv_fs_ftruncate(NULL, &req, fd, 0, NULL);
   uv_fs_req_cleanup(&req);

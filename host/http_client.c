@@ -162,11 +162,15 @@ static void buf_free(buf *b) {
 
 /* ---- the output file ---- */
 
+/* Never through a link planted at path: the host may run as root and
+ * download into a folder that others can write (UV_FS_O_NOFOLLOW is 0 on
+ * Windows, where making a link needs a privilege). */
 static int out_open(uv_loop_t *loop, const char *path, uv_file *fd) {
   uv_fs_t fs;
-  int rc =
-      uv_fs_open(loop, &fs, path,
-                 UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0644, NULL);
+  int rc = uv_fs_open(loop, &fs, path,
+                      UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC |
+                          UV_FS_O_NOFOLLOW,
+                      0644, NULL);
   uv_fs_req_cleanup(&fs);
   if (rc >= 0)
     *fd = rc;

@@ -56,24 +56,43 @@ static void close_fd(int fd) {
   uv_fs_req_cleanup(&req);
 }
 
-/* Open lf.path for appending (emptied first with truncate) and learn its
- * size; 0 or a libuv error. */
-static int open_file(int truncate) {
+/* How open_file opens lf.path: for appending to what it holds (created if
+ * missing); as a new file, after rotation renamed it away; emptied. */
+enum { OPEN_APPEND, OPEN_NEW, OPEN_EMPTY };
+
+/* Open lf.path for appending and learn its size; 0 or a libuv error. Never
+ * through a link planted at the path (the host may run as root and log in
+ * a folder that others can write; UV_FS_O_NOFOLLOW is 0 on Windows, where
+ * making a link needs a privilege): the file is refused instead. A new
+ * file is created exclusively; when another process created it meanwhile
+ * (the Windows service's supervisor appends to the same file), that file
+ * is appended to. */
+static int open_file(int how) {
+  const int flags = UV_FS_O_WRONLY | UV_FS_O_NOFOLLOW;
   uv_fs_t req;
   int fd;
-  if (truncate) {
+  if (how == OPEN_EMPTY) {
     /* not O_TRUNC with O_APPEND: an append-only handle cannot truncate
      * on Windows */
-    fd = uv_fs_open(NULL, &req, lf.path,
-                    UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC, 0644, NULL);
+    fd = uv_fs_open(NULL, &req, lf.path, flags | UV_FS_O_CREAT | UV_FS_O_TRUNC,
+                    0644, NULL);
     uv_fs_req_cleanup(&req);
     if (fd < 0)
       return fd;
     close_fd(fd);
   }
-  fd = uv_fs_open(NULL, &req, lf.path,
-                  UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND, 0644, NULL);
-  uv_fs_req_cleanup(&req);
+  fd = UV_EEXIST;
+  if (how == OPEN_NEW) {
+    fd = uv_fs_open(NULL, &req, lf.path,
+                    flags | UV_FS_O_APPEND | UV_FS_O_CREAT | UV_FS_O_EXCL, 0644,
+                    NULL);
+    uv_fs_req_cleanup(&req);
+  }
+  if (fd == UV_EEXIST) {
+    fd = uv_fs_open(NULL, &req, lf.path, flags | UV_FS_O_APPEND | UV_FS_O_CREAT,
+                    0644, NULL);
+    uv_fs_req_cleanup(&req);
+  }
   if (fd < 0)
     return fd;
   int rc = uv_fs_fstat(NULL, &req, fd, NULL);
@@ -124,7 +143,7 @@ static int rename_file(const char *from, const char *to) {
  * went wrong is a warning line at the top of the new file. */
 static void rotate(void) {
   char warn[1024] = "";
-  int truncate = lf.keep == 0;
+  int how = lf.keep == 0 ? OPEN_EMPTY : OPEN_NEW;
   close_fd(lf.fd);
   lf.fd = -1;
   size_t room = strlen(lf.path) + 16;
@@ -144,10 +163,10 @@ static void rotate(void) {
                "cannot rename the log file %s to %s (%s): emptied it "
                "instead, its earlier lines are lost",
                lf.path, lf.to, uv_strerror(rc));
-      truncate = 1;
+      how = OPEN_EMPTY;
     }
   }
-  int rc = open_file(truncate);
+  int rc = open_file(how);
   if (rc < 0) {
     fall_back("reopen", rc);
     return;
@@ -224,7 +243,7 @@ int host_log_to_file(const char *path, int64_t max_bytes, int keep) {
   memcpy(lf.path, path, n + 1);
   lf.max = max_bytes;
   lf.keep = keep;
-  int rc = open_file(0);
+  int rc = open_file(OPEN_APPEND);
   if (rc < 0)
     fall_back("open", rc);
   return rc;

@@ -157,6 +157,85 @@ describe("host.fs", function()
     end)
   end)
 
+  describe("temporary files and links planted in the way", function()
+    it("write_atomic does not write through links planted at the names a " ..
+      "counter would give its temporary file (broken if the temporary file is " ..
+      "opened without O_EXCL at a predictable name: the victim is overwritten)",
+      function()
+        if H.windows then
+          pending("symbolic links: creating one needs a privilege on Windows")
+        end
+        local victim = path("victim")
+        assert(fs.write_atomic(victim, "precious"))
+        -- a fresh host, whose first write_atomic is the one under test,
+        -- with links at <target>.tmp-<its pid>-1 ... -200
+        local script = path("plant.lua")
+        assert(fs.write_atomic(script, [=[
+          local host = require "host"
+          local target, victim = arg[1], arg[2]
+          local p = assert(host.proc.spawn { argv = { "sh", "-c",
+            'i=1; while [ $i -le 200 ]; do ln -s "$1" "$2.tmp-$3-$i" || ' ..
+            'exit 1; i=$((i+1)); done', "sh", victim, target,
+            tostring(host.sys.pid()) } })
+          assert(p:wait() == 0, "ln failed")
+          assert(host.fs.write_atomic(target, "written by the agent"))
+        ]=]))
+        local target = path("state.json")
+        local r = H.run_host({ script, target, victim }, { timeout = 30 })
+        assert.equal(0, r.code, r.stderr)
+        assert.equal("precious", fs.read(victim))
+        assert.equal("file", fs.stat(target).type)
+        assert.equal("written by the agent", fs.read(target))
+      end)
+
+    it("write_atomic names its temporary files <path>.tmp-<pid>-<random " ..
+      "number> (broken if the second number is a count: the next name could " ..
+      "be guessed from the last)", function()
+        local last
+        for _ = 1, 20 do
+          -- a missing folder: the message names the temporary file
+          local ok, msg, code = fs.write_atomic(path("nope", "f"), "x")
+          assert.is_nil(ok)
+          assert.equal("ENOENT", code)
+          local pid, n = msg:match("%.tmp%-(%d+)%-(%d+)")
+          assert.is_truthy(n, "no temporary file named in: " .. msg)
+          assert.equal(tostring(host.sys.pid()), pid)
+          -- 64 random bits: two within 1000 of each other once in 1e16
+          if last then
+            assert.is_true(math.abs(tonumber(n) - tonumber(last)) > 1000,
+              last .. " then " .. n)
+          end
+          last = n
+        end
+        assert.same({}, fs.list(dir))
+      end)
+
+    it("append refuses a symbolic link planted at the path (broken if it " ..
+      "appends to the file the link points to)", function()
+        assert(fs.write_atomic(path("victim"), "precious"))
+        ln_s(path("victim"), path("log"))
+        local ok, msg, code = fs.append(path("log"), "line\n")
+        assert.is_nil(ok)
+        assert.is_string(msg)
+        assert.equal("ELOOP", code)
+        assert.equal("precious", fs.read(path("victim")))
+      end)
+
+    it("copy_truncate replaces a link planted at the copy instead of " ..
+      "writing through it (broken if the copy is opened where the link " ..
+      "points)", function()
+        assert(fs.write_atomic(path("victim"), "precious"))
+        assert(fs.append(path("log"), "lines\n"))
+        ln_s(path("victim"), path("log.1"))
+        assert.equal(6, fs.copy_truncate(path("log"), path("log.1")))
+        assert.equal("precious", fs.read(path("victim")))
+        assert.equal("file", fs.stat(path("log.1")).type)
+        assert.equal("lines\n", fs.read(path("log.1")))
+        assert.equal("", fs.read(path("log")))
+        assert.same({ "log", "log.1", "victim" }, fs.list(dir))
+      end)
+  end)
+
   describe("copy_truncate", function()
     it("copies the file over the copy, then empties it, and the next " ..
       "append starts the emptied file (broken if the log is renamed away " ..

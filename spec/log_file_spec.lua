@@ -177,6 +177,22 @@ describe("the log file (GOLIAT_LOG_FILE)", function()
       assert.is_false(fs.exists(fs.join(dir, "no such folder")))
     end)
 
+  it("a symbolic link planted at the file's path is refused, not written " ..
+    "through: one warning on stderr, then every line there (broken if a host " ..
+    "run as root could be made to append to any file)", function()
+      if H.windows then
+        pending("symbolic links: creating one needs a privilege on Windows")
+      end
+      local victim = fs.join(dir, "victim")
+      assert(fs.write_atomic(victim, "precious"))
+      assert.equal(0, (H.run({ argv = { "ln", "-s", victim, log } })))
+      local r = run({}, "lines", "3", "100", "L")
+      assert.matches("^[^\n]* warn  cannot open the log file ", r.stderr)
+      assert.equal(1, select(2, r.stderr:gsub(" warn  ", "")))
+      assert.same(range("L", 1, 3), tags(r.stderr, 100))
+      assert.equal("precious", fs.read(victim))
+    end)
+
   it("a file that cannot be written (a full disk, /dev/full): one warning on "
     .. "stderr, then every line there (broken if lines are lost)", function()
       if H.windows or not fs.exists("/dev/full") then
