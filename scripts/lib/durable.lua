@@ -59,6 +59,18 @@ function Outbox:pending()
   local out = {}
   for _, name in ipairs(names) do
     local file = self.host.fs.join(self.dir, name)
+    local st = self.host.fs.stat(file)
+    if st and st.type ~= "file" then
+      -- a FIFO (opening it would block), a folder, a device: not a report
+      -- this agent wrote; skipped, never opened, never moved
+      self.skipped = self.skipped or {}
+      if not self.skipped[name] then
+        self.skipped[name] = true
+        self.log.warn("outbox: %s is not a regular file (a %s): skipped",
+          file, st.type)
+      end
+      goto next
+    end
     local item = cjson.decode(self.host.fs.read(file) or "")
     if type(item) == "table" and type(item.path) == "string" and
         type(item.body) == "table" then
@@ -68,6 +80,7 @@ function Outbox:pending()
       self.host.fs.write_atomic(file .. ".bad", self.host.fs.read(file) or "")
       self.host.fs.remove(file)
     end
+    ::next::
   end
   return out
 end
