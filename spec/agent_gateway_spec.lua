@@ -298,6 +298,27 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       assert.matches("poison", kept[1])
     end)
 
+  it("keeps a study's message refused with 401 (a token rotation) and " ..
+    "sends it once the token works again (broken if 401 sets it aside)",
+    function()
+      local f = setup()
+      local inner = f.http_handler
+      f.http_handler = function(req, ff)
+        if f.now < 120 and req.url:match("/api/gui%-update$") then
+          return P.json(401, { error = "token rotated" })
+        end
+        return inner(req, ff)
+      end
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      post(f, url, { type = "status", message = "during the rotation" })
+      f:run_for(300)
+      assert.equals(0, #rejected(f))
+      local got = delivered(f)
+      assert.equals(1, #got)
+      assert.equals("during the rotation", got[1].message)
+    end)
+
   it("keeps aside a message the dashboard fails on with 500 ten times in " ..
     "a row, and goes on (broken if one message blocks all behind it)",
     function()
