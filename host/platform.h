@@ -38,6 +38,13 @@ int plat_service_reload(int argc, char **argv);
 #define PLAT_SIGRELOAD SIGHUP
 #endif
 
+/* What identifies the current boot of the machine, the same for every
+ * process until it restarts: on Linux the kernel's boot_id (a UUID), on
+ * Windows the registry's boot count (BootId) in decimal. Returns 0 with the
+ * id in buf, or a libuv error with the reason in buf (UV_ENOSYS where the
+ * platform has none). */
+int plat_boot_id(char *buf, size_t size);
+
 /* ---- child processes ---- */
 
 typedef struct plat_child plat_child; /* a child being watched */

@@ -66,6 +66,39 @@ int plat_service_reload(int argc, char **argv) {
   return 2;
 }
 
+int plat_boot_id(char *buf, size_t size) {
+#ifdef __linux__
+  static const char path[] = "/proc/sys/kernel/random/boot_id";
+  FILE *f = fopen(path, "r");
+  size_t n = 0;
+  int err = 0;
+  if (f) {
+    errno = 0;
+    n = fread(buf, 1, size - 1, f);
+    if (ferror(f))
+      err = errno ? errno : EIO;
+    fclose(f);
+  } else {
+    err = errno;
+  }
+  if (err) {
+    snprintf(buf, size, "cannot read %s: %s", path, strerror(err));
+    return uv_translate_sys_error(err);
+  }
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+    n--;
+  buf[n] = '\0';
+  if (n == 0) {
+    snprintf(buf, size, "%s is empty", path);
+    return UV_EINVAL;
+  }
+  return 0;
+#else
+  snprintf(buf, size, "no boot id on this system");
+  return UV_ENOSYS;
+#endif
+}
+
 /* ---- child processes: libuv's uv_process_t ---- */
 
 struct plat_child {

@@ -318,6 +318,27 @@ static HANDLE child_stdio(const uv_process_options_t *o, int i) {
                      NULL);
 }
 
+/* ---- the boot ---- */
+
+/* the boot count that Windows raises at each start */
+#define BOOT_ID_KEY                                                            \
+  "SYSTEM\\CurrentControlSet\\Control\\Session Manager\\Memory "               \
+  "Management\\PrefetchParameters"
+
+int plat_boot_id(char *buf, size_t size) {
+  DWORD value = 0, len = sizeof value;
+  LSTATUS rc = RegGetValueW(HKEY_LOCAL_MACHINE, L"" BOOT_ID_KEY, L"BootId",
+                            RRF_RT_REG_DWORD, NULL, &value, &len);
+  if (rc != ERROR_SUCCESS) {
+    int err = uv_translate_sys_error((int)rc);
+    snprintf(buf, size, "cannot read BootId in HKLM\\%s: %s (error %ld)",
+             BOOT_ID_KEY, uv_strerror(err), (long)rc);
+    return err;
+  }
+  snprintf(buf, size, "%lu", (unsigned long)value);
+  return 0;
+}
+
 /* ---- child processes ---- */
 
 struct plat_child {
@@ -736,7 +757,9 @@ static HANDLE stop_wait, reload_wait;
 static VOID CALLBACK on_service_stop(PVOID arg, BOOLEAN timed_out) {
   (void)arg;
   (void)timed_out;
-  /* as for a real Ctrl-Break: without a handler, the process ends */
+  /* as for a real Ctrl-Break: without a handler, the process ends (during
+   * host.restart(), a signal the ended run had a handler for is still
+   * watched: sys.c holds it for the next run's handler) */
   if (!uv__signal_dispatch(SIGBREAK))
     ExitProcess(STATUS_CONTROL_C_EXIT);
 }
@@ -745,7 +768,8 @@ static VOID CALLBACK on_service_reload(PVOID arg, BOOLEAN timed_out) {
   (void)arg;
   (void)timed_out;
   /* to the script's host.sys.on_signal("reload") handlers; without one,
-   * nothing happens */
+   * nothing happens (held for the next run during host.restart(), as
+   * above) */
   uv__signal_dispatch(PLAT_SIGRELOAD);
 }
 

@@ -155,6 +155,16 @@ static int l_interfaces(lua_State *L) {
   return 1;
 }
 
+/* host.sys.boot_id() -> string | nil, msg, code */
+static int l_boot_id(lua_State *L) {
+  char buf[512];
+  int rc = plat_boot_id(buf, sizeof buf);
+  if (rc != 0)
+    return host_fail(L, uv_err_name(rc), "boot_id: %s", buf);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 static int l_platform(lua_State *L) {
 #if defined(_WIN32)
   lua_pushliteral(L, "windows");
@@ -204,13 +214,10 @@ static int signal_number(const char *name) {
   return -1;
 }
 
-static void on_signal(uv_signal_t *sig, int signum) {
-  (void)signum;
-  sig_handle *h = sig->data;
+/* Run the handler of h as a new task; note is added to the log line. */
+static void run_handler(sig_handle *h, const char *note) {
   host_ctx *ctx = h->ctx;
-  if (ctx->closing)
-    return;
-  host_log(LOG_INFO, "received %s", h->name);
+  host_log(LOG_INFO, "received %s%s", h->name, note);
   lua_State *L = ctx->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->fn_ref);
   lua_pushstring(L, h->name);
@@ -218,6 +225,170 @@ static void on_signal(uv_signal_t *sig, int signum) {
   snprintf(tname, sizeof tname, "on %s", h->name);
   task_spawn(L, 1, tname);
   lua_pop(L, 1);
+}
+
+/* The first name of signum in signal_names, for the log. */
+static const char *signal_name(int signum) {
+  for (size_t i = 0; i < sizeof signal_names / sizeof signal_names[0]; i++)
+    if (signal_names[i].num == signum)
+      return signal_names[i].name;
+  return "a signal";
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+  (void)signum;
+  sig_handle *h = sig->data;
+  if (h->ctx->closing)
+    return;
+  run_handler(h, "");
+}
+
+/* ---- signals held across host.restart() ----
+ *
+ * A run that ends with host.restart() closes its signal handles with its
+ * loop, and the next run installs its own only when its script gets that
+ * far (the agent: after its settings, a lock and more). Meanwhile a signal
+ * would find no handler: on POSIX libuv puts back SIG_DFL when the last
+ * watcher of a signal stops, so SIGTERM or SIGHUP would end the process;
+ * on Windows a Ctrl-Break or a service stop would end it (ExitProcess) and
+ * a service reload would be lost. So, before the run's handles close, each
+ * signal it had a handler for gets a watcher on a loop of the host's own
+ * (held.loop), which outlives the run: libuv's handler stays in place all
+ * along (no instant without one), and what arrives is queued on that loop,
+ * which is never run but to read it. When the next run installs a handler
+ * for the signal, host.sys.on_signal takes its watcher back and, when the
+ * signal came meanwhile, runs the handler once on the next turn of the
+ * loop (once per kind of signal however many came). A signal the next run
+ * never installs a handler for stays held until the process ends. The same
+ * libuv calls do this on both platforms. */
+
+#define HELD_MAX 8
+
+static struct {
+  uv_loop_t loop;
+  int loop_open;
+  struct held_signal {
+    uv_signal_t sig;
+    int signum;  /* 0: free */
+    int pending; /* it arrived */
+    int closing; /* uv_close called, its callback not yet */
+  } slot[HELD_MAX];
+} held;
+
+static void held_on_signal(uv_signal_t *sig, int signum) {
+  (void)signum;
+  struct held_signal *s = sig->data;
+  s->pending = 1;
+}
+
+static void held_closed(uv_handle_t *h) {
+  struct held_signal *s = h->data;
+  s->signum = 0;
+  s->pending = 0;
+  s->closing = 0;
+}
+
+static struct held_signal *held_find(int signum) {
+  for (int i = 0; i < HELD_MAX; i++)
+    if (held.slot[i].signum == signum && !held.slot[i].closing)
+      return &held.slot[i];
+  return NULL;
+}
+
+/* Hold signum from now on (while a watcher of the run's own still has it). */
+static void held_add(int signum) {
+  if (held_find(signum))
+    return;
+  int rc = 0;
+  if (!held.loop_open) {
+    rc = uv_loop_init(&held.loop);
+    held.loop_open = rc == 0;
+  }
+  struct held_signal *s = NULL;
+  for (int i = 0; !rc && !s && i < HELD_MAX; i++)
+    if (held.slot[i].signum == 0 && !held.slot[i].closing)
+      s = &held.slot[i];
+  if (!rc && !s)
+    rc = UV_ENOBUFS;
+  if (!rc && (rc = uv_signal_init(&held.loop, &s->sig)) == 0) {
+    s->sig.data = s;
+    rc = uv_signal_start(&s->sig, held_on_signal, signum);
+    if (rc == 0) {
+      s->signum = signum;
+      s->pending = 0;
+    } else {
+      s->closing = 1;
+      uv_close((uv_handle_t *)&s->sig, held_closed);
+    }
+  }
+  if (rc)
+    host_log(LOG_WARN,
+             "%s is not held across the restart (%s): it may end the "
+             "process until the script installs its handler again",
+             signal_name(signum), uv_strerror(rc));
+  else
+    host_log(LOG_DEBUG, "%s held until the script installs its handler again",
+             signal_name(signum));
+}
+
+/* Close the loop of held signals, once none is held. */
+static void held_close_loop(void) {
+  if (!held.loop_open)
+    return;
+  for (int i = 0; i < HELD_MAX; i++)
+    if (held.slot[i].signum && !held.slot[i].closing) {
+      held.slot[i].closing = 1;
+      uv_close((uv_handle_t *)&held.slot[i].sig, held_closed);
+    }
+  /* until every watcher is closed: not UV_RUN_DEFAULT, which on Windows
+   * may return before a signal queued for a closing watcher is read */
+  int closing = 1;
+  for (int turn = 0; closing && turn < 100; turn++) {
+    uv_run(&held.loop, UV_RUN_NOWAIT);
+    closing = 0;
+    for (int i = 0; i < HELD_MAX; i++)
+      closing |= held.slot[i].closing;
+  }
+  if (uv_loop_close(&held.loop) == 0)
+    held.loop_open = 0;
+  else
+    host_log(LOG_WARN, "the loop of held signals did not close");
+}
+
+/* A watcher of the running script's now has signum: stop holding it;
+ * returns whether it arrived while held. Called once the script's watcher
+ * has started, so that libuv's handler stays in place; a signal in the
+ * instant between the two may reach both (and run the handler twice). */
+static int held_take(int signum) {
+  struct held_signal *s = held_find(signum);
+  if (!s)
+    return 0;
+  uv_run(&held.loop, UV_RUN_NOWAIT); /* what has come: held_on_signal */
+  int pending = s->pending;
+  s->closing = 1;
+  uv_close((uv_handle_t *)&s->sig, held_closed);
+  int left = 0;
+  for (int i = 0; i < HELD_MAX; i++)
+    left |= held.slot[i].signum && !held.slot[i].closing;
+  if (!left)
+    held_close_loop();
+  return pending;
+}
+
+static void hold_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (h->type == UV_SIGNAL && uv_is_active(h) && !uv_is_closing(h))
+    held_add(((uv_signal_t *)h)->signum);
+}
+
+/* At the end of a run, before its handles close: hold the signals it had
+ * handlers for when it restarts; let go of everything when it exits. */
+static void sys_on_close(void *data) {
+  host_ctx *ctx = data;
+  if (ctx->restart)
+    uv_walk(&ctx->loop, hold_walk, NULL);
+  else
+    held_close_loop();
 }
 
 static void free_handle(uv_handle_t *h) {
@@ -271,6 +442,8 @@ static int l_on_signal(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  if (held_take(signum))
+    run_handler(h, " (during the restart)");
   return 1;
 }
 
@@ -286,6 +459,7 @@ void host_open_sys(lua_State *L) {
   lua_pop(L, 1);
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, SIGNALS_KEY);
+  host_on_close(host_get(L), sys_on_close, host_get(L));
 
   static const luaL_Reg funcs[] = {{"getenv", l_getenv},
                                    {"setenv", l_setenv},
@@ -299,6 +473,7 @@ void host_open_sys(lua_State *L) {
                                    {"total_memory", l_total_memory},
                                    {"interfaces", l_interfaces},
                                    {"platform", l_platform},
+                                   {"boot_id", l_boot_id},
                                    {"on_signal", l_on_signal},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);

@@ -151,6 +151,33 @@ describe("host.sys", function()
         assert.is_true(found.internal)
       end)
 
+    it("boot_id is the same for two calls and for another process, and is the "
+      .. "kernel's boot_id on Linux (broken if it changes from call to call or "
+      .. "from process to process, or raises where it is unknown)", function()
+        local id, msg, code = sys.boot_id()
+        local again = sys.boot_id()
+        local child = lua_output('local id, msg = require("host").sys.boot_id() '
+          .. 'io.write(tostring(id), "\\n", tostring(msg), "\\n")')
+        if id == nil then -- unknown here (another POSIX; wine's registry?)
+          assert.is_string(msg)
+          assert.is_string(code)
+          assert.is_nil(again)
+          assert.equal("nil\n" .. msg .. "\n", child)
+          assert.is_true(sys.platform() ~= "linux", msg)
+          return
+        end
+        assert.is_string(id)
+        assert.is_true(#id > 0)
+        assert.equal(id, again)
+        assert.equal(id .. "\nnil\n", child)
+        if sys.platform() == "linux" then
+          assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", id)
+          assert.equal(id .. "\n", host.fs.read("/proc/sys/kernel/random/boot_id"))
+        elseif H.windows then
+          assert.matches("^%d+$", id) -- the registry's BootId
+        end
+      end)
+
     it("platform names this system (broken if it is wrong for Linux)", function()
       local p = sys.platform()
       assert.is_string(p)

@@ -604,6 +604,73 @@ describe("Windows", function()
         assert.not_matches("exited with code", svc_log)
       end)
 
+    it("holds a service stop and a reload that come while the script restarts "
+      .. "(host.restart) and has no handler yet, and hands them to its handlers "
+      .. "once installed (broken if the stop ends the child with "
+      .. "STATUS_CONTROL_C_EXIT or the reload is lost)", function()
+        if not enabled then
+          pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-held-" .. host.sys.pid()
+        local work = path("held")
+        assert(fs.mkdir_p(work))
+        local function at(file) return fs.join(work, file) end
+        -- the first run has the agent's handlers and restarts; the second
+        -- waits for "sent" (a stop and a reload sent meanwhile) before it
+        -- installs its own
+        write(path("held.lua"), [[
+          local host = require "host"
+          local fs = host.fs
+          local dir = arg[1]
+          local function at(file) return fs.join(dir, file) end
+          if not fs.exists(at("first")) then
+            host.sys.on_signal("SIGBREAK", function() end)
+            host.sys.on_signal("reload", function() end)
+            assert(fs.write_atomic(at("first"), "first"))
+            host.restart()
+          end
+          assert(fs.write_atomic(at("waiting"), "waiting"))
+          local deadline = host.time.monotonic() + 30
+          while not fs.exists(at("sent")) and host.time.monotonic() < deadline do
+            host.time.sleep(0.05)
+          end
+          host.sys.on_signal("reload", function(sig)
+            assert(fs.append(at("got"), "got " .. sig .. "\n"))
+          end)
+          host.sys.on_signal("SIGBREAK", function(sig)
+            host.time.sleep(0.2)
+            assert(fs.append(at("got"), "got " .. sig .. "\n"))
+            os.exit(0)
+          end)
+          host.time.sleep(30)
+          os.exit(3)
+        ]])
+        local exe_dir = exe:match("^(.*)[\\/]")
+        install_and_start(name, path("held.lua"), work, function()
+          fs.remove(fs.join(exe_dir, name .. ".log"))
+        end)
+        assert.is_true(H.wait_until(function() return fs.exists(at("waiting")) end,
+          30), "no second run")
+        local reload_out = path("held-reload.txt")
+        local p = assert(host.proc.spawn { argv = { exe, "--service-reload",
+          name }, stdout = reload_out, stderr = "stdout" })
+        assert.equal(0, p:wait(), fs.read(reload_out))
+        local code, log = sc("stop", name)
+        assert.equal(0, code, log)
+        -- both are on their way to the child when the controls return; give
+        -- its thread pool a moment to pass them on before it goes on
+        host.time.sleep(1)
+        write(at("sent"), "sent")
+        assert.is_true(H.wait_until(function()
+          return service_state(name) == "STOPPED"
+        end, 60), "the service did not stop")
+        local svc_log = fs.read(fs.join(exe_dir, name .. ".log")) or ""
+        assert.equal("got reload\ngot SIGBREAK\n", fs.read(at("got")), svc_log)
+        assert.matches("received SIGBREAK %(during the restart%)", svc_log)
+        assert.matches("received reload %(during the restart%)", svc_log)
+        assert.matches("exited with code 0; service stopped", svc_log)
+      end)
+
     it("--service-reload names a service that does not exist (broken if it "
       .. "fails silently)", function()
         local out = path("reload-none.txt")
