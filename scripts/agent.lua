@@ -434,6 +434,13 @@ local STATUS_FACTS = { "protocol", "stopping", "waiting", "failure", "study",
 
 function Agent:write_status(force)
   local h = self.host
+  -- one write at a time (the write waits: host.fs runs off the loop); a
+  -- call meanwhile is done again once it is over, with what is new then
+  -- (busy since: a write whose task was stopped does not hold it for good)
+  if self.status_busy and h.time.monotonic() - self.status_busy < 60 then
+    self.status_again = self.status_again or force or "due"
+    return
+  end
   local study, beat = self.study, self.last_beat
   local now = h.time.now()
   -- what the file says that can change, compared without encoding anything
@@ -491,10 +498,18 @@ function Agent:write_status(force)
   }
   st.heartbeat_at = beat and beat.at or nil
   st.updated_at = now
-  if h.fs.write_atomic(self.status_file, cjson.encode(st),
-      { sync = false }) then
+  self.status_busy = mono
+  local ok = h.fs.write_atomic(self.status_file, cjson.encode(st),
+    { sync = false })
+  self.status_busy = nil
+  if ok then
     self.status_seen, self.status_written = seen, mono
     self.status_scratch = last -- overwritten whole by the next call
+  end
+  local again = self.status_again
+  if again then
+    self.status_again = nil
+    return self:write_status(again == true)
   end
 end
 

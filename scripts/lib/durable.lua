@@ -33,8 +33,11 @@ end
 -- Store an item ({path = ..., body = ...}) on disk; returns its file name,
 -- or nil (logged unless `quiet`) when it cannot be written.
 function Outbox:put(item, quiet)
+  -- the number is taken before the write, which waits (host.fs runs off
+  -- the loop): a put from another task meanwhile gets the next one
+  self.seq = self.seq + 1
   local file = self.host.fs.join(self.dir,
-    string.format("%012d.json", self.seq + 1))
+    string.format("%012d.json", self.seq))
   local ok, err = self.host.fs.write_atomic(file, cjson.encode(item))
   if not ok then
     if not quiet then
@@ -44,7 +47,6 @@ function Outbox:put(item, quiet)
     end
     return nil
   end
-  self.seq = self.seq + 1
   return file
 end
 

@@ -251,13 +251,15 @@ function Queue:put(meta, body)
     self:drop(victim)
     self.dropped = self.dropped + 1
   end
+  -- the number is taken now: the writes below wait (host.fs runs off the
+  -- loop), and a put from another request meanwhile gets the next one
   local seq = self.seq + 1
+  self.seq = seq
   meta.seq, meta.size = seq, size
   if key then
     -- progress and screenshots stay in memory: the next one replaces them
     -- anyway, and 50 updates a second are not worth 50 files
     meta.held_in_memory, meta.body = true, body
-    self.seq = seq
     self:append(meta)
     return seq
   end
@@ -280,7 +282,6 @@ function Queue:put(meta, body)
     self.host.fs.remove(self:path(seq, "body"))
     return nil, "cannot store the message: " .. tostring(err)
   end
-  self.seq = seq
   self:append(meta)
   return seq
 end
