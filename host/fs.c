@@ -27,6 +27,18 @@
 #ifndef S_IFLNK
 #define S_IFLNK 0120000
 #endif
+#ifndef S_IFIFO
+#define S_IFIFO 0010000
+#endif
+#ifndef S_IFCHR
+#define S_IFCHR 0020000
+#endif
+#ifndef S_IFBLK
+#define S_IFBLK 0060000
+#endif
+#ifndef S_IFSOCK
+#define S_IFSOCK 0140000
+#endif
 
 #define READ_CHUNK 4096 /* the first read of a file of unknown size */
 
@@ -75,6 +87,66 @@ static void close_fd(int fd) {
   uv_fs_t req;
   uv_fs_close(NULL, &req, fd, NULL);
   uv_fs_req_cleanup(&req);
+}
+
+/* What a file that is neither a regular file nor a folder is, for a
+ * message. */
+static const char *special_name(uint64_t type) {
+  switch (type & S_IFMT) {
+  case S_IFIFO:
+    return "a FIFO";
+  case S_IFCHR:
+    return "a character device";
+  case S_IFBLK:
+    return "a block device";
+  case S_IFSOCK:
+    return "a socket";
+  default:
+    return "of an unknown type";
+  }
+}
+
+/* Open path with flags as a regular file: with O_NONBLOCK (POSIX), so that
+ * a FIFO or a device planted where the agent reads or writes cannot hold
+ * the thread at the open, then checked with fstat. Returns the file
+ * descriptor, or UV_EISDIR for a folder, UV_EFTYPE for anything else that
+ * is not a regular file (*type says what; nothing is read from it or
+ * written to it), or another libuv error. */
+static int open_regular(const char *path, int flags, int mode, uint64_t *type) {
+  uv_fs_t req;
+  *type = S_IFREG;
+  int fd = open_path(path, flags | UV_FS_O_NONBLOCK, mode);
+  if (fd == UV_ENXIO) {
+    /* a socket, or a FIFO opened to write with no reader */
+    int rc = uv_fs_stat(NULL, &req, path, NULL);
+    uint64_t t = rc == 0 ? req.statbuf.st_mode & S_IFMT : S_IFREG;
+    uv_fs_req_cleanup(&req);
+    if (t != S_IFREG && t != S_IFDIR) {
+      *type = t;
+      fd = UV_EFTYPE;
+    }
+  }
+  if (fd < 0)
+    return fd;
+  int rc = uv_fs_fstat(NULL, &req, fd, NULL);
+  if (rc == 0)
+    *type = req.statbuf.st_mode & S_IFMT;
+  uv_fs_req_cleanup(&req);
+  if (rc == 0 && *type != S_IFREG)
+    rc = *type == S_IFDIR ? UV_EISDIR : UV_EFTYPE;
+  if (rc < 0) {
+    close_fd(fd);
+    return rc;
+  }
+  return fd;
+}
+
+/* Push the failure of open_regular. */
+static int fail_open(lua_State *L, int err, const char *path, uint64_t type) {
+  if (err == UV_EFTYPE)
+    return host_fail(L, "EFTYPE", "%s: not a regular file (%s)", path,
+                     special_name(type));
+  return host_fail_uv(L, err, path);
 }
 
 int host_fs_write_all(int fd, const char *data, size_t len) {
@@ -147,9 +219,10 @@ static int read_all(int fd, char **out, size_t *outlen) {
 /* host.fs.read(path) -> string | nil, msg, code */
 static int l_read(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  int fd = open_path(path, UV_FS_O_RDONLY, 0);
+  uint64_t type;
+  int fd = open_regular(path, UV_FS_O_RDONLY, 0, &type);
   if (fd < 0)
-    return host_fail_uv(L, fd, path);
+    return fail_open(L, fd, path, type);
   char *buf = NULL;
   size_t len = 0;
   int rc = read_all(fd, &buf, &len);
@@ -159,18 +232,6 @@ static int l_read(lua_State *L) {
   lua_pushlstring(L, buf, len); /* on a memory error buf leaks: rare */
   free(buf);
   return 1;
-}
-
-static int write_file(const char *path, int flags, int mode, const char *data,
-                      size_t len, int sync) {
-  int fd = open_path(path, flags, mode);
-  if (fd < 0)
-    return fd;
-  int rc = host_fs_write_all(fd, data, len);
-  if (rc == 0 && sync)
-    rc = fsync_fd(fd);
-  close_fd(fd);
-  return rc;
 }
 
 /* ---- temporary files ----
@@ -300,9 +361,10 @@ static int l_sync(lua_State *L) {
   if (host_fs_check_dir(path) == 0)
     return host_fail_uv(L, UV_EISDIR, path);
   /* read-write: Windows flushes only a handle that may write */
-  int fd = open_path(path, UV_FS_O_RDWR, 0);
+  uint64_t type;
+  int fd = open_regular(path, UV_FS_O_RDWR, 0, &type);
   if (fd < 0)
-    return host_fail_uv(L, fd, path);
+    return fail_open(L, fd, path, type);
   int rc = fsync_fd(fd);
   close_fd(fd);
   if (rc < 0)
@@ -318,9 +380,14 @@ static int l_append(lua_State *L) {
   const char *data = luaL_checklstring(L, 2, &len);
   /* never through a link planted at path (UV_FS_O_NOFOLLOW is 0 on
    * Windows, where making a link needs a privilege) */
-  int rc = write_file(
+  uint64_t type;
+  int fd = open_regular(
       path, UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_APPEND | UV_FS_O_NOFOLLOW,
-      0644, data, len, 0);
+      0644, &type);
+  if (fd < 0)
+    return fail_open(L, fd, path, type);
+  int rc = host_fs_write_all(fd, data, len);
+  close_fd(fd);
   if (rc < 0)
     return host_fail_uv(L, rc, path);
   lua_pushboolean(L, 1);
@@ -373,9 +440,10 @@ static int64_t copy_fd(int from, const char *to, char **tmp) {
 static int l_copy_truncate(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   const char *copy = luaL_checkstring(L, 2);
-  int fd = open_path(path, UV_FS_O_RDWR, 0);
+  uint64_t type;
+  int fd = open_regular(path, UV_FS_O_RDWR, 0, &type);
   if (fd < 0)
-    return host_fail_uv(L, fd, path);
+    return fail_open(L, fd, path, type);
   char *tmp;
   int64_t copied = copy_fd(fd, copy, &tmp);
   if (copied < 0) {

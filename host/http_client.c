@@ -203,7 +203,9 @@ static int out_finish(http_req *req, int failed) {
 /* Open the body file and take its size; 0 or a libuv error. */
 static int in_open(http_req *req, const char *path) {
   uv_fs_t fs;
-  int rc = uv_fs_open(NULL, &fs, path, UV_FS_O_RDONLY, 0, NULL);
+  /* O_NONBLOCK: a FIFO cannot hold the loop at the open (then refused) */
+  int rc =
+      uv_fs_open(NULL, &fs, path, UV_FS_O_RDONLY | UV_FS_O_NONBLOCK, 0, NULL);
   uv_fs_req_cleanup(&fs);
   if (rc < 0)
     return rc;

@@ -236,6 +236,53 @@ describe("host.fs", function()
       end)
   end)
 
+  describe("special files", function()
+    it("read, copy_truncate, append and sync refuse a FIFO at once with a " ..
+      "message that says so, and stat reports it as 'other' (broken if the " ..
+      "host opens it to read: it waits for a writer for ever)", function()
+        if H.windows then pending("no FIFOs on Windows") end
+        local fifo = path("fifo")
+        assert.equal(0, (H.run({ argv = { "mkfifo", fifo } })))
+        assert.equal("other", fs.stat(fifo).type)
+        assert.same({ "fifo" }, fs.list(dir))
+        -- in a child with a time limit: a host that blocks fails the test
+        -- instead of hanging the suite
+        local script = path("fifo.lua")
+        assert(fs.write_atomic(script, [=[
+          local fs = require("host").fs
+          local function show(name, ok, msg, code)
+            io.stdout:write(name, "|", tostring(ok), "|", tostring(msg), "|",
+              tostring(code), "\n")
+          end
+          show("read", fs.read(arg[1]))
+          show("copy_truncate", fs.copy_truncate(arg[1], arg[1] .. ".1"))
+          show("append", fs.append(arg[1], "x"))
+          show("sync", fs.sync(arg[1]))
+        ]=]))
+        local r = H.run_host({ script, fifo }, { timeout = 20 })
+        assert.is_false(r.timed_out, "the host blocked on the FIFO")
+        assert.equal(0, r.code, r.stderr)
+        local got = {}
+        for name, ok, msg, code in r.stdout:gmatch("([%w_]+)|([^|]*)|([^|]*)|([^\n]*)\n") do
+          got[name] = true
+          assert.equal("nil", ok, name)
+          assert.equal(fifo .. ": not a regular file (a FIFO)", msg, name)
+          assert.equal("EFTYPE", code, name)
+        end
+        assert.same({ read = true, copy_truncate = true, append = true, sync = true }, got)
+        assert.same({ "fifo", "fifo.lua" }, fs.list(dir))
+      end)
+
+    it("read refuses a device (broken if /dev/null reads as an empty file)",
+      function()
+        if H.windows then pending("no /dev/null on Windows") end
+        local data, msg, code = fs.read("/dev/null")
+        assert.is_nil(data)
+        assert.equal("/dev/null: not a regular file (a character device)", msg)
+        assert.equal("EFTYPE", code)
+      end)
+  end)
+
   describe("copy_truncate", function()
     it("copies the file over the copy, then empties it, and the next " ..
       "append starts the emptied file (broken if the log is renamed away " ..
