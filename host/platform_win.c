@@ -727,9 +727,12 @@ int plat_pid_start_time(int pid, long long *out) {
  * SIGBREAK handler, exactly as an operator's Ctrl-Break would: the agent
  * then stops its study's tree, reports, and exits. A child that is still
  * running after the study grace period (GOLIAT_STUDY_GRACE, default 30 s)
- * plus 30 s is killed. A child that ends on its own is started again after
- * RESTART_DELAY_MS, like systemd's Restart=always. The child runs in the
- * folder of goliat-host.exe.
+ * plus 30 s is killed. A child that ends on its own with an exit code other
+ * than 0 (a crash, bad settings) is started again after RESTART_DELAY_MS,
+ * like systemd's Restart=always; with exit code 0 (the agent chose to end:
+ * idle, GOLIAT_IDLE_AFTER) the service stops, like the packaged unit's
+ * RestartPreventExitStatus=0. The child runs in the folder of
+ * goliat-host.exe.
  *
  * The log is NAME.log in that folder unless the service's environment (the
  * registry's Environment value) sets GOLIAT_LOG_FILE: the supervisor sets
@@ -1109,6 +1112,13 @@ static void svc_run(void) {
     if (w == WAIT_OBJECT_0) {
       svc_log("goliat-host exited with code %lu; service stopped",
               (unsigned long)code);
+      break;
+    }
+    if (code == 0) {
+      /* the script chose to end (the agent idle for GOLIAT_IDLE_AFTER with
+       * no GOLIAT_IDLE_COMMAND): not a crash, so not started again */
+      svc_log("goliat-host exited with code 0 on its own; service stopped, "
+              "not started again");
       break;
     }
     svc_log("goliat-host exited with code %lu; starting it again in %d s",

@@ -33,6 +33,7 @@ local PROTOCOLS = {
 -- and the protocols' (so that a reload checks them too).
 local LAZY_MODULES = { "lib.gateway", "lib.check", "lib.status",
   "lib.retention" }
+local idle_lib = require "lib.idle"
 
 ------------------------------------------------------------------------------
 -- Settings. Each can be overridden from the environment (variable named on
@@ -74,6 +75,22 @@ local DEFAULTS = {
                                --   such a rerun
   claim_settle = 3,            -- GOLIAT_CLAIM_SETTLE: seconds between a
                                --   claim and checking that it is ours
+  idle_after = 0,              -- GOLIAT_IDLE_AFTER: seconds idle (the
+                               --   dashboard answers, no work for this
+                               --   agent, nothing waiting to be sent) before
+                               --   the VM is stopped; 0 = never
+  idle_command = nil,          -- GOLIAT_IDLE_COMMAND: what stops the VM (a
+                               --   JSON array); unset: the agent exits 0
+  idle_hold = 600,             -- after the idle command: seconds without
+                               --   taking new work (the VM is going down)
+  idle_command_limit = 120,    -- the idle command may run this long, seconds
+  idle_quiet_polls = 12,       -- after this many lookups in a row with no
+                               --   work, lookups back off ...
+  idle_poll_max = 60,          -- GOLIAT_IDLE_POLL_MAX: ... doubling up to
+                               --   this many seconds apart
+  min_free_gb = 20,            -- GOLIAT_MIN_FREE_GB: less free space than
+                               --   this in the project or work dir, and no
+                               --   new work is taken; 0 = no check
   keep_finished = 500,         -- GOLIAT_KEEP_FINISHED: finished assignments
                                --   whose files (study log, its .1, exit
                                --   file, split config) are kept; 0 = all
@@ -153,6 +170,7 @@ function M.new(host, settings)
   self.s = settings
   self.log = settings_lib.redacting_log(host.log, settings.api_token)
   self.failures = {}     -- per step: consecutive failures
+  self.idle = idle_lib.new(settings) -- GOLIAT_IDLE_AFTER, idle back-off
   self.last_error = {}   -- per step: the error last logged
   self.busy = false      -- an assignment is being handled
   self.study = nil       -- { proc, assignment, state } while one runs
@@ -495,6 +513,7 @@ function Agent:write_status(force)
     } or nil,
     gateway = self.gateway and self.gateway:stats() or nil,
     report_waiting = self.report_waiting,
+    idle = self:idle_status(),
   }
   st.heartbeat_at = beat and beat.at or nil
   st.updated_at = now
@@ -1559,6 +1578,14 @@ function Agent:work_loop()
   self:flush_outbox()
   self:recover()
   while not self.stopping do
+    -- no new work on a disk too full for it, nor while the VM goes down
+    local hold = self:disk_low() or self:idle_holding()
+    if hold then
+      self.waiting = hold -- (logged by disk_low and idle_stop themselves)
+      self.idle:pause()
+      self:wait_riding(self:jittered(self.s.poll_interval))
+      goto next
+    end
     -- a stop waits for this call: the planned API hands work out with it
     self.busy = true
     local work, err, retry_after, step = self:find_work()
@@ -1571,11 +1598,22 @@ function Agent:work_loop()
     if work == nil then
       local n = self:note_failure(step, err)
       delay = math.max(delay, self:backoff(n, retry_after))
+      self.idle:pause() -- an outage is not idleness
     else
       self:note_success(step)
       self:note_waiting(not work and err or nil)
       ride = not work
-      if work then
+      if not work then
+        self.idle:answered_empty(self.host.time.monotonic(),
+          self:sending_backlog())
+        if self.idle:due() then self:idle_stop() end
+        delay = self:jittered(self.idle:delay(self.s.poll_interval))
+        -- the lookup that ends the idle time comes when it ends, not up
+        -- to a back-off later
+        local left = self.idle:left()
+        if left and left > 0 then delay = math.min(delay, left) end
+      else
+        self.idle:work()
         self.busy = true
         local ran = self:handle(work)
         self.busy = false
@@ -1591,7 +1629,116 @@ function Agent:work_loop()
     if not self.stopping then
       if ride then self:wait_riding(delay) else self.host.time.sleep(delay) end
     end
+    ::next::
   end
+end
+
+-- What --status says of idleness: seconds idle, and the seconds left
+-- before the idle stop and what it does (while GOLIAT_IDLE_AFTER is set).
+function Agent:idle_status()
+  if self.study then return nil end
+  local idle = self.idle:seconds()
+  local left = self.idle:left()
+  if idle <= 0 and not left then return nil end
+  return { seconds = math.floor(idle), stop_in = left and math.ceil(left),
+    stop = left and (self.s.idle_command and
+      table.concat(self.s.idle_command, " ") or "exit") or nil,
+    held = self.idle_held_until and true or nil }
+end
+
+-- Whether something still waits to be sent (a report, a study's messages
+-- in the gateway's queue): the agent is not idle then.
+function Agent:sending_backlog()
+  return self.report_waiting ~= nil or
+    (self.gateway ~= nil and self.gateway.queue.count > 0)
+end
+
+-- Why no new work may be taken for lack of disk space (GOLIAT_MIN_FREE_GB
+-- in the project dir or the work dir), or nil. Logged once when it starts
+-- and once when it ends.
+function Agent:disk_low()
+  local min = self.s.min_free_gb
+  if not min or min <= 0 then return nil end
+  local why, free_gb
+  for _, dir in ipairs { self.s.project_dir, self.s.work_dir } do
+    local space = self.host.fs.space(dir)
+    if space and space.free < min * 1e9 then
+      why = string.format("less than %g GB free in %s (GOLIAT_MIN_FREE_GB):" ..
+        " taking no new work until there is room", min, dir)
+      free_gb = space.free / 1e9
+      break
+    end
+  end
+  if why and not self.low_disk then
+    self.log.warn("only %.1f GB free: %s", free_gb, why)
+  elseif not why and self.low_disk then
+    self.log.info("the disk has room again (GOLIAT_MIN_FREE_GB %g): " ..
+      "taking work", min)
+  end
+  self.low_disk = why
+  return why
+end
+
+-- Idle for GOLIAT_IDLE_AFTER: GOLIAT_IDLE_COMMAND runs once (logged), and
+-- no new work is taken for idle_hold seconds (the VM is going down); with
+-- no command the agent exits with code 0, which neither the packaged
+-- systemd unit (RestartPreventExitStatus=0) nor the Windows service
+-- restarts.
+function Agent:idle_stop()
+  local h, s = self.host, self.s
+  self.idle.fired = true
+  local idle = self.idle:seconds()
+  if not s.idle_command then
+    self.log.warn("idle for %d s with no work (GOLIAT_IDLE_AFTER=%g): " ..
+      "exiting with code 0", math.floor(idle), s.idle_after)
+    self.stopping = "idle"
+    self:write_status(true)
+    h.exit(0)
+    return
+  end
+  local cmd = table.concat(s.idle_command, " ")
+  self.log.warn("idle for %d s with no work (GOLIAT_IDLE_AFTER=%g): " ..
+    "running GOLIAT_IDLE_COMMAND: %s", math.floor(idle), s.idle_after, cmd)
+  self.idle_held_until = h.time.monotonic() + s.idle_hold
+  local out = h.fs.join(s.work_dir, "idle_command.log")
+  local p, err = h.proc.spawn { argv = s.idle_command, stdout = out,
+    stderr = "stdout" }
+  if not p then
+    self.log.error("GOLIAT_IDLE_COMMAND could not start: %s (the VM " ..
+      "keeps running; the agent takes work again)", tostring(err))
+    self.idle_held_until = nil
+    return
+  end
+  h.task.spawn("idle command", function()
+    local deadline = h.time.monotonic() + s.idle_command_limit
+    while p:running() and h.time.monotonic() < deadline do
+      h.time.sleep(1)
+    end
+    if p:running() then
+      self.log.error("GOLIAT_IDLE_COMMAND still runs after %g s: stopping it",
+        s.idle_command_limit)
+      p:kill()
+    end
+    local code, signal = p:wait()
+    local level = code == 0 and "info" or "error"
+    self.log[level]("GOLIAT_IDLE_COMMAND ended with %s (its output: %s)",
+      code and "exit code " .. code or tostring(signal), out)
+  end)
+end
+
+-- Why no work is taken while the idle command stops the VM, or nil; once
+-- idle_hold has passed and the VM still runs, work is taken again.
+function Agent:idle_holding()
+  local until_ = self.idle_held_until
+  if not until_ then return nil end
+  if self.host.time.monotonic() < until_ then
+    return "GOLIAT_IDLE_COMMAND ran: the VM is being stopped; taking no " ..
+      "new work"
+  end
+  self.idle_held_until = nil
+  self.log.warn("the VM still runs %g s after GOLIAT_IDLE_COMMAND: taking " ..
+    "work again", self.s.idle_hold)
+  return nil
 end
 
 -- Wait about `delay` seconds before the next idle poll, ending just after

@@ -102,6 +102,16 @@ describe("--check", function()
       out)
   end)
 
+  it("says FAIL when the work dir has less free space than " ..
+    "GOLIAT_MIN_FREE_GB (the agent would take no work)", function()
+      env.GOLIAT_MIN_FREE_GB = "1000000000" -- an exabyte: never free
+      local code, out = run_option(env, "--check")
+      assert.equals(1, code, out)
+      assert.matches("FAIL GOLIAT_WORK_DIR [^\n]*: writable, only [%d.]+ GB " ..
+        "free: below GOLIAT_MIN_FREE_GB %(1e%+09%), the agent takes no new " ..
+        "work until there is room", out)
+    end)
+
   it("says FAIL when the work dir cannot be written, and WARN when the " ..
     "project has no configs/ nor data/", function()
       local blocked = fs.join(work, "a-file")

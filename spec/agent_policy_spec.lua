@@ -121,7 +121,8 @@ describe("heartbeat", function()
 
   -- A fake dashboard whose heartbeat replies take `seconds`.
   local function slow_heartbeats(seconds)
-    local f = new_fake()
+    -- (no idle back-off: these count polls at the poll interval)
+    local f = new_fake { GOLIAT_IDLE_POLL_MAX = "10" }
     dashboard(f)
     local inner = f.http_handler
     f.http_handler = function(req, ff)

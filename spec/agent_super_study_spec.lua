@@ -1038,7 +1038,8 @@ describe("a long history", function()
   it("with GOLIAT_SUPER_STUDY: the named studies are looked up by name, " ..
     "the whole list read at the start and every full_list_every only",
     function()
-      local f = fake { GOLIAT_SUPER_STUDY = "mine", GOLIAT_POLL_INTERVAL = "5" }
+      local f = fake { GOLIAT_SUPER_STUDY = "mine", GOLIAT_POLL_INTERVAL = "5",
+        GOLIAT_IDLE_POLL_MAX = "5" } -- (counts lookups at the poll interval)
       local d = super.new(f)
       for i = 1, 30 do d:add_study("old-" .. i, { { n = i } }) end
       d:add_study("mine", { { n = 0 } })

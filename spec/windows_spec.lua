@@ -544,6 +544,33 @@ describe("Windows", function()
         assert.matches("exited with code 0; service stopped\n$", svc_log)
       end)
 
+    it("stops, and does not start the script again, when it exits with " ..
+      "code 0 on its own (the agent idle for GOLIAT_IDLE_AFTER; broken if " ..
+      "the supervisor restarts it, keeping an idle VM billed)", function()
+        if not enabled then
+          pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-spec-idle-" .. host.sys.pid()
+        local out = path("idle.out")
+        write(path("idle.lua"), [[
+          local host = require "host"
+          host.fs.append(arg[1], "start\n")
+          os.exit(0)
+        ]])
+        install_and_start(name, path("idle.lua"), out)
+        assert.is_true(H.wait_until(function()
+          return service_state(name) == "STOPPED"
+        end, 30), "the service did not stop")
+        -- (before, it stayed RUNNING and started the script again after
+        -- RESTART_DELAY_MS, for ever)
+        assert.equals("start\n", fs.read(out))
+        local log_file = fs.join(exe:match("^(.*)[\\/]"), name .. ".log")
+        local svc_log = fs.read(log_file) or ""
+        fs.remove(log_file) -- (one finally per test: install_and_start's)
+        assert.matches("exited with code 0 on its own; service stopped, not " ..
+          "started again", svc_log)
+      end)
+
     it("passes goliat-host --service-reload NAME and sc control NAME "
       .. "paramchange on to the script's on_signal(\"reload\") handler, in "
       .. "the same process (broken if a reload stops or restarts the "

@@ -183,7 +183,7 @@ function M:study_command(s)
 end
 
 -- A folder the agent writes: can it, and how much room is left.
-function M:folder(var, dir)
+function M:folder(var, dir, min_free_gb)
   local h = self.host
   local probe = h.fs.join(dir, settings_lib.WRITE_PROBE)
   local ok, err = h.fs.mkdir_p(dir) -- as the agent would
@@ -195,7 +195,12 @@ function M:folder(var, dir)
   end
   h.fs.remove(probe)
   local space = h.fs.space(dir)
-  if space and space.free < LOW_SPACE then
+  if space and min_free_gb and min_free_gb > 0 and
+      space.free < min_free_gb * 1e9 then
+    self:line("FAIL", var .. " " .. dir, string.format("writable, only %s " ..
+      "free: below GOLIAT_MIN_FREE_GB (%g), the agent takes no new work " ..
+      "until there is room", gb(space.free), min_free_gb))
+  elseif space and space.free < LOW_SPACE then
     self:line("WARN", var .. " " .. dir, "writable, only " ..
       gb(space.free) .. " free")
   else
@@ -207,9 +212,9 @@ end
 
 function M:folders(s)
   local h = self.host
-  self:folder("GOLIAT_WORK_DIR", s.work_dir)
+  self:folder("GOLIAT_WORK_DIR", s.work_dir, s.min_free_gb)
   if s.project_dir ~= s.work_dir then
-    self:folder("GOLIAT_PROJECT_DIR", s.project_dir)
+    self:folder("GOLIAT_PROJECT_DIR", s.project_dir, s.min_free_gb)
   end
   for _, sub in ipairs { "configs", "data" } do
     local st = h.fs.stat(h.fs.join(s.project_dir, sub))

@@ -39,6 +39,10 @@ M.ENV = {
   failure_retry_delay = "GOLIAT_FAILURE_RETRY_DELAY",
   ownership_every = "GOLIAT_OWNERSHIP_EVERY",
   abandoned_after = "GOLIAT_ABANDONED_AFTER",
+  idle_after = "GOLIAT_IDLE_AFTER",
+  idle_command = "GOLIAT_IDLE_COMMAND",
+  idle_poll_max = "GOLIAT_IDLE_POLL_MAX",
+  min_free_gb = "GOLIAT_MIN_FREE_GB",
   keep_finished = "GOLIAT_KEEP_FINISHED",
   keep_finished_mb = "GOLIAT_KEEP_FINISHED_MB",
 }
@@ -179,25 +183,37 @@ local function seconds_or_zero(name, value)
   return n
 end
 
-local function study_command(name, value)
-  local cmd = cjson.decode(value)
-  if type(cmd) ~= "table" or #cmd == 0 then
-    return nil, name .. " must be a JSON array of strings, e.g. " ..
-      '["python","-m","goliat","study"]'
-  end
-  for k, v in pairs(cmd) do
-    if math.type(k) ~= "integer" or k > #cmd or type(v) ~= "string" then
-      return nil, name .. " must be a JSON array of strings"
+-- A command as a JSON array of strings; `example` goes in the message.
+local function command_list(example)
+  return function(name, value)
+    local cmd = cjson.decode(value)
+    if type(cmd) ~= "table" or #cmd == 0 then
+      return nil, name .. " must be a JSON array of strings, e.g. " .. example
     end
+    for k, v in pairs(cmd) do
+      if math.type(k) ~= "integer" or k > #cmd or type(v) ~= "string" then
+        return nil, name .. " must be a JSON array of strings"
+      end
+    end
+    return cmd
   end
-  return cmd
 end
+local study_command = command_list('["python","-m","goliat","study"]')
 
 local function megabytes(name, value)
   local n = tonumber(value)
   if not n or n < 0 or n ~= n or n == math.huge then
     return nil, string.format("%s must be a number of megabytes >= 0 " ..
       "(0 = no limit), got '%s'", name, value)
+  end
+  return n
+end
+
+local function gigabytes(name, value)
+  local n = tonumber(value)
+  if not n or n < 0 or n ~= n or n == math.huge then
+    return nil, string.format("%s must be a number of gigabytes >= 0 " ..
+      "(0 = no check), got '%s'", name, value)
   end
   return n
 end
@@ -338,6 +354,11 @@ local PARSERS = {
   failure_retry_delay = seconds_or_zero,
   ownership_every = seconds_or_zero,
   abandoned_after = seconds_or_zero,
+  idle_after = seconds_or_zero,
+  idle_command = command_list('["shutdown","/s","/t","60"] or ' ..
+    '["systemctl","poweroff"]'),
+  idle_poll_max = interval,
+  min_free_gb = gigabytes,
   keep_finished = count,
   keep_finished_mb = megabytes,
 }

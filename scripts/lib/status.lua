@@ -106,6 +106,20 @@ function M.text(info)
     add("study: none%s", st.waiting and " (" .. st.waiting .. ")" or
       " (looking for work)")
   end
+  local idle = st.idle
+  if type(idle) == "table" and info.running then
+    local stop = ""
+    if idle.stop_in then
+      -- counted from when the file was written: idle time runs on since
+      local left = math.max(0, idle.stop_in - (now - (st.updated_at or now)))
+      stop = string.format("; the VM is stopped (%s) in about %s, " ..
+        "GOLIAT_IDLE_AFTER", idle.stop == "exit" and "the agent exits" or
+        idle.stop, ago(now, now - left))
+    elseif idle.held then
+      stop = "; GOLIAT_IDLE_COMMAND ran: the VM is being stopped"
+    end
+    add("idle: for %s%s", ago(now, now - (idle.seconds or 0)), stop)
+  end
   if st.stopping then add("stopping: %s", st.stopping) end
   add("outbox: %d report%s waiting%s", info.outbox,
     info.outbox == 1 and "" or "s", info.rejected > 0 and string.format(

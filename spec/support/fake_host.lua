@@ -347,6 +347,12 @@ function Fake:make_host()
     join = function(...)
       return normalize(table.concat({ ... }, "/"))
     end,
+    -- f.free: free bytes (a function of the path, or a number)
+    space = function(path)
+      local free = f.free
+      if type(free) == "function" then free = free(normalize(path)) end
+      return { free = free or 500e9, total = 1000e9 }
+    end,
     mkdir_p = function(path)
       path = normalize(path)
       -- a file where a folder of the path should be: as a real disk
