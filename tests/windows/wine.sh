@@ -32,6 +32,7 @@ declare -A skip=(
   [agent_gateway_integration_spec]="the GOLIAT stand-in is started with python, which the wine prefix has not; spec/agent_gateway_spec.lua runs the gateway's policy"
   [agent_outcomes_integration_spec]="the GOLIAT stand-in is started with python, which the wine prefix has not; spec/agent_super_study_spec.lua runs the reconciliation's policy"
   [agent_hostile2_integration_spec]="a FIFO and symbolic links are POSIX cases, and the GOLIAT stand-in is started with python, which the wine prefix has not; spec/fs_spec.lua checks exclusive temporary files under wine"
+  [agent_idle_integration_spec]="the GOLIAT stand-in is started with python, which the wine prefix has not; spec/agent_idle_spec.lua runs the idle and disk policies, spec/windows_spec.lua the service's exit after an idle stop"
   [agent_fleet_integration_spec]="the GOLIAT stand-in is started with python, which the wine prefix has not; spec/agent_super_study_spec.lua runs the fleet policies (stops, ownership, retries, vanished VMs, long histories)"
   [agent_tls_spec]="openssl and python make and serve the private CA's HTTPS dashboard; the wine prefix has neither"
 )
