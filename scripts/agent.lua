@@ -314,12 +314,19 @@ end
 -- (see send).
 function Agent:heartbeat()
   local facts = self.facts
-  if not self.beat_req or self.beat_gpu ~= facts.gpuName then
+  local protocol = self.protocol and self.protocol.name
+  if not self.beat_req or self.beat_gpu ~= facts.gpuName or
+      self.beat_protocol ~= protocol then
     local body = { machineId = self.s.machine_id }
     for k, v in pairs(facts) do body[k] = v end
+    -- which agent this VM runs (both dashboards ignore fields they do
+    -- not know): its version, its policy (changed by an edit) and the
+    -- dashboard protocol it speaks
+    body.agentVersion, body.agentPolicy = self.host.version, self.policy
+    body.agentProtocol = protocol
     self.beat_req = self:request_options("POST", "/api/heartbeat",
       cjson.encode(body))
-    self.beat_gpu = facts.gpuName
+    self.beat_gpu, self.beat_protocol = facts.gpuName, protocol
   end
   return self:send(self.beat_req, true)
 end
@@ -492,6 +499,7 @@ function Agent:write_status(force)
   local st = {
     pid = self.pid or h.sys.pid(),
     version = h.version,
+    policy = self.policy,
     started_at = self.started_at,
     dashboard = self.log.redact(self.s.monitoring_url),
     machine_id = self.s.machine_id,
@@ -1913,9 +1921,11 @@ function Agent:start()
     self.facts.gpuName = settings_lib.gpu_name(h, self.s.work_dir,
       self.s.gpu_probe_timeout)
   end)
-  self.log.info("goliat agent %s for %s, protocol %s, work dir %s, " ..
-    "project dir %s", h.version or "?", self.s.monitoring_url,
-    self.s.protocol, self.s.work_dir, self.s.project_dir)
+  self.policy = settings_lib.policy_hash(h, settings_lib.scripts_dir(h))
+  self.log.info("goliat agent %s (policy %s) for %s, protocol %s, work " ..
+    "dir %s, project dir %s", h.version or "?", self.policy,
+    self.s.monitoring_url, self.s.protocol, self.s.work_dir,
+    self.s.project_dir)
   self.log.info("machine id %s (%s)", self.s.machine_id,
     self.s.machine_id_source)
   local signals = h.sys.platform() == "windows"
@@ -1971,6 +1981,8 @@ usage: goliat-host scripts/agent.lua [--check | --status [--json]]
   --check      check the settings, the dashboard, the study command and the
                folders; exit code 1 when anything is FAIL
   --status     what the agent on this machine is doing now (--json: as JSON)
+  --version    the agent's version, and the hash of its policy (agent.lua
+               and its lib/ and protocol/, changed by an edit)
 ]==]
 
 function M.main(host, option, ...)
@@ -2011,6 +2023,13 @@ function M.main(host, option, ...)
     end
     if not s then io.stdout:write(err, "\n") end
     host.exit(s and 0 or 2)
+    return
+  elseif option == "--version" then
+    io.stdout:write(string.format("goliat-agent %s (policy %s, %s; " ..
+      "goliat-host %s)\n", host.version or "?", settings_lib.policy_hash(host,
+      settings_lib.scripts_dir(host)), M.script_path(host),
+      host.version or "?"))
+    host.exit(0)
     return
   elseif option == "--help" or option == "-h" then
     io.stdout:write(USAGE)

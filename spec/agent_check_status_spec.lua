@@ -126,6 +126,41 @@ describe("--check", function()
     end)
 end)
 
+describe("--version", function()
+  it("names the agent's version and its policy's hash, which an edit of " ..
+    "agent.lua changes", function()
+      local code, out = run_option({}, "--version")
+      assert.equals(0, code, out)
+      local version, hash = out:match("^goliat%-agent (%S+) %(policy (%x+), ")
+      assert.truthy(version, out)
+      -- the same as the host's own --version
+      local r = H.run_host({ "--version" }, { timeout = 30 })
+      assert.matches("^goliat%-host " .. version:gsub("%p", "%%%0") .. " ",
+        r.stdout)
+      -- an edited copy of the scripts
+      local copy = cluster.temp_dir("edited")
+      local scripts = fs.join(copy, "scripts")
+      assert(fs.mkdir_p(scripts))
+      local src = fs.join(cluster.source_dir, "scripts")
+      for _, sub in ipairs { "", "lib", "protocol" } do
+        assert(fs.mkdir_p(fs.join(scripts, sub)))
+        for _, name in ipairs(fs.list(fs.join(src, sub)) or {}) do
+          if name:match("%.lua$") then
+            assert(fs.write_atomic(fs.join(scripts, sub, name),
+              assert(fs.read(fs.join(src, sub, name)))))
+          end
+        end
+      end
+      local agent = fs.join(scripts, "agent.lua")
+      assert(fs.append(agent, "\n-- an operator's edit\n"))
+      r = H.run_host({ agent, "--version" }, { timeout = 30 })
+      assert.equals(0, r.code, r.stdout .. r.stderr)
+      local edited = r.stdout:match("%(policy (%x+), ")
+      assert.truthy(edited, r.stdout)
+      assert.are_not.equal(hash, edited)
+    end)
+end)
+
 describe("--status", function()
   local dash, work, env, agent
 
@@ -162,6 +197,8 @@ describe("--status", function()
         return code == 0 and out:find("heartbeat: ok (every ", 1, true)
       end, 30), "no running status: " .. tostring(out))
       assert.matches("agent: running %(pid " .. agent.proc.pid .. ",", out)
+      assert.matches("agent: running [^\n]*; version [%w.]+, policy %x+%)",
+        out)
       assert.matches("study: none", out)
       queue(dash, { duration_s = 60, steps = 1 }, { id = "st-1",
         split_index = 6 })

@@ -119,6 +119,34 @@ describe("heartbeat", function()
     end
   end)
 
+  it("says which agent runs: its version, its policy's hash and, once " ..
+    "known, the dashboard protocol, as extra fields of every heartbeat",
+    function()
+      local f = new_fake()
+      -- the policy files as the fake machine has them: an edit changes
+      -- the hash
+      local dir = require("lib.settings").scripts_dir(f.host)
+      f.files[dir .. "/agent.lua"] = "-- the policy"
+      dashboard(f)
+      start(f)
+      f:run_for(30)
+      local beats = f:requests_to("/api/heartbeat$")
+      local first = cjson.decode(beats[1].body)
+      assert.equals("fake", first.agentVersion)
+      assert.matches("^%x%x%x%x%x%x%x%x$", first.agentPolicy)
+      assert.is_nil(first.agentProtocol) -- not detected yet
+      local last = cjson.decode(beats[#beats].body)
+      assert.equals("assignment", last.agentProtocol)
+      assert.equals(first.agentPolicy, last.agentPolicy)
+      local g = new_fake()
+      g.files[dir .. "/agent.lua"] = "-- the policy, edited"
+      dashboard(g)
+      start(g)
+      g:run_for(1)
+      local edited = cjson.decode(g:requests_to("/api/heartbeat$")[1].body)
+      assert.are_not.equal(first.agentPolicy, edited.agentPolicy)
+    end)
+
   -- A fake dashboard whose heartbeat replies take `seconds`.
   local function slow_heartbeats(seconds)
     -- (no idle back-off: these count polls at the poll interval)

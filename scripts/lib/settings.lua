@@ -62,6 +62,34 @@ function M.is_http_url(s)
     ~= nil
 end
 
+-- FNV-1a, 32 bits, as 8 hex digits (not for security: to tell texts apart)
+function M.short_hash(text, h)
+  h = h or 0x811c9dc5
+  for i = 1, #text do
+    h = ((h ~ text:byte(i)) * 0x01000193) & 0xffffffff
+  end
+  return string.format("%08x", h), h
+end
+
+-- Which policy runs: a hash of agent.lua and the .lua files of its lib/
+-- and protocol/ folders (an operator's edit changes it), as 8 hex digits.
+function M.policy_hash(host, dir)
+  local fs, files = host.fs, { "agent.lua" }
+  for _, sub in ipairs { "lib", "protocol" } do
+    local names = fs.list(fs.join(dir, sub)) or {}
+    table.sort(names)
+    for _, name in ipairs(names) do
+      if name:match("%.lua$") then files[#files + 1] = sub .. "/" .. name end
+    end
+  end
+  local hex, h = "00000000", nil
+  for _, f in ipairs(files) do
+    local text = fs.read(fs.join(dir, f))
+    if text then hex, h = M.short_hash(f .. "\0" .. text, h) end
+  end
+  return hex
+end
+
 function M.url_encode(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(c)
     return string.format("%%%02X", c:byte())

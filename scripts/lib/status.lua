@@ -71,8 +71,9 @@ function M.text(info)
   local lines = {}
   local function add(fmt, ...) lines[#lines + 1] = string.format(fmt, ...) end
   if info.running then
-    add("agent: running (pid %s, since %s, %s)", num(st.pid),
-      iso(st.started_at), ago(now, st.started_at))
+    add("agent: running (pid %s, since %s, %s; version %s, policy %s)",
+      num(st.pid), iso(st.started_at), ago(now, st.started_at),
+      tostring(st.version or "?"), tostring(st.policy or "?"))
   else
     add("agent: not running (work dir %s)%s", info.work_dir,
       st.pid and string.format("; last seen with pid %s at %s, %s ago",

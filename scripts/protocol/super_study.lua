@@ -677,14 +677,7 @@ end
 -- characters for a project folder of up to about 170.
 local NAME_MAX = 64
 
--- FNV-1a, 32 bits, as 8 hex digits (not for security: to tell names apart)
-local function short_hash(text)
-  local h = 0x811c9dc5
-  for i = 1, #text do
-    h = ((h ~ text:byte(i)) * 0x01000193) & 0xffffffff
-  end
-  return string.format("%08x", h)
-end
+local short_hash = settings_lib.short_hash
 
 local function file_part(name)
   local safe = name:gsub("[^%w%-_.]", "_"):gsub("^%.+", "_")
