@@ -32,7 +32,7 @@ local PROTOCOLS = {
 -- The other modules loaded only when needed. --validate loads them all,
 -- and the protocols' (so that a reload checks them too).
 local LAZY_MODULES = { "lib.gateway", "lib.check", "lib.status",
-  "lib.retention" }
+  "lib.retention", "lib.spec_runner" }
 local idle_lib = require "lib.idle"
 
 ------------------------------------------------------------------------------
@@ -1976,11 +1976,13 @@ function M.load_settings(host, opts)
 end
 
 local USAGE = [==[
-usage: goliat-host scripts/agent.lua [--check | --status [--json]]
+usage: goliat-host scripts/agent.lua [--check | --status [--json] | --test | --version]
   (no option)  run the agent
   --check      check the settings, the dashboard, the study command and the
                folders; exit code 1 when anything is FAIL
   --status     what the agent on this machine is doing now (--json: as JSON)
+  --test       run the policy specs (shipped beside scripts/) against this
+               agent.lua: a few seconds; exit code 0 when they all pass
   --version    the agent's version, and the hash of its policy (agent.lua
                and its lib/ and protocol/, changed by an edit)
 ]==]
@@ -2023,6 +2025,9 @@ function M.main(host, option, ...)
     end
     if not s then io.stdout:write(err, "\n") end
     host.exit(s and 0 or 2)
+    return
+  elseif option == "--test" then
+    host.exit(require("lib.spec_runner").run(host, { ... }))
     return
   elseif option == "--version" then
     io.stdout:write(string.format("goliat-agent %s (policy %s, %s; " ..

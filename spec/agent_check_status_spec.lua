@@ -161,6 +161,62 @@ describe("--version", function()
     end)
 end)
 
+describe("--test", function()
+  -- A copy of scripts/ and the shipped specs (spec/policy.list), as a VM
+  -- has them; returns the copy's agent.lua.
+  local function installed_copy()
+    local root = cluster.temp_dir("installed")
+    local src = cluster.source_dir
+    local function copy(rel)
+      local to = fs.join(root, rel)
+      assert(fs.mkdir_p((to:gsub("[/\\][^/\\]+$", ""))))
+      assert(fs.write_atomic(to, assert(fs.read(fs.join(src, rel)))))
+    end
+    for _, sub in ipairs { "scripts", "scripts/lib", "scripts/protocol",
+      "spec/support" } do
+      for _, name in ipairs(fs.list(fs.join(src, sub)) or {}) do
+        if name:match("%.lua$") then copy(sub .. "/" .. name) end
+      end
+    end
+    copy("spec/policy.list")
+    copy("spec/policy.busted")
+    for line in fs.read(fs.join(src, "spec", "policy.list")):gmatch("[^\n]+") do
+      if not line:match("^#") then copy("spec/" .. line) end
+    end
+    return fs.join(root, "scripts", "agent.lua")
+  end
+
+  it("runs the shipped policy specs against an installed agent.lua and " ..
+    "passes; an edit that breaks the policy fails it with a nonzero exit " ..
+    "code", function()
+      local agent = installed_copy()
+      local r = H.run_host({ agent, "--test" }, { timeout = 120 })
+      assert.equals(0, r.code, r.stdout .. r.stderr)
+      assert.matches("policy specs: %d+ files in ", r.stdout)
+      assert.matches("0 failures / 0 errors", r.stdout)
+      assert.matches("policy specs: PASS\n$", r.stdout)
+      -- an operator's edit: heartbeats every 7 s instead of 5
+      local text = fs.read(agent)
+      local edited, n = text:gsub("heartbeat_interval = 5,", "heartbeat_interval = 7,")
+      assert.equals(1, n)
+      assert(fs.write_atomic(agent, edited))
+      r = H.run_host({ agent, "--test" }, { timeout = 120 })
+      assert.is_true(r.code ~= 0, r.stdout)
+      assert.matches("beats from start%-up every interval", r.stdout)
+      assert.is_nil(r.stdout:find("policy specs: PASS", 1, true))
+    end)
+
+  it("says so, with exit code 2, when the specs are not installed",
+    function()
+      local agent = installed_copy()
+      local root = agent:gsub("[/\\]scripts[/\\]agent%.lua$", "")
+      assert(fs.remove(fs.join(root, "spec", "policy.list")))
+      local r = H.run_host({ agent, "--test" }, { timeout = 60 })
+      assert.equals(2, r.code, r.stdout .. r.stderr)
+      assert.matches("the policy specs are not installed", r.stderr)
+    end)
+end)
+
 describe("--status", function()
   local dash, work, env, agent
 

@@ -6,6 +6,10 @@ local agent = require "agent"
 local cjson = require "cjson"
 
 local P = require "support.policy"
+-- scripts/ as the fake machine sees it (run from a checkout, or by
+-- `agent.lua --test` from where the agent is installed)
+local SCRIPTS = require("lib.settings").scripts_dir(
+  require("support.fake_host").new {}.host)
 local BLOB, TOKEN = P.BLOB, P.TOKEN
 
 -- A fake with the gateway on, a dashboard whose gui-update (and results)
@@ -672,7 +676,7 @@ describe("GOLIAT's own traffic (PROTOCOL.md section 6)", function()
       assert.equals(env.GOLIAT_MONITORING_URL, env.GOLIAT_GATEWAY_HOOK_TARGET)
       assert.same({ "https://monitor.goliat.waves-ugent.be", P.DASH },
         cjson.decode(env.GOLIAT_GATEWAY_HOOK_URLS))
-      assert.equals("/work/scripts/pyhook", env.PYTHONPATH)
+      assert.equals(SCRIPTS .. "/pyhook", env.PYTHONPATH)
       f = setup { env = { GOLIAT_GATEWAY_URLS = " https://a.example/ , " ..
         "http://10.1.2.3:3000", PYTHONPATH = "/opt/site" } }
       P.start(f)
@@ -680,7 +684,7 @@ describe("GOLIAT's own traffic (PROTOCOL.md section 6)", function()
       assert.same({ "https://a.example", "http://10.1.2.3:3000" },
         cjson.decode(env.GOLIAT_GATEWAY_HOOK_URLS))
       -- ours first, then what the study would have had
-      assert.equals("/work/scripts/pyhook:/opt/site", env.PYTHONPATH)
+      assert.equals(SCRIPTS .. "/pyhook:/opt/site", env.PYTHONPATH)
     end)
 
   it("is left alone with GOLIAT_GATEWAY_HOOK=off: no hook on the path, " ..

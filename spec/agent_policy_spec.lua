@@ -6,6 +6,10 @@ local fake_host = require "support.fake_host"
 local cjson = require "cjson"
 
 local P = require "support.policy"
+-- scripts/ as the fake machine sees it (run from a checkout, or by
+-- `agent.lua --test` from where the agent is installed)
+local SCRIPTS = require("lib.settings").scripts_dir(
+  require("support.fake_host").new {}.host)
 local DASH, BLOB, TOKEN = P.DASH, P.BLOB, P.TOKEN
 local json, dashboard, new_fake, assignment = P.json, P.dashboard, P.new_fake,
   P.assignment
@@ -264,7 +268,7 @@ describe("an assignment", function()
       "/work/agent/configs/assigned_config_3.json" }, study_argv(p))
     -- under the wrapper that records the exit code beside the study, ends
     -- what the study leaves (in half the grace) and caps its log (100 MB)
-    assert.same({ "/opt/goliat/goliat-host", "/work/scripts/study_wrapper.lua",
+    assert.same({ "/opt/goliat/goliat-host", SCRIPTS .. "/study_wrapper.lua",
       "--grace", "15", "--log", "/work/agent/study_3.log",
       "--log-max", "104857600", "/work/agent/study_3.exit.json" },
       { table.unpack(p.argv, 1, 9) })
@@ -284,7 +288,7 @@ describe("an assignment", function()
         GOLIAT_MACHINE_ID = "198.51.100.7",
         GOLIAT_ASSIGNMENT_ID = "a-1",
         GOLIAT_API_TOKEN = "",
-        PYTHONPATH = "/work/scripts/pyhook",
+        PYTHONPATH = SCRIPTS .. "/pyhook",
         GOLIAT_GATEWAY_HOOK_TARGET = gw,
         GOLIAT_GATEWAY_HOOK_URLS = cjson.encode {
           "https://monitor.goliat.waves-ugent.be", DASH },
