@@ -44,6 +44,7 @@ typedef struct host_ctx {
   unsigned tasks_started; /* for default task names */
   int exiting;            /* os.exit() was called */
   int restart;            /* host.restart() was called: run the script again */
+  struct fs_queue *fs_queue; /* host.fs operations waiting to run (fs.c) */
 } host_ctx;
 
 /* The context of the host that owns L (any thread of it). */

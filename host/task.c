@@ -209,9 +209,12 @@ void task_run_ready(host_ctx *ctx) {
 
 /* ---- waiting ---- */
 
+int task_can_wait(lua_State *L) {
+  return lua_isyieldable(L) && task_of(L) != NULL;
+}
+
 void task_check_can_wait(lua_State *L, const char *what) {
-  task *t = task_of(L);
-  if (!t || !lua_isyieldable(L))
+  if (!task_can_wait(L))
     luaL_error(L,
                "%s: must be called from a task, not from inside a "
                "coroutine, metamethod or iterator of its own",

@@ -28,6 +28,9 @@ typedef struct task_waiter {
   host_ctx *ctx;
 } task_waiter;
 
+/* Whether L is a task that may wait (task_wait would not raise). */
+int task_can_wait(lua_State *L);
+
 /* Raise unless L is a task that may wait (what names the calling binding). */
 void task_check_can_wait(lua_State *L, const char *what);
 

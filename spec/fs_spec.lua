@@ -283,6 +283,108 @@ describe("host.fs", function()
       end)
   end)
 
+  describe("called from tasks", function()
+    local spawn = host.task.spawn
+
+    it("a task's file operation does not hold the other tasks: they run " ..
+      "while it is outstanding (broken if host.fs runs on the loop's thread: " ..
+      "a network share that hangs would stop the heartbeat)", function()
+        local order = {}
+        local a = spawn(function()
+          order[#order + 1] = "start"
+          assert(fs.write_atomic(path("f"), "data"))
+          order[#order + 1] = "end"
+        end)
+        local b = spawn(function()
+          for _ = 1, 3 do
+            order[#order + 1] = "tick"
+            host.time.sleep(0)
+          end
+        end)
+        assert.is_true((a:join()))
+        assert.is_true((b:join()))
+        local text = table.concat(order, " ")
+        assert.matches("^start tick .*end", text)
+        assert.equal("data", fs.read(path("f")))
+      end)
+
+    it("operations of several tasks take effect in the order they were " ..
+      "called (broken if each is handed to the thread pool on its own: a " ..
+      "read could overtake the write called before it)", function()
+        local p = path("f")
+        assert(fs.write_atomic(p, "v0"))
+        local seen = {}
+        local tasks = {
+          spawn(function() assert(fs.write_atomic(p, "v1")) end),
+          spawn(function()
+            assert(fs.write_atomic(p, "v2"))
+            seen.writer = fs.read(p)
+          end),
+          -- called after both writes, before the second task's read
+          spawn(function() seen.reader = fs.read(p) end),
+          spawn(function() seen.exists = fs.exists(p) end),
+        }
+        for i = 1, 30 do
+          tasks[#tasks + 1] = spawn(function()
+            assert(fs.append(path("log"), i .. "\n"))
+          end)
+        end
+        tasks[#tasks + 1] = spawn(function() seen.log = fs.read(path("log")) end)
+        for _, t in ipairs(tasks) do
+          assert.is_true((t:join()))
+        end
+        local remover = spawn(function() assert(fs.remove(p)) end)
+        local checker = spawn(function() seen.gone = not fs.exists(p) end)
+        assert.is_true((remover:join()))
+        assert.is_true((checker:join()))
+        assert.equal("v2", seen.reader)
+        assert.equal("v2", seen.writer)
+        assert.is_true(seen.exists)
+        local want = {}
+        for i = 1, 30 do want[i] = i .. "\n" end
+        assert.equal(table.concat(want), seen.log)
+        assert.is_true(seen.gone)
+      end)
+
+    it("a call that cannot wait (inside a coroutine of a task's own) still " ..
+      "works, after the operations called before it (broken if it raises, " ..
+      "or runs ahead of a write queued by another task)", function()
+        local p = path("g")
+        local writer = spawn(function() assert(fs.write_atomic(p, "queued")) end)
+        local got, msg
+        local reader = spawn(function()
+          got, msg = coroutine.wrap(function() return fs.read(p) end)()
+        end)
+        assert.is_true((writer:join()))
+        assert.is_true((reader:join()))
+        assert.equal("queued", got, msg)
+      end)
+
+    it("the host exits cleanly with operations still queued (broken if it " ..
+      "hangs, crashes, or leaks them: under AddressSanitizer a leak fails the " ..
+      "exit code)", function()
+        local script = path("exit.lua")
+        assert(fs.write_atomic(script, [=[
+          local host = require "host"
+          for i = 1, 50 do
+            host.task.spawn(function()
+              host.fs.write_atomic(host.fs.join(arg[1], "f" .. i),
+                string.rep("x", 100000))
+            end)
+          end
+          host.task.spawn(function() os.exit(7) end)
+        ]=]))
+        assert(fs.mkdir_p(path("out")))
+        local r = H.run_host({ script, path("out") }, { timeout = 30 })
+        assert.is_false(r.timed_out)
+        assert.equal(7, r.code, r.stderr)
+        assert.equal("", r.stderr)
+        for _, name in ipairs(assert(fs.list(path("out")))) do
+          assert.matches("^f%d+$", name) -- no temporary file left
+        end
+      end)
+  end)
+
   describe("copy_truncate", function()
     it("copies the file over the copy, then empties it, and the next " ..
       "append starts the emptied file (broken if the log is renamed away " ..
