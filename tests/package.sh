@@ -143,6 +143,7 @@ GOLIAT_PUBLIC_IP_URL=
 GOLIAT_WORK_DIR=$probe/work
 GOLIAT_PROJECT_DIR=$probe/project
 GOLIAT_STUDY_COMMAND=["python3","-m","goliat","study"]
+GOLIAT_MIN_FREE_GB=0.01
 EOF
 log "goliat-host $scripts/agent.lua --check"
 set +e
@@ -156,6 +157,18 @@ wait "$dash_pid" 2>/dev/null || true
 grep -q "^OK   heartbeat" "$probe/check.txt" || fail "--check made no heartbeat"
 grep -q "^OK   gateway hook: $scripts/pyhook/sitecustomize.py" "$probe/check.txt" ||
   fail "--check did not find the installed gateway hook"
+# ---- the shipped policy specs, run on the "VM" against the installed
+# agent.lua (lua-busted comes with the package's dependencies) ----
+log "goliat-host $scripts/agent.lua --test"
+set +e
+(cd / && goliat-host "$scripts/agent.lua" --test) >"$probe/test.txt" 2>&1
+test_rc=$?
+set -e
+tail -n 3 "$probe/test.txt"
+[ "$test_rc" = 0 ] || { cat "$probe/test.txt" >&2; fail "the installed agent's --test exited $test_rc"; }
+grep -q "^policy specs: PASS$" "$probe/test.txt" || fail "--test did not say PASS"
+[ -f "$(dirname "$scripts")/spec/policy.list" ] || fail "the policy specs are not installed"
+
 # a study's python, run as root, caches the hook's byte code beside it: the
 # removal must not leave that behind
 python3 -c "import py_compile; py_compile.compile('$scripts/pyhook/sitecustomize.py')"

@@ -33,7 +33,7 @@ log() { printf '%s build.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # ---- Debian packages needed for the build ----
 packages=(gcc-mingw-w64-x86-64 binutils-mingw-w64-x86-64 mingw-w64-x86-64-dev
-  libz-mingw-w64-dev cmake make dpkg-dev xz-utils wine64)
+  libz-mingw-w64-dev cmake make dpkg-dev xz-utils wine64 lua-busted)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -279,6 +279,22 @@ for dll in $extra_dlls; do
   cp "$found" "$build_dir/dlls/"
 done
 
+# busted's Lua parts, for `goliat-host.exe scripts\agent.lua --test` on the
+# VM: Debian's pure-Lua busted stack, and stand-ins for the two small C
+# modules it uses (host/windows/lua/); copied to $build_dir/lua/, which the
+# install rules ship as lua\ next to the exe (on Lua's module path there)
+rm -rf "$build_dir/lua"
+mkdir -p "$build_dir/lua"
+for m in busted busted.lua luassert say pl cliargs cliargs.lua mediator.lua \
+  dkjson.lua; do
+  if [ ! -e "/usr/share/lua/5.4/$m" ]; then
+    echo "build.sh: /usr/share/lua/5.4/$m is missing (apt-get install lua-busted)" >&2
+    exit 1
+  fi
+  cp -rL "/usr/share/lua/5.4/$m" "$build_dir/lua/"
+done
+cp -r "$root/host/windows/lua/." "$build_dir/lua/"
+
 # ---- the folder an operator copies to a VM, and its zip ----
 # both from the install rules: goliat-host.exe (stripped), scripts/ with
 # goliat-agent.conf.example, README-windows.txt
@@ -293,7 +309,8 @@ mv "$build_dir/$zip_name" "$root/dist/"
 listing=$(cd "$root/dist" && cmake -E tar tf "$zip_name")
 for f in goliat-host.exe scripts/agent.lua scripts/study_wrapper.lua \
   scripts/pyhook/sitecustomize.py scripts/goliat-agent.conf.example \
-  README-windows.txt; do
+  README-windows.txt spec/policy.list spec/support/fake_host.lua \
+  lua/busted/runner.lua lua/system/core.lua; do
   if ! grep -qx "goliat-host-windows/$f" <<<"$listing"; then
     echo "build.sh: $zip_name lacks goliat-host-windows/$f" >&2
     exit 1

@@ -76,7 +76,7 @@ for m in busted busted.lua luassert say pl cliargs cliargs.lua mediator.lua \
   dkjson.lua system term; do
   cp -rL "/usr/share/lua/5.4/$m" "$bin/lua/"
 done
-cp -r "$root/tests/windows/lua/." "$bin/lua/"
+cp -r "$root/host/windows/lua/." "$bin/lua/"
 
 winpath() { "$wine" winepath -w "$1" 2>/dev/null | tr -d '\r'; }
 GOLIAT_HOST=$(winpath "$bin/goliat-host.exe")
@@ -135,6 +135,36 @@ for spec in "${specs[@]}"; do
     fi
   fi
 done
+
+# the operator's command on a VM: the shipped policy specs, run from the
+# unzipped Windows folder (its own busted in lua\), against its agent.lua;
+# with no SPEC arguments, and when host/windows/build.sh made the zip
+zip=$(ls "$root"/dist/goliat-host-*-windows-x64.zip 2>/dev/null | head -n1 || true)
+if [ $# -eq 0 ] && [ -n "$zip" ]; then
+  unzipped=$tmp/unzipped
+  mkdir -p "$unzipped"
+  (cd "$unzipped" && cmake -E tar xf "$zip")
+  t1=$(date +%s)
+  set +e
+  # from another folder than the zip's: what --test finds must not depend
+  # on the current folder
+  (cd "$tmp" && timeout -k 10 "$per_spec_timeout" "$wine" \
+    "$unzipped/goliat-host-windows/goliat-host.exe" \
+    "$(winpath "$unzipped/goliat-host-windows/scripts/agent.lua")" --test) \
+    >"$tmp/zip-test.log" 2>&1
+  rc=$?
+  set -e
+  summary=$(grep -aE 'successes|policy specs: PASS' "$tmp/zip-test.log" |
+    tr -d '\r' | tr '\n' ' ' || true)
+  if [ $rc = 0 ] && grep -aq '^policy specs: PASS' "$tmp/zip-test.log"; then
+    passed+=("zip:--test")
+    echo "wine.sh: PASS the unzipped folder's agent.lua --test ($(($(date +%s) - t1)) s) $summary"
+  else
+    failed+=("zip:--test")
+    echo "wine.sh: FAIL the unzipped folder's agent.lua --test (exit $rc)"
+    tail -n 40 "$tmp/zip-test.log" | tr -d '\r' | sed 's/^/    | /'
+  fi
+fi
 
 echo
 echo "wine.sh: passed: ${passed[*]:-none}"

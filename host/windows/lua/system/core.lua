@@ -1,6 +1,6 @@
--- Stand-in for luasystem's C module `system.core`, for the spec run under
--- wine only (tests/windows/wine.sh puts it on the module path; it is not in
--- dist/). busted uses gettime, monotime and sleep. Debian's lua-system
+-- Stand-in for luasystem's C module `system.core`, for busted in the
+-- Windows zip (lua\ beside goliat-host.exe: `agent.lua --test`) and under
+-- wine (tests/windows/wine.sh). busted uses gettime, monotime and sleep. Debian's lua-system
 -- source package could not be fetched from the archive mirror when the
 -- Windows build was written, so this is built on the host module instead.
 local host = require "host"
