@@ -1015,7 +1015,16 @@ static int l_list(lua_State *L) {
   return call_path(L, OP_LIST);
 }
 
-/* host.fs.join(a, b, ...): one '/' between parts. */
+/* host.fs.join(a, b, ...): one separator between parts. On Windows it is
+ * a backslash, and every '/' of the result becomes one too (a path an
+ * operator wrote with '/' in a setting), so that a path the agent builds
+ * or logs has one separator; elsewhere '/', and the parts are kept as
+ * they are. */
+#ifdef _WIN32
+#define PATH_SEP '\\'
+#else
+#define PATH_SEP '/'
+#endif
 static int l_join(lua_State *L) {
   int n = lua_gettop(L);
   luaL_Buffer b;
@@ -1027,12 +1036,17 @@ static int l_join(lua_State *L) {
     if (len == 0)
       continue;
     if (i > 1 && !last_sep && !is_sep(part[0]))
-      luaL_addchar(&b, '/');
+      luaL_addchar(&b, PATH_SEP);
     if (i > 1 && last_sep && is_sep(part[0]) && luaL_bufflen(&b) > 0) {
       part++;
       len--;
     }
+#ifdef _WIN32
+    for (size_t k = 0; k < len; k++)
+      luaL_addchar(&b, part[k] == '/' ? '\\' : part[k]);
+#else
     luaL_addlstring(&b, part, len);
+#endif
     last_sep = len > 0 ? is_sep(part[len - 1]) : last_sep;
   }
   luaL_pushresult(&b);

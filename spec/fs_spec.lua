@@ -644,24 +644,42 @@ describe("host.fs", function()
   end)
 
   describe("join", function()
+    -- the platform's separator: a backslash on Windows, '/' elsewhere
+    local windows = host.sys.platform() == "windows"
+    local function sep(p) return windows and (p:gsub("/", "\\")) or p end
+
     it("puts exactly one separator between parts (broken if separators double or go "
       .. "missing)", function()
-        assert.equal("a/b", fs.join("a", "b"))
-        assert.equal("a/b", fs.join("a/", "/b"))
-        assert.equal("a/b", fs.join("a/", "b"))
-        assert.equal("a/b", fs.join("a", "/b"))
-        assert.equal("a/b/c", fs.join("a", "b", "c"))
-        assert.equal("a/b/", fs.join("a", "b/"))
+        assert.equal(sep("a/b"), fs.join("a", "b"))
+        assert.equal(sep("a/b"), fs.join("a/", "/b"))
+        assert.equal(sep("a/b"), fs.join("a/", "b"))
+        assert.equal(sep("a/b"), fs.join("a", "/b"))
+        assert.equal(sep("a/b/c"), fs.join("a", "b", "c"))
+        assert.equal(sep("a/b/"), fs.join("a", "b/"))
       end)
 
     it("keeps a leading root and skips empty parts (broken if '/' is lost or '' adds "
       .. "a separator)", function()
-        assert.equal("/a", fs.join("/", "a"))
-        assert.equal("/a/b", fs.join("/a", "b"))
-        assert.equal("/b", fs.join("", "/b"))
-        assert.equal("a/b", fs.join("a", "", "b"))
+        assert.equal(sep("/a"), fs.join("/", "a"))
+        assert.equal(sep("/a/b"), fs.join("/a", "b"))
+        assert.equal(sep("/b"), fs.join("", "/b"))
+        assert.equal(sep("a/b"), fs.join("a", "", "b"))
         assert.equal("a", fs.join("a"))
         assert.equal("", fs.join())
+      end)
+
+    it("gives a path one kind of separator: on Windows backslashes, a '/' " ..
+      "an operator wrote in a setting included (broken if C:\\x\\y/z is " ..
+      "built); elsewhere the parts as they are", function()
+        if windows then
+          assert.equal("C:\\goliat\\Wörk dir é\\configs\\a.json",
+            fs.join("C:/goliat\\Wörk dir é", "configs/a.json"))
+          assert.equal("C:\\goliat\\work", fs.join("C:/goliat/work"))
+          assert.equal("\\\\server\\share\\x", fs.join("//server/share", "x"))
+        else
+          assert.equal("/srv/a\\b/c", fs.join("/srv/a\\b", "c"))
+          assert.equal("/srv/x/y", fs.join("/srv/x/", "y"))
+        end
       end)
 
     it("raises on a non-string part (broken if it is skipped)", function()

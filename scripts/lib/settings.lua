@@ -354,7 +354,8 @@ local function absolute(host, dir)
   dir = dir:gsub("^%./+", "")
   if dir == "." or dir == "" then return assert(host.sys.cwd()) end
   if dir:match("^/") or dir:match("^%a:[/\\]") or dir:match("^\\\\") then
-    return dir
+    -- (join alone: one separator on Windows, C:/x becomes C:\x)
+    return host.fs.join(dir)
   end
   return host.fs.join(assert(host.sys.cwd()), dir)
 end
