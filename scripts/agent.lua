@@ -177,6 +177,7 @@ function M.new(host, settings)
   self.stopping = nil    -- the signal's name once a stop was asked for
   self.beat_done = host.task.event() -- set as each heartbeat ends
   self.beat_back = host.task.event() -- set when a heartbeat works again
+  self.status_due = host.task.event() -- wakes the status task
   -- which boot the monotonic clock counts from (Agent:mark); nil unknown
   self.boot_id = host.sys.boot_id and host.sys.boot_id() or nil
   local fs = host.fs
@@ -368,7 +369,9 @@ function Agent:heartbeat_loop()
         since = last and last.ok == ok and last.since or now }
     end
     self.first_beat_over = true
-    self:write_status()
+    -- by the status task: a file operation that waits (a slow disk, a
+    -- large upload being flushed) must not hold the next heartbeat up
+    self.status_due:set()
     self.beat_done:set() -- the work loop's poll may ride on this wake-up
     -- after a failure, the full delay from now: a slow or struggling
     -- dashboard never gets beats back to back
@@ -836,6 +839,12 @@ function Agent:run_attempt(a, config_path, attempt, started, earlier)
   self.log.info("assignment %s: starting %s in %s (attempt %d, output in %s)",
     a.id, table.concat(self.s.study_command, " ") .. " " .. config_path,
     self.s.project_dir, attempt, log_path)
+  -- a stop may have come while the files above were written (host.fs
+  -- waits): checked here, where nothing waits before the spawn
+  if self.stopping then
+    return { error = "agent stopped by " .. self.stopping .. " before the " ..
+      "study started" }
+  end
   local proc, err = h.proc.spawn {
     argv = argv,
     env = self:study_env(a),
@@ -862,10 +871,18 @@ function Agent:run_attempt(a, config_path, attempt, started, earlier)
 end
 
 function Agent:save_state(state)
+  self.state_gen = (self.state_gen or 0) + 1
   local ok, err = durable.save_state(self.host, self.state_file, state)
   if not ok then
     self.log.error("cannot save the agent state: %s", tostring(err))
   end
+  return ok, err
+end
+
+-- The state file goes (its work is reported, or no longer ours).
+function Agent:clear_state()
+  self.state_gen = (self.state_gen or 0) + 1
+  durable.clear_state(self.host, self.state_file)
 end
 
 -- Wait for the study (ours, or taken back after a restart) to end, within
@@ -882,7 +899,9 @@ function Agent:watch_study(proc, state)
       -- a study that ended while the agent was paused (a suspended VM)
       -- ended on time: its exit file says so before the agent noticed
       if self.study == study and not self.stopping and
-          not self:read_exit_file(state.exit_file) then
+          not self:read_exit_file(state.exit_file) and
+          -- (again: the read waits, and a stop may come meanwhile)
+          self.study == study and not self.stopping then
         study.timed_out = true
         self.log.warn("assignment %s: study timed out after %g s: stopping it",
           state.assignment.id, self.s.study_timeout)
@@ -1267,7 +1286,7 @@ function Agent:finish(a, outcome, duration)
     settle = self:settling(a) }
   local file = self.outbox:put(item)
   self:retain(a)
-  local function clear() durable.clear_state(self.host, self.state_file) end
+  local function clear() self:clear_state() end
   if file then clear() end
   local deadline = self.stopping and
     self.host.time.monotonic() + self.s.shutdown_report_for or nil
@@ -1322,7 +1341,7 @@ function Agent:drop_lost(a)
     self.gateway:stop_serving(a.id)
     self.study_url, self.gateway_rec = nil, nil
   end
-  durable.clear_state(self.host, self.state_file)
+  self:clear_state()
   self.log.info("assignment %s: its study was stopped and is not " ..
     "reported; taking other work", tostring(a.id))
 end
@@ -1332,13 +1351,23 @@ end
 -- service about 20 s at shutdown, and ending the tree may take longer)
 -- still leaves the work to run again at the next start (keep_on_stop).
 function Agent:mark_interrupted(signal)
-  local state = cjson.decode(self.host.fs.read(self.state_file) or "")
-  local a = type(state) == "table" and state.assignment
-  local p = type(a) == "table" and type(a.protocol) == "string" and
-    self:protocol_for(a.protocol)
-  if p and p.ownership then
-    state.interrupted = signal
-    self:save_state(state)
+  -- the work loop may write or clear the file while it is read (host.fs
+  -- waits): what was read is written back only if nothing changed since,
+  -- else a state cleared after its report would come back as interrupted
+  -- and run the finished work again
+  for _ = 1, 5 do
+    local gen = self.state_gen
+    local state = cjson.decode(self.host.fs.read(self.state_file) or "")
+    if gen == self.state_gen then
+      local a = type(state) == "table" and state.assignment
+      local p = type(a) == "table" and type(a.protocol) == "string" and
+        self:protocol_for(a.protocol)
+      if p and p.ownership then
+        state.interrupted = signal
+        self:save_state(state)
+      end
+      return
+    end
   end
 end
 
@@ -1364,7 +1393,7 @@ function Agent:keep_on_stop(a, outcome)
   state.pid, state.start_time, state.exit_file, state.starting, state.gateway =
     nil, nil, nil, nil, nil
   state.interrupted = self.stopping
-  local ok, err = durable.save_state(self.host, self.state_file, state)
+  local ok, err = self:save_state(state)
   if not ok then
     self.log.error("cannot keep assignment %s for the next start (%s): " ..
       "reporting it", tostring(a.id), tostring(err))
@@ -1402,7 +1431,7 @@ function Agent:handle(work)
     local taken, why, keep_state = self.protocol:take(work)
     if not taken then
       if not keep_state then
-        durable.clear_state(self.host, self.state_file)
+        self:clear_state()
       end
       if taken == false then
         self.log.info("%s: choosing other work", why)
@@ -1493,7 +1522,7 @@ function Agent:recover()
   if owned == "no" then
     self.log.warn("assignment %s is no longer this worker's on the " ..
       "dashboard (reset, or claimed by another): not running it", tostring(a.id))
-    durable.clear_state(h, self.state_file)
+    self:clear_state()
   else
     if starts == "prepare" then
       if owned == "yes" then
@@ -1641,6 +1670,26 @@ function Agent:work_loop()
   end
 end
 
+-- The status file, written after each heartbeat (status_due) by a task of
+-- its own, so that the heartbeat never waits on the disk.
+function Agent:status_loop()
+  while true do
+    self.status_due:wait()
+    self:write_status()
+  end
+end
+
+-- The last write of the status file before the agent exits: after the one
+-- in flight, if any (at most 5 s), so that it is not skipped.
+function Agent:final_status()
+  local h = self.host
+  local t = h.time.monotonic()
+  while self.status_busy and h.time.monotonic() - t < 5 do
+    h.time.sleep(0.05)
+  end
+  self:write_status(true)
+end
+
 -- What --status says of idleness: seconds idle, and the seconds left
 -- before the idle stop and what it does (while GOLIAT_IDLE_AFTER is set).
 function Agent:idle_status()
@@ -1700,7 +1749,7 @@ function Agent:idle_stop()
     self.log.warn("idle for %d s with no work (GOLIAT_IDLE_AFTER=%g): " ..
       "exiting with code 0", math.floor(idle), s.idle_after)
     self.stopping = "idle"
-    self:write_status(true)
+    self:final_status()
     h.exit(0)
     return
   end
@@ -1777,15 +1826,21 @@ function Agent:stop(signal)
   local h = self.host
   self.log.info("%s: stopping", signal)
   self:mark_interrupted(signal)
-  if self.study then
-    self.log.info("terminating the study (grace %g s)", self.s.study_grace)
-    self.study.proc:terminate(self.s.study_grace)
+  local ended
+  local function end_study()
+    if self.study and self.study ~= ended then
+      ended = self.study
+      self.log.info("terminating the study (grace %g s)", self.s.study_grace)
+      self.study.proc:terminate(self.s.study_grace)
+    end
   end
+  end_study()
   local deadline = h.time.monotonic() + self.s.shutdown_report_for + 1
   while self.busy and h.time.monotonic() < deadline do
+    end_study() -- one that started while the stop began
     h.time.sleep(0.1)
   end
-  self:write_status(true)
+  self:final_status()
   self.log.info("agent stopped")
   h.exit(0)
 end
@@ -1844,7 +1899,9 @@ function Agent:reload(why)
   self.log.info("reloading agent.lua and the settings%s", self.study and
     string.format(" (the study of assignment %s keeps running and is " ..
       "taken back)", tostring(self.study.assignment.id)) or "")
-  self:write_status(true)
+  -- a stop that came during the check wins over the reload
+  if self.stopping then return end
+  self:final_status()
   -- the settings in use, for the next script should its settings fail
   -- all the same (M.main): the agent goes on with these, not exits
   local saved = cjson.encode(self.s)
@@ -1939,6 +1996,7 @@ function Agent:start()
     or "SIGHUP"
   h.sys.on_signal("reload", function() self:reload(reload) end)
   self:supervise("heartbeat", Agent.heartbeat_loop)
+  self:supervise("status", Agent.status_loop)
   if self.s.gateway or self:gateway_leftovers() then self:start_gateway() end
   self:supervise("worker", Agent.work_loop)
 end

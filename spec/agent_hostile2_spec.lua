@@ -345,3 +345,60 @@ describe("the files of finished work", function()
       assert.equals(60, n)
     end)
 end)
+
+-- host.fs waits (issue 21, item 9): other tasks run while a file operation
+-- is under way. The fake host's f.fs_wait_for makes one wait.
+describe("a file operation that waits", function()
+  it("on agent_status.json does not hold the heartbeat up (the status is " ..
+    "written by a task of its own)", function()
+      local f = P.offline_fake()
+      P.dashboard(f)
+      f.fs_wait_for = function(op, path)
+        if op == "write" and path:match("agent_status%.json$") and
+            f.now > 10 then
+          return 1000 -- a hung share
+        end
+      end
+      P.start(f)
+      f:run_for(70)
+      local late = 0
+      for _, r in ipairs(f:requests_to("/api/heartbeat$")) do
+        if r.at > 20 then late = late + 1 end
+      end
+      assert.is_true(late >= 9, late .. " heartbeats in the 50 s after the " ..
+        "status file hung")
+    end)
+
+  it("while a stop comes as finished work is cleared does not bring that " ..
+    "work back as interrupted (it would run again at the next start)",
+    function()
+      local super = require "support.super_dashboard"
+      local f = P.offline_fake()
+      local d = super.new(f)
+      d:add_study("s", { { n = 0 } })
+      f.spawn_handler = function() return { exit_code = 0, after = 20 } end
+      local slow_state = false
+      f.fs_wait_for = function(op, path)
+        if op == "write" and path:match("/retention%.json$") and
+            not slow_state then
+          -- the report is under way (past the stop's check): a stop now,
+          -- whose read of the state file returns after the work loop
+          -- cleared it
+          slow_state = true
+          f:signal("SIGTERM")
+          return 1
+        elseif op == "read" and path:match("/agent_state%.json$") and
+            slow_state then
+          return 5
+        end
+      end
+      P.start(f)
+      assert.is_true(f:run_until(function() return f.exit_code ~= nil end,
+        600))
+      assert.equals(1, #f:reports())
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.is_nil(f.files["/work/agent/agent_state.json"],
+        "the finished work's state came back: " ..
+        tostring(f.files["/work/agent/agent_state.json"]))
+    end)
+end)

@@ -115,7 +115,10 @@ function M.queue(host, dir, max_bytes, log)
   assert(fs.mkdir_p(dir))
   local self = setmetatable({ host = host, dir = dir, max_bytes = max_bytes,
     log = log, items = {}, first = 1, last = 0, count = 0, bytes = 0,
-    seq = 0, dropped = 0, sending = {}, waiting = {} }, Queue)
+    seq = 0, dropped = 0, sending = {}, waiting = {},
+    -- puts whose files are being written (host.fs waits): their numbers,
+    -- and the bytes they hold of the budget
+    inflight = {}, reserved = 0 }, Queue)
   local names, has, found = fs.list(dir) or {}, {}, {}
   for _, name in ipairs(names) do has[name] = true end
   for i, name in ipairs(names) do
@@ -219,8 +222,9 @@ function Queue:put(meta, body)
   -- in memory: the body and a little; on disk: the body's blocks and one
   -- block of its meta file
   local size = key and bytes + 256 or on_disk(bytes) + BLOCK
+  local used = self.bytes + self.reserved
   if older and not self.sending[older.seq] and
-      self.bytes - older.size + size <= self.max_bytes then
+      used - older.size + size <= self.max_bytes then
     -- the newest progress of a type replaces the one waiting, in its
     -- place: behind a steady flow of log lines it would never come first
     self.bytes = self.bytes - older.size + size
@@ -229,7 +233,7 @@ function Queue:put(meta, body)
     return older.seq
   end
   -- what could go to make room: if even that is not enough, nothing goes
-  local room = self.max_bytes - self.bytes
+  local room = self.max_bytes - used
   for _, it in pairs(self.waiting) do
     if not self.sending[it.seq] then room = room + it.size end
   end
@@ -237,7 +241,7 @@ function Queue:put(meta, body)
     return nil, string.format("the gateway's queue is full (%d bytes " ..
       "waiting; GOLIAT_GATEWAY_MAX_BYTES is %d)", self.bytes, self.max_bytes)
   end
-  while self.bytes + size > self.max_bytes do
+  while self.bytes + self.reserved + size > self.max_bytes do
     local victim -- the oldest progress or screenshot not being sent
     for _, it in pairs(self.waiting) do
       if not self.sending[it.seq] and (not victim or it.seq < victim.seq) then
@@ -268,6 +272,10 @@ function Queue:put(meta, body)
   local sync = meta.kind == "results"
   local fs = self.host.fs
   local ok, err
+  -- held while the files are written: another put meanwhile counts it in
+  -- the budget, and a wait for what was queued so far (wait_sent) waits
+  -- for it too
+  self.inflight[seq], self.reserved = true, self.reserved + size
   if spooled then
     ok, err = fs.rename(spooled.file, self:path(seq, "body"))
     if ok and sync then ok, err = fs.sync(self:path(seq, "body")) end
@@ -278,6 +286,7 @@ function Queue:put(meta, body)
     ok, err = self.host.fs.write_atomic(self:path(seq, "json"),
       cjson.encode(meta), { sync = sync })
   end
+  self.inflight[seq], self.reserved = nil, self.reserved - size
   if not ok then
     self.host.fs.remove(self:path(seq, "body"))
     return nil, "cannot store the message: " .. tostring(err)
@@ -324,6 +333,9 @@ end
 
 -- Whether any message up to `seq` is still waiting.
 function Queue:holds_upto(seq)
+  for s in pairs(self.inflight) do
+    if s <= seq then return true end
+  end
   local first = self:head()
   return first ~= nil and first.seq <= seq
 end
@@ -370,6 +382,10 @@ function Gateway:serve(a_id, rec)
   local opts = { host = "127.0.0.1", port = port,
     max_body = self.s.gateway_max_bytes - 2 * BLOCK, spool_dir = self.dir,
     spool_over = LARGE }
+  -- what the study said at its end, read before the server listens (a
+  -- message arriving during the read would be overwritten by it)
+  local held = cjson.decode(h.fs.read(h.fs.join(self.dir, M.HELD)) or "")
+  if type(held) ~= "table" or held.assignment_id ~= a_id then held = nil end
   local handler = function(req) return self:handle(req) end
   local server, err = h.http.serve(opts, handler)
   if not server and port ~= 0 then
@@ -381,10 +397,7 @@ function Gateway:serve(a_id, rec)
   if not server then return nil, "gateway: cannot listen: " .. tostring(err) end
   self.server, self.assignment_id = server, a_id
   self.prefix = M.PREFIX .. secret
-  self.held = cjson.decode(h.fs.read(h.fs.join(self.dir, M.HELD)) or "")
-  if type(self.held) ~= "table" or self.held.assignment_id ~= a_id then
-    self.held = nil
-  end
+  self.held = held
   local record = { port = server:port(), secret = secret }
   return string.format("http://127.0.0.1:%d%s", record.port, self.prefix),
     record

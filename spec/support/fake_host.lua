@@ -169,6 +169,12 @@ function Fake:kill_agent()
   self.exit_code = nil
 end
 
+-- A host.fs operation that waits f.fs_wait(op, path) seconds, if set.
+function Fake:fs_wait(op, path)
+  local s = self.fs_wait_for and self.fs_wait_for(op, path)
+  if s and s > 0 then self.host.time.sleep(s) end
+end
+
 -- Deliver a signal: its handler runs as a new task.
 function Fake:signal(name)
   local fn = self.signal_handlers[name]
@@ -382,8 +388,11 @@ function Fake:make_host()
       end
       return nil, path .. ": no such file or directory", "ENOENT"
     end,
+    -- f.fs_wait_for(op, path): seconds the operation waits, as host.fs does
+    -- on a slow disk (a read returns what it read before the wait)
     read = function(path)
       local data = f.files[normalize(path)]
+      f:fs_wait("read", normalize(path))
       if not data then return nil, path .. ": no such file", "ENOENT" end
       return data
     end,
@@ -397,6 +406,7 @@ function Fake:make_host()
     end,
     write_atomic = function(path, data)
       path = normalize(path)
+      f:fs_wait("write", path)
       table.insert(f.writes, path)
       f.files[path] = data
       return true
