@@ -19,9 +19,22 @@
 static const char usage[] =
     "usage: goliat-host SCRIPT [ARG...]\n"
     "       goliat-host --version | --help\n"
-    "       goliat-host --service NAME SCRIPT [ARG...]   (Windows service)\n"
-    "       goliat-host --service-reload NAME   (reload a Windows service's\n"
-    "                                           script, as SIGHUP on Linux)\n"
+    "\n"
+    "Windows (README.md, \"Deploying on Windows\"):\n"
+    "       goliat-host --install service [--name NAME]\n"
+    "       goliat-host --install desktop [--user USER] [--name NAME]\n"
+    "       goliat-host --uninstall [--name NAME]\n"
+    "           from an elevated prompt: run scripts\\agent.lua (next to\n"
+    "           goliat-host.exe) as the Windows service NAME (default\n"
+    "           goliat-agent; starts at boot, no desktop), or in the desktop\n"
+    "           of USER (default: you) from logon to logoff, by a logon task\n"
+    "           NAME; one mode at a time. --uninstall removes either\n"
+    "       goliat-host --reload NAME   reload its script and settings\n"
+    "                                   (as SIGHUP on Linux; also\n"
+    "                                   --service-reload NAME)\n"
+    "       goliat-host --stop NAME     stop the agent cleanly\n"
+    "       goliat-host --service NAME SCRIPT [ARG...]   (the service)\n"
+    "       goliat-host --desktop NAME SCRIPT [ARG...]   (the logon task)\n"
     "\n"
     "Runs the Lua 5.4 SCRIPT with the `host` module (tasks, HTTP client and\n"
     "server, processes, timers, files, system) and `cjson`. The script's\n"
@@ -40,8 +53,9 @@ static const char usage[] =
     "  GOLIAT_TASK_LIMIT     seconds a task may run without yielding before\n"
     "                        it is stopped (default 5; 0: no watchdog)\n"
     "\n"
-    "As a Windows service, the log goes to NAME.log next to goliat-host.exe\n"
-    "unless GOLIAT_LOG_FILE is set, and is rotated all the same.\n";
+    "As a Windows service or desktop supervisor, the log goes to NAME.log\n"
+    "next to goliat-host.exe unless GOLIAT_LOG_FILE is set, and is rotated\n"
+    "all the same.\n";
 
 static int luaopen_host(lua_State *L) {
   lua_newtable(L);
@@ -304,8 +318,15 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "--service") == 0)
     return plat_service_main(argc, argv);
-  if (strcmp(argv[1], "--service-reload") == 0)
+  if (strcmp(argv[1], "--desktop") == 0)
+    return plat_desktop_main(argc, argv);
+  if (strcmp(argv[1], "--service-reload") == 0 ||
+      strcmp(argv[1], "--reload") == 0)
     return plat_service_reload(argc, argv);
+  if (strcmp(argv[1], "--stop") == 0)
+    return plat_stop(argc, argv);
+  if (strcmp(argv[1], "--install") == 0 || strcmp(argv[1], "--uninstall") == 0)
+    return plat_install(argc, argv);
   if (argv[1][0] == '-' && argv[1][1] != '\0') {
     fprintf(stderr, "goliat-host: unknown option %s\n\n%s", argv[1], usage);
     return 2;

@@ -23,10 +23,35 @@ void plat_args(int *argc, char ***argv);
  * 2. Returns the process exit code. */
 int plat_service_main(int argc, char **argv);
 
-/* goliat-host --service-reload NAME: ask the running Windows service NAME
- * to reload its script (SERVICE_CONTROL_PARAMCHANGE). Elsewhere it prints
- * how to reload there and returns 2. Returns the process exit code. */
+/* goliat-host --reload NAME (or --service-reload NAME): ask the running
+ * Windows service NAME to reload its script (SERVICE_CONTROL_PARAMCHANGE),
+ * or the desktop supervisor NAME when there is no such service. Elsewhere
+ * it prints how to reload there and returns 2. Returns the exit code. */
 int plat_service_reload(int argc, char **argv);
+
+/* goliat-host --desktop NAME SCRIPT [ARG...]: supervise SCRIPT in the
+ * interactive session this process runs in, as the service does
+ * (platform_win.c; what the logon task of --install desktop runs).
+ * Elsewhere it prints why not and returns 2. Returns the exit code. */
+int plat_desktop_main(int argc, char **argv);
+
+/* goliat-host --install service|desktop [...] and --uninstall [...]:
+ * install the agent next to goliat-host.exe as the Windows service or as a
+ * logon task running --desktop, or remove it (platform_win.c). Elsewhere
+ * it prints how the Debian package installs the systemd unit and returns
+ * 2. Returns the process exit code. */
+int plat_install(int argc, char **argv);
+
+/* goliat-host --stop NAME: stop the agent of the service or of the
+ * desktop supervisor NAME cleanly. Elsewhere it prints how to stop it
+ * there and returns 2. Returns the process exit code. */
+int plat_stop(int argc, char **argv);
+
+/* The id of the login session process pid runs in (pid 0: this process),
+ * and whether that session is the one attached to the console now (the
+ * machine's screen, where autologon logs on). Returns 0, or a libuv error
+ * (UV_ENOSYS where the platform has no such sessions: POSIX). */
+int plat_session_id(int pid, unsigned long *id, int *console);
 
 /* The signal number behind host.sys.on_signal("reload"): SIGHUP on POSIX.
  * Windows has no such signal: there it is a number of the host's own,

@@ -59,11 +59,50 @@ int plat_service_main(int argc, char **argv) {
 
 int plat_service_reload(int argc, char **argv) {
   (void)argc;
+  fprintf(stderr,
+          "goliat-host: %s is for Windows; on Linux: systemctl reload "
+          "goliat-agent, or kill -HUP the agent's pid\n",
+          argv[1]);
+  return 2;
+}
+
+int plat_desktop_main(int argc, char **argv) {
+  (void)argc;
   (void)argv;
-  fputs("goliat-host: --service-reload is for Windows; on Linux: systemctl "
-        "reload goliat-agent, or kill -HUP the agent's pid\n",
+  fputs("goliat-host: --desktop is for Windows; on Linux run the agent "
+        "under systemd (see examples/goliat-agent.service)\n",
         stderr);
   return 2;
+}
+
+int plat_install(int argc, char **argv) {
+  (void)argc;
+  fprintf(stderr,
+          "goliat-host: %s is for Windows. On Linux the Debian package "
+          "(goliat-host_<version>_amd64.deb) installs the agent and its "
+          "systemd unit goliat-agent.service; enable and start it with "
+          "`systemctl enable --now goliat-agent`, stop and disable it with "
+          "`systemctl disable --now goliat-agent`, remove it with "
+          "`apt-get remove goliat-host` (README.md, \"Deploying on "
+          "Linux\")\n",
+          argv[1]);
+  return 2;
+}
+
+int plat_stop(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  fputs("goliat-host: --stop is for Windows; on Linux: systemctl stop "
+        "goliat-agent, or kill -TERM the agent's pid\n",
+        stderr);
+  return 2;
+}
+
+int plat_session_id(int pid, unsigned long *id, int *console) {
+  (void)pid;
+  (void)id;
+  (void)console;
+  return UV_ENOSYS; /* no Windows sessions: the display is $DISPLAY */
 }
 
 int plat_boot_id(char *buf, size_t size) {

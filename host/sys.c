@@ -165,6 +165,23 @@ static int l_boot_id(lua_State *L) {
   return 1;
 }
 
+/* host.sys.session_id([pid]) -> id, console | nil, msg, code */
+static int l_session_id(lua_State *L) {
+  lua_Integer pid = luaL_optinteger(L, 1, 0);
+  luaL_argcheck(L, pid >= 0 && pid <= INT32_MAX, 1, "invalid pid");
+  unsigned long id;
+  int console;
+  int rc = plat_session_id((int)pid, &id, &console);
+  if (rc == UV_ENOSYS)
+    return host_fail(L, uv_err_name(rc),
+                     "session_id: no Windows sessions on this platform");
+  if (rc != 0)
+    return host_fail_uv(L, rc, "session_id");
+  lua_pushinteger(L, (lua_Integer)id);
+  lua_pushboolean(L, console);
+  return 2;
+}
+
 static int l_platform(lua_State *L) {
 #if defined(_WIN32)
   lua_pushliteral(L, "windows");
@@ -474,6 +491,7 @@ void host_open_sys(lua_State *L) {
                                    {"interfaces", l_interfaces},
                                    {"platform", l_platform},
                                    {"boot_id", l_boot_id},
+                                   {"session_id", l_session_id},
                                    {"on_signal", l_on_signal},
                                    {NULL, NULL}};
   luaL_newlib(L, funcs);

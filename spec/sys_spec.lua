@@ -178,6 +178,40 @@ describe("host.sys", function()
         end
       end)
 
+    it("session_id gives the Windows session of this process and of another "
+      .. "one, and nil with ENOSYS elsewhere (broken if --check cannot tell "
+      .. "the service's session 0 from a desktop's)", function()
+        assert.has_error(function() sys.session_id(-1) end)
+        assert.has_error(function() sys.session_id("x") end)
+        local id, console, code = sys.session_id()
+        if not H.windows then
+          assert.is_nil(id)
+          assert.matches("no Windows sessions", console)
+          assert.equal("ENOSYS", code)
+          assert.is_nil(sys.session_id(sys.pid()))
+          return
+        end
+        assert.is_true(math.type(id) == "integer" and id >= 0, tostring(id))
+        assert.is_boolean(console)
+        assert.same({ id, console }, { sys.session_id(sys.pid()) })
+        -- a child of ours, in the same session
+        local dir = H.tmpdir()
+        finally(function() H.rm_rf(dir) end)
+        local script = host.fs.join(dir, "sleep.lua")
+        assert(host.fs.write_atomic(script, 'require("host").time.sleep(30)'))
+        local p = assert(host.proc.spawn { argv = { H.host_binary(), script } })
+        finally(function() p:kill(); p:wait() end)
+        local child, child_console = sys.session_id(p.pid)
+        assert.same({ id, console }, { child, child_console })
+        -- a pid that is no process
+        p:kill()
+        p:wait()
+        local none, msg, err = sys.session_id(p.pid)
+        assert.is_nil(none)
+        assert.is_string(msg)
+        assert.is_string(err)
+      end)
+
     it("platform names this system (broken if it is wrong for Linux)", function()
       local p = sys.platform()
       assert.is_string(p)

@@ -698,14 +698,369 @@ describe("Windows", function()
         assert.matches("exited with code 0; service stopped", svc_log)
       end)
 
-    it("--service-reload names a service that does not exist (broken if it "
-      .. "fails silently)", function()
+    it("--service-reload, --reload and --stop name a service or desktop "
+      .. "agent that does not exist (broken if they fail silently)", function()
         local out = path("reload-none.txt")
-        local p = assert(host.proc.spawn { argv = { exe, "--service-reload",
+        for _, option in ipairs { "--service-reload", "--reload" } do
+          local p = assert(host.proc.spawn { argv = { exe, option,
+            "goliat-no-such-service" }, stdout = out, stderr = "stdout" })
+          assert.equal(1, p:wait())
+          assert.matches("cannot reload goliat%-no%-such%-service: no service "
+            .. "of that name, and no desktop agent of that name runs",
+            fs.read(out))
+        end
+        local p = assert(host.proc.spawn { argv = { exe, "--stop",
           "goliat-no-such-service" }, stdout = out, stderr = "stdout" })
         assert.equal(1, p:wait())
-        assert.matches("cannot reload the service goliat%-no%-such%-service: "
-          .. "no such service", fs.read(out))
+        assert.matches("nothing to stop: no service named "
+          .. "goliat%-no%-such%-service, and no desktop agent of that name "
+          .. "runs", fs.read(out))
+      end)
+  end)
+
+  -- goliat-host.exe and a scripts\agent.lua stand-in in a folder of their
+  -- own, as an operator unzips them: the stand-in appends what happens to
+  -- agent.out beside the exe. Returns the folder, the exe and a function
+  -- that runs the exe with arguments (and env), returning code and output.
+  local function agent_folder()
+    local folder = path("agent " .. host.sys.pid())
+    assert(fs.mkdir_p(fs.join(folder, "scripts")))
+    local copy = fs.join(folder, "goliat-host.exe")
+    write(copy, assert(fs.read(exe)))
+    write(fs.join(folder, "scripts", "agent.lua"), [[
+      local host = require "host"
+      local out = host.fs.join(host.sys.exepath():match("^(.*)[\\/]"),
+        "agent.out")
+      local runs = select(2, (host.fs.read(out) or ""):gsub("start", ""))
+      host.fs.append(out, "start " .. host.sys.pid() .. "\n")
+      if arg[1] == "crash-first" and runs == 0 then os.exit(3) end
+      local stop = false
+      host.sys.on_signal("SIGBREAK", function(sig)
+        host.fs.append(out, "got " .. sig .. "\n")
+        stop = true
+      end)
+      host.sys.on_signal("reload", function(sig)
+        host.fs.append(out, "got " .. sig .. "\n")
+      end)
+      while not stop do host.time.sleep(0.1) end
+      host.fs.append(out, "end\n")
+    ]])
+    local n = 0
+    local function run(args, env)
+      n = n + 1
+      local file = path("run" .. n .. ".txt")
+      local argv = { copy }
+      for _, a in ipairs(args) do argv[#argv + 1] = a end
+      local p = assert(host.proc.spawn { argv = argv, env = env,
+        stdout = file, stderr = "stdout" })
+      local code = p:wait()
+      return code, (fs.read(file) or ""):gsub("\r\n", "\n")
+    end
+    return folder, copy, run
+  end
+
+  local function q(s) return (s:gsub("%p", "%%%0")) end
+
+  describe("install (goliat-host --install, --uninstall)", function()
+    local enabled = host.sys.getenv("GOLIAT_TEST_SERVICE") == "1"
+
+    local function exists(name)
+      local p = assert(host.proc.spawn { argv = { "sc", "query", name },
+        stdout = "null", stderr = "null" })
+      return p:wait() == 0
+    end
+
+    local function registry(name)
+      local out = path("reg.txt")
+      local p = assert(host.proc.spawn { argv = { "reg", "query",
+        "HKLM\\SYSTEM\\CurrentControlSet\\Services\\" .. name },
+        stdout = out, stderr = "stdout" })
+      p:wait()
+      local values = {}
+      for k, v in (fs.read(out) or ""):gmatch("\n%s+(%w+)%s+REG_%w+%s+([^\r\n]*)") do
+        values[k] = v
+      end
+      return values
+    end
+
+    it("refuses without an elevated prompt, says how to get one, exits 2 "
+      .. "and changes nothing (GOLIAT_TEST_NOT_ELEVATED=1; broken if it "
+      .. "installs half or fails with Windows' access denied)", function()
+        local name = "goliat-noadmin-" .. host.sys.pid()
+        local _, _, run = agent_folder()
+        local env = { GOLIAT_TEST_NOT_ELEVATED = "1" }
+        for _, args in ipairs {
+          { "--install", "service", "--name", name },
+          { "--install", "desktop", "--name", name },
+          { "--uninstall", "--name", name },
+        } do
+          local code, out = run(args, env)
+          assert.equal(2, code, out)
+          assert.matches("^goliat%-host: " .. q(args[1]) .. " changes Windows "
+            .. "services and scheduled tasks, which needs an administrator: "
+            .. "run this from an elevated prompt: right%-click Command Prompt "
+            .. "%(or PowerShell%), Run as administrator%. Nothing was "
+            .. "changed%.\n$", out)
+        end
+        assert.is_false(exists(name))
+        -- usage mistakes come first, elevated or not
+        local code, out = run({ "--install" }, env)
+        assert.equal(2, code)
+        assert.matches("^usage: goliat%-host %-%-install service", out)
+        code, out = run({ "--install", "service", "--user", "x" }, env)
+        assert.equal(2, code)
+        assert.matches("unexpected %-%-user", out)
+        code, out = run({ "--uninstall", "--name", "a\\b" }, env)
+        assert.equal(2, code)
+        assert.matches("%-%-name a\\b: 1 to 64 letters", out)
+      end)
+
+    it("--install service installs the service (its command line, automatic "
+      .. "start, recovery, description) and starts scripts\\agent.lua; a "
+      .. "second one updates it and leaves it running; --uninstall stops it "
+      .. "(SIGBREAK) and removes it; a second --uninstall finds nothing "
+      .. "(broken if it is not idempotent or removes without a clean stop)",
+      function()
+        if not enabled then
+          pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-inst-" .. host.sys.pid()
+        local folder, copy, run = agent_folder()
+        local agent_out = fs.join(folder, "agent.out")
+        local script = fs.join(folder, "scripts", "agent.lua")
+        finally(function()
+          run({ "--uninstall", "--name", name })
+          fs.remove(fs.join(folder, name .. ".log"))
+        end)
+        local code, out = run({ "--install", "service", "--name", name })
+        assert.equal(0, code, out)
+        local bin = copy .. " --service " .. name .. " " .. script
+        if copy:find(" ") then
+          bin = '"' .. copy .. '" --service ' .. name .. ' "' .. script .. '"'
+        end
+        assert.matches("^installed the service " .. q(name) .. " %(LocalSystem%): "
+          .. q(bin) .. "\n", out)
+        assert.matches("\nstart: automatic at boot", out)
+        assert.matches("\nrecovery: should the service process die, Windows "
+          .. "starts it again after 10 s, 10 s, then 60 s", out)
+        assert.matches("\nstarted the service " .. q(name) .. " %(pid %d+%); "
+          .. "its log: " .. q(folder) .. "\\" .. q(name) .. "%.log\n", out)
+        assert.is_true(H.wait_until(function()
+          return (fs.read(agent_out) or ""):match("^start %d+\n$") ~= nil
+        end, 30), "the agent did not start: " .. tostring(fs.read(agent_out)))
+        local reg = registry(name)
+        assert.equal(bin, reg.ImagePath)
+        assert.equal("0x2", reg.Start) -- automatic
+        assert.equal("GOLIAT agent (" .. name .. ")", reg.DisplayName)
+        assert.matches("Its log: " .. q(name) .. "%.log next to", reg.Description)
+        if not wine then -- wine's service manager keeps no delayed start
+          assert.equal("0x1", reg.DelayedAutostart)
+          assert.matches("^start: automatic at boot, delayed until the network "
+            .. "is up", out:match("\n(start:[^\n]*)"))
+        end
+
+        code, out = run({ "--install", "service", "--name", name })
+        assert.equal(0, code, out)
+        assert.matches("^the service " .. q(name) .. " was already installed: "
+          .. "updated it: " .. q(bin) .. "\n", out)
+        assert.matches("\nthe service " .. q(name) .. " already runs %(pid "
+          .. "%d+%): left running", out)
+        assert.matches("^start %d+\n$", fs.read(agent_out)) -- not restarted
+
+        code, out = run({ "--uninstall", "--name", name })
+        assert.equal(0, code, out)
+        assert.equal("stopped the service " .. name .. "\nremoved the service "
+          .. name .. "\n", out)
+        assert.matches("^start %d+\ngot SIGBREAK\nend\n$", fs.read(agent_out))
+        assert.is_true(H.wait_until(function() return not exists(name) end, 10))
+
+        code, out = run({ "--uninstall", "--name", name })
+        assert.equal(0, code, out)
+        assert.equal("nothing to remove: no service and no logon task named "
+          .. name .. "\n", out)
+      end)
+
+    it("--install desktop writes the logon task's definition next to the "
+      .. "exe and installs it, replacing the service of that name (one mode "
+      .. "at a time); a second one updates it; --install service then "
+      .. "removes the task, and --uninstall stops a running desktop agent "
+      .. "(SIGBREAK) and removes its task (broken if both modes stay "
+      .. "installed or a removal skips the clean stop)", function()
+        if not enabled then
+          pending("installs a task and a service: set GOLIAT_TEST_SERVICE=1 "
+            .. "(wine.sh does)")
+        end
+        local name = "goliat-desk-" .. host.sys.pid()
+        local folder, copy, run = agent_folder()
+        local agent_out = fs.join(folder, "agent.out")
+        local script = fs.join(folder, "scripts", "agent.lua")
+        local xml_file = fs.join(folder, name .. "-task.xml")
+        local system = assert(host.sys.getenv("SystemRoot")) .. "\\system32"
+        local task_file = fs.join(system, "Tasks", name)
+        finally(function()
+          run({ "--uninstall", "--name", name })
+          fs.remove(fs.join(folder, name .. ".log"))
+        end)
+        local code, out = run({ "--install", "service", "--name", name })
+        assert.equal(0, code, out)
+        assert.is_true(H.wait_until(function()
+          return (fs.read(agent_out) or ""):find("start") ~= nil
+        end, 30), "the service's agent did not start")
+
+        code, out = run({ "--install", "desktop", "--name", name })
+        assert.equal(0, code, out)
+        -- the service first: stopped (its agent stopped cleanly), removed
+        assert.matches("^stopped the service " .. q(name) .. "\nremoved the "
+          .. "service " .. q(name) .. "\ninstalled the logon task " .. q(name)
+          .. ": at each logon of [^\n]+\\[^\n]+ it runs " .. q(copy)
+          .. " %-%-desktop " .. q(name) .. " ", out)
+        assert.matches("got SIGBREAK\nend\n$", fs.read(agent_out))
+        assert.is_false(exists(name))
+        assert.matches("\nits definition: " .. q(xml_file), out)
+        assert.matches("\nautologon: %w+", out)
+        -- wine's schtasks has no /Run: on Windows it starts in this session
+        assert.truthy(out:match("\nstarted it now in this session") or
+          out:match("\nasked Task Scheduler to start it now, but it has not "
+            .. "started within 10 s"), out)
+        assert.is_true(fs.exists(task_file), task_file)
+
+        -- the definition, as Task Scheduler reads it (UTF-16)
+        local raw = assert(fs.read(xml_file))
+        assert.equal("\255\254", raw:sub(1, 2)) -- its byte order mark
+        local xml = raw:sub(3):gsub("(.)%z", "%1") -- (ASCII here)
+        local user = assert(out:match("at each logon of (%S+) it runs"))
+        for _, want in ipairs {
+          '<?xml version="1.0" encoding="UTF-16"?>',
+          "<LogonTrigger>\r\n      <Enabled>true</Enabled>\r\n      <UserId>"
+            .. user .. "</UserId>",
+          "<UserId>" .. user .. "</UserId>\r\n      <LogonType>InteractiveToken"
+            .. "</LogonType>\r\n      <RunLevel>HighestAvailable</RunLevel>",
+          "<MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>",
+          "<DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>",
+          "<ExecutionTimeLimit>PT0S</ExecutionTimeLimit>",
+          "<Priority>4</Priority>",
+          "<Command>" .. (copy:find(" ") and "&quot;" .. copy .. "&quot;" or
+            copy) .. "</Command>", -- (quoted with a space in it)
+          "<WorkingDirectory>" .. folder .. "</WorkingDirectory>",
+        } do
+          assert.truthy(xml:find(want, 1, true), want .. "\n" .. xml)
+        end
+        local args = xml:match("<Arguments>(.-)</Arguments>")
+        assert.truthy(args == "--desktop " .. name .. " " .. script or
+          args == "--desktop " .. name .. " &quot;" .. script .. "&quot;", args)
+
+        code, out = run({ "--install", "desktop", "--name", name })
+        assert.equal(0, code, out)
+        assert.matches("^the logon task " .. q(name) .. " was already "
+          .. "installed: updated it\n", out)
+
+        -- the agent as the task runs it at logon (wine: by hand)
+        local desk
+        if not out:match("\nthe desktop agent [^\n]* already runs") and
+            not out:match("\nstarted it now") then
+          desk = assert(host.proc.spawn { argv = { copy, "--desktop", name,
+            script }, stdout = path("desk.out"), stderr = "stdout" })
+        end
+        assert.is_true(H.wait_until(function()
+          return select(2, (fs.read(agent_out) or ""):gsub("start", "")) >= 2
+        end, 30), "the desktop agent did not start: " .. tostring(
+          fs.read(fs.join(folder, name .. ".log"))))
+
+        -- one mode at a time, the other way round
+        code, out = run({ "--install", "service", "--name", name })
+        assert.equal(0, code, out)
+        assert.matches("^stopped the desktop agent " .. q(name) .. "\nremoved "
+          .. "the logon task " .. q(name) .. "\nremoved " .. q(xml_file)
+          .. "\ninstalled the service " .. q(name), out)
+        if desk then assert.equal(0, desk:wait()) end
+        assert.is_false(fs.exists(task_file))
+        -- the desktop agent stopped, then the service's started
+        assert.is_true(H.wait_until(function()
+          return (fs.read(agent_out) or ""):match("got SIGBREAK\nend\nstart "
+            .. "%d+\n$") ~= nil
+        end, 30), fs.read(agent_out))
+
+        code, out = run({ "--uninstall", "--name", name })
+        assert.equal(0, code, out)
+        assert.equal("stopped the service " .. name .. "\nremoved the service "
+          .. name .. "\n", out)
+        code, out = run({ "--uninstall", "--name", name })
+        assert.equal(0, code, out)
+        assert.equal("nothing to remove: no service and no logon task named "
+          .. name .. "\n", out)
+      end)
+
+    it("--install desktop --user names a user that does not exist: says so, "
+      .. "exits 1 and changes nothing", function()
+        if not enabled then
+          pending("may install a task: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-nouser-" .. host.sys.pid()
+        local folder, _, run = agent_folder()
+        local code, out = run({ "--install", "desktop", "--user",
+          "goliat-no-such-user", "--name", name })
+        assert.equal(1, code, out)
+        assert.matches("^goliat%-host: %-%-user goliat%-no%-such%-user: no such "
+          .. "user account %(.-%); give a local user or DOMAIN\\user%. "
+          .. "Nothing was changed%.\n$", out)
+        assert.is_false(fs.exists(fs.join(folder, name .. "-task.xml")))
+      end)
+  end)
+
+  describe("desktop mode (goliat-host --desktop)", function()
+    it("supervises the script as the service does: starts it again after a "
+      .. "crash, passes --reload on to its reload handler, stops it with "
+      .. "SIGBREAK on --stop and then ends; a second supervisor of the same "
+      .. "name is refused; the log is NAME.log beside the exe (broken if the "
+      .. "desktop agent is not restarted, not reloadable or stopped "
+      .. "uncleanly)", function()
+        local name = "goliat-desktop-" .. host.sys.pid()
+        local folder, copy, run = agent_folder()
+        local agent_out = fs.join(folder, "agent.out")
+        local log_file = fs.join(folder, name .. ".log")
+        local desk = assert(host.proc.spawn { argv = { copy, "--desktop", name,
+          fs.join(folder, "scripts", "agent.lua"), "crash-first" },
+          stdout = path("desk.out"), stderr = "stdout" })
+        finally(function()
+          if desk:running() then desk:kill() end
+          fs.remove(log_file)
+        end)
+        local function starts()
+          return select(2, (fs.read(agent_out) or ""):gsub("start", ""))
+        end
+        -- the first run exits 3: started again 10 s later
+        assert.is_true(H.wait_until(function() return starts() >= 2 end, 40),
+          "not started again: " .. tostring(fs.read(log_file)))
+        host.time.sleep(0.5) -- let it install its handlers
+        local code, out = run({ "--desktop", name, "x.lua" })
+        assert.equal(1, code)
+        assert.matches("the desktop agent " .. q(name) .. " already runs "
+          .. "%(goliat%-host %-%-stop " .. q(name) .. " stops it%)", out)
+        code, out = run({ "--reload", name })
+        assert.equal(0, code, out)
+        assert.matches("asked the desktop agent " .. q(name) .. " to reload", out)
+        assert.is_true(H.wait_until(function()
+          return (fs.read(agent_out) or ""):find("got reload", 1, true) ~= nil
+        end, 10), "no reload: " .. tostring(fs.read(agent_out)))
+        code, out = run({ "--stop", name })
+        assert.equal(0, code, out)
+        assert.equal("stopped the desktop agent " .. name .. "\n", out)
+        assert.equal(0, desk:wait())
+        assert.matches("^start %d+\nstart %d+\ngot reload\ngot SIGBREAK\n"
+          .. "end\n$", fs.read(agent_out))
+        local log = fs.read(log_file) or ""
+        assert.matches("desktop: supervising goliat%-host [^\n]*agent%.lua in "
+          .. "session %d+\n", log)
+        assert.matches("desktop: goliat%-host exited with code 3; starting it "
+          .. "again in 10 s\n", log)
+        assert.matches("desktop: reload requested: passed on to goliat%-host\n",
+          log)
+        assert.matches("desktop: stop requested: SIGBREAK to goliat%-host", log)
+        assert.matches("desktop: goliat%-host exited with code 0; the desktop "
+          .. "supervisor ends\n$", log)
+        -- gone: the name is free again
+        code = run({ "--stop", name })
+        assert.equal(1, code)
       end)
   end)
 end)

@@ -2,8 +2,10 @@
 --
 -- Prints each effective setting and where it came from, then checks the
 -- dashboard (reachable, TLS verified, which API it speaks, a heartbeat
--- round trip), the study command (interpreter found, module importable)
--- and the folders (writable, free space, configs/ and data/). Each line
+-- round trip), the folders (writable, free space, configs/ and data/),
+-- where studies run (Windows: the agent's session, 0 being the service's
+-- with no desktop; Linux: the display), whether nvidia-smi sees a GPU, and
+-- the study command (interpreter found, module importable). Each line
 -- starts with OK, WARN or FAIL; the exit code is 1 when any line is FAIL.
 -- It takes no work: its only trace on the dashboard is one heartbeat. It
 -- works beside a running agent (it takes no lock and writes no state).
@@ -225,6 +227,173 @@ function M:folders(s)
   end
 end
 
+-- The pid of the agent running on this work dir, from its status file
+-- (rewritten at least every status_every seconds while it runs), or nil.
+function M:agent_pid(s, agent_mod)
+  local h = self.host
+  local st = cjson.decode(h.fs.read(h.fs.join(s.work_dir,
+    agent_mod.STATUS_FILE)) or "")
+  if type(st) ~= "table" then return nil end
+  local pid, at = math.tointeger(st.pid), tonumber(st.updated_at)
+  if not pid or not at or pid == h.sys.pid() then return nil end
+  if h.time.now() - at > 3 * (s.status_every or 30) + 10 then return nil end
+  return h.proc.alive(pid) and pid or nil
+end
+
+-- Windows: the session the running agent is in (else this --check's).
+-- Session 0 is the service's: no desktop for GOLIAT's window, and GPU
+-- programs that need a display see no GPU there. Returns the session
+-- nvidia-smi runs in (this process's) and the agent's, when known.
+function M:session(s, agent_mod)
+  local h = self.host
+  local own, own_console = h.sys.session_id()
+  local pid = self:agent_pid(s, agent_mod)
+  local id, console, who
+  if pid then
+    id, console = h.sys.session_id(pid)
+    who = string.format("the agent, pid %d", pid)
+  end
+  if not id then
+    id, console = own, own_console
+    who = pid and "this --check; the agent's cannot be read" or
+      "this --check; no agent runs now"
+  end
+  if not id then
+    self:line("WARN", "session", "unknown: " .. tostring(console))
+    return nil
+  end
+  if id == 0 then
+    self:line("WARN", "session 0 (the service)", "studies have no visible " ..
+      "desktop, and GPU programs may not see the GPU; see --install " ..
+      "desktop (" .. who .. ")")
+  else
+    local user = id == own and h.sys.getenv("USERNAME")
+    self:line("OK", "session", string.format("%d (desktop%s, %s; %s)", id,
+      user and " of user " .. user or "",
+      console and "shown on the console" or "a remote desktop session",
+      who))
+  end
+  return own, pid and id or nil
+end
+
+-- A display server on this machine: X's sockets, or Wayland's.
+local function display_server(h)
+  for _, name in ipairs(h.fs.list("/tmp/.X11-unix") or {}) do
+    local n = name:match("^X(%d+)$")
+    if n then return "X on :" .. n end
+  end
+  for _, uid in ipairs(h.fs.list("/run/user") or {}) do
+    for _, name in ipairs(h.fs.list("/run/user/" .. uid) or {}) do
+      if name:match("^wayland%-%d+$") then
+        return "Wayland, /run/user/" .. uid .. "/" .. name
+      end
+    end
+  end
+  return nil
+end
+
+-- Linux: whether the agent has a display for GOLIAT's window. None on a
+-- machine without a display server is how a server runs; one that is not
+-- handed to the agent is a warning.
+function M:display()
+  local h = self.host
+  local d, w = h.sys.getenv("DISPLAY") or "", h.sys.getenv("WAYLAND_DISPLAY")
+    or ""
+  if d ~= "" or w ~= "" then
+    self:line("OK", "display", (d ~= "" and "DISPLAY=" .. d or
+      "WAYLAND_DISPLAY=" .. w) .. ": GOLIAT's window can show")
+    return
+  end
+  local server = display_server(h)
+  if server then
+    self:line("WARN", "display", "neither DISPLAY nor WAYLAND_DISPLAY is " ..
+      "set, though a display server runs here (" .. server .. "): " ..
+      "studies have no visible window (for the packaged unit: " ..
+      "systemctl edit goliat-agent, Environment=DISPLAY=:0)")
+  else
+    self:line("OK", "display", "none (no DISPLAY or WAYLAND_DISPLAY, and " ..
+      "no display server here): studies run without a window")
+  end
+end
+
+-- Whether an NVIDIA device (vendor 0x10de) is on the PCI bus (Linux).
+local function nvidia_on_pci(h)
+  local dir = "/sys/bus/pci/devices"
+  for _, dev in ipairs(h.fs.list(dir) or {}) do
+    local vendor = h.fs.read(dir .. "/" .. dev .. "/vendor")
+    if vendor and vendor:match("^0x10de") then return true end
+  end
+  return false
+end
+
+-- Whether nvidia-smi sees a GPU from here (bounded by gpu_probe_timeout;
+-- its output to a file of --check's own, never the agent's probe file).
+-- own and agent are the sessions of this --check and of the agent
+-- (Windows), when known.
+function M:gpu(s, own, agent)
+  local h = self.host
+  local from = own and string.format(" from session %d", own) or ""
+  if own and agent and agent ~= own then
+    from = from .. string.format(" (the agent runs in session %d, where " ..
+      "it may differ)", agent)
+  end
+  local smi = settings_lib.which(h, "nvidia-smi")
+  if not smi then
+    if h.sys.platform() == "windows" then
+      self:line("WARN", "GPU", "nvidia-smi not found (it comes with the " ..
+        "NVIDIA driver): studies would run without an NVIDIA GPU")
+    elseif nvidia_on_pci(h) then
+      self:line("WARN", "GPU", "an NVIDIA GPU is on the PCI bus, but " ..
+        "nvidia-smi is not found: is the NVIDIA driver installed?")
+    else
+      self:line("OK", "GPU", "none: no NVIDIA GPU on the PCI bus, and no " ..
+        "nvidia-smi")
+    end
+    return
+  end
+  local out = h.fs.join(s.work_dir, ".goliat-check-gpu.txt")
+  h.fs.remove(out)
+  local p = h.proc.spawn { argv = { smi, "--query-gpu=name",
+    "--format=csv,noheader" }, stdout = out, stderr = "stdout" }
+  if not p then
+    self:line("WARN", "GPU", "cannot run " .. smi)
+    return
+  end
+  local limit = s.gpu_probe_timeout or 10
+  local deadline = h.time.monotonic() + limit
+  while p:running() and h.time.monotonic() < deadline do h.time.sleep(0.1) end
+  local late = p:running()
+  if late then p:kill() end
+  local code = p:wait()
+  local text = h.fs.read(out) or ""
+  h.fs.remove(out)
+  local lines = {}
+  for line in text:gmatch("[^\r\n]+") do
+    line = line:match("^%s*(.-)%s*$")
+    if line ~= "" then lines[#lines + 1] = line end
+  end
+  if late then
+    self:line("WARN", "GPU", string.format("nvidia-smi%s did not answer " ..
+      "within %g s", from, limit))
+  elseif code == 0 and #lines > 0 then
+    self:line("OK", "GPU", table.concat(lines, ", ") .. " (nvidia-smi" ..
+      from .. ")")
+  else
+    self:line("WARN", "GPU", "nvidia-smi" .. from .. " sees no GPU: " ..
+      (lines[#lines] or ("exit code " .. tostring(code))))
+  end
+end
+
+-- Where studies run (a desktop for GOLIAT's window) and the GPU.
+function M:desktop(s, agent_mod)
+  if self.host.sys.platform() == "windows" then
+    self:gpu(s, self:session(s, agent_mod))
+  else
+    self:display()
+    self:gpu(s)
+  end
+end
+
 -- The gateway's hook (scripts/pyhook/): without it GOLIAT's own messages
 -- go to the dashboard directly, past the gateway.
 function M:hook(s)
@@ -261,6 +430,7 @@ function M.run(host, agent_mod)
     ")")
   self:dashboard(agent_mod, s)
   self:folders(s)
+  self:desktop(s, agent_mod)
   self:study_command(s)
   self:hook(s)
   self.out:write(string.format("%s: %d FAIL, %d WARN\n",
