@@ -22,9 +22,11 @@
 --       queues an assignment whose config is served at /configs/<id>.json,
 --       delay_s seconds late (to imitate a slow blob store)
 --   GET  /dev/events       everything received so far, as JSON; `requests`
---       lists the last 5000 calls but /dev/ ones (method, path, at, auth:
+--       lists the last 50000 calls but /dev/ ones (method, path, at, auth:
 --       whether it carried an Authorization header, fault: the mode of the
---       misbehaviour it got, if any)
+--       misbehaviour it got, if any, in_bytes: the size of the request
+--       body, bytes: the size of the reply body as sent, machineId: the
+--       one a JSON request body names, if any; bench/fleet.py counts them)
 --       `results` lists the result uploads (POST /api/assignments/<id>/
 --       results, multipart, in both modes) and `screenshots` the
 --       POST /api/gui-screenshots calls, by size
@@ -136,7 +138,8 @@ local state = {
   reports = 0,       -- gui updates that carry an assignment_id
   handed = {},       -- assignments handed out
   polls = 0,
-  requests = {},     -- { method, path, at, auth, fault } (the last 5000)
+  requests = {},     -- { method, path, at, auth, fault, in_bytes, bytes,
+                     --   machineId } (the last REQUEST_LOG_MAX)
   faults = {},       -- what POST /dev/fail asked for, in order
   generation = 0,    -- bumped by /dev/fail, /dev/clear and stopping
   next_id = 1,
@@ -1263,17 +1266,54 @@ local function misbehave(f)
     headers)
 end
 
-local function record(req, fault)
-  local r = state.requests
-  r[#r + 1] = { method = req.method, path = req.path, at = host.time.now(),
-    auth = req.headers.authorization ~= nil, fault = fault and fault.mode }
-  if #r > 5000 then table.remove(r, 1) end
+-- The request log (GET /dev/events `requests`): about 200 bytes a call.
+local REQUEST_LOG_MAX = 50000
+
+-- The machineId a JSON request body names (heartbeats, claims, GUI
+-- updates), or nil; large bodies (result uploads) are not parsed.
+local function machine_of(req)
+  local body = req.body or ""
+  if #body > 64 * 1024 or not body:find('"machineId"', 1, true) then
+    return nil
+  end
+  local v = cjson.decode(body)
+  return type(v) == "table" and type(v.machineId) == "string" and
+    v.machineId or nil
 end
 
+-- The size of a reply's body as sent: 0 for a reset connection, the part
+-- before the cut for a truncated one, the whole stream for a huge one.
+local function reply_bytes(reply)
+  if type(reply) ~= "table" or reply.abort then return 0 end
+  local n = #(reply.body or "")
+  local rep = reply.body_repeat
+  if rep then n = n + #rep.chunk * rep.count end
+  if reply.truncate_at then n = math.min(n, reply.truncate_at) end
+  return n
+end
+
+local function record(req, fault)
+  local r = state.requests
+  local entry = { method = req.method, path = req.path, at = host.time.now(),
+    auth = req.headers.authorization ~= nil, fault = fault and fault.mode,
+    in_bytes = #(req.body or ""), machineId = machine_of(req) }
+  r[#r + 1] = entry
+  if #r > REQUEST_LOG_MAX then table.remove(r, 1) end
+  return entry
+end
+
+local route
+
 local function handle(req)
-  local p, m = req.path, req.method
   local fault = pick_fault(req)
-  if not p:match("^/dev/") then record(req, fault) end
+  local entry = not req.path:match("^/dev/") and record(req, fault)
+  local reply = route(req, fault)
+  if entry then entry.bytes = reply_bytes(reply) end
+  return reply
+end
+
+route = function(req, fault)
+  local p, m = req.path, req.method
   if fault then
     say("%s %s: %s (as asked)", m, p, fault.mode)
     return misbehave(fault)
