@@ -280,13 +280,14 @@ for dll in $extra_dlls; do
 done
 
 # busted's Lua parts, for `goliat-host.exe scripts\agent.lua --test` on the
-# VM: Debian's pure-Lua busted stack, and stand-ins for the two small C
-# modules it uses (host/windows/lua/); copied to $build_dir/lua/, which the
+# VM: Debian's pure-Lua busted stack (lua-system's and lua-term's Lua
+# parts included), and stand-ins for their two small C modules
+# (host/windows/lua/, copied over them); copied to $build_dir/lua/, which the
 # install rules ship as lua\ next to the exe (on Lua's module path there)
 rm -rf "$build_dir/lua"
 mkdir -p "$build_dir/lua"
 for m in busted busted.lua luassert say pl cliargs cliargs.lua mediator.lua \
-  dkjson.lua; do
+  dkjson.lua system term; do
   if [ ! -e "/usr/share/lua/5.4/$m" ]; then
     echo "build.sh: /usr/share/lua/5.4/$m is missing (apt-get install lua-busted)" >&2
     exit 1

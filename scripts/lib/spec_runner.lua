@@ -45,10 +45,11 @@ function M.run(host, options)
     io.stderr:write("goliat-agent --test: ", err, "\n")
     return 2
   end
-  if not pcall(require, "busted.runner") then
-    io.stderr:write("goliat-agent --test: busted is not installed (Linux: ",
+  local loaded, why = pcall(require, "busted.runner")
+  if not loaded then
+    io.stderr:write("goliat-agent --test: busted cannot be loaded (Linux: ",
       "apt-get install lua-busted; Windows: the zip's lua\\ folder beside ",
-      "goliat-host.exe)\n")
+      "goliat-host.exe): ", (tostring(why):gsub("%s*[\r\n]+%s*", " ")), "\n")
     return 2
   end
   local fs = host.fs
