@@ -141,6 +141,9 @@ local DEFAULTS = {
   gpu_probe_timeout = 10,      -- nvidia-smi, seconds
   status_every = 30,           -- agent_status.json (--status) is rewritten
                                --   on a change, else this often, seconds
+  gateway_auth_patience = 600, -- a study's message refused with 401, 403 or
+                               --   407 while the heartbeats go through is
+                               --   set aside after this many seconds
   reload_check_limit = 30,     -- a reload's check of the edited agent.lua
                                --   and settings (--validate) may take this
                                --   long, seconds; longer, it is refused
@@ -1241,6 +1244,7 @@ function M.refused_for_good(status)
     status ~= 429 and (status == 404 or not M.OPERATOR_FIXES[status])
 end
 Agent.refused_for_good = M.refused_for_good -- for lib/gateway.lua
+Agent.OPERATOR_FIXES = M.OPERATOR_FIXES
 
 -- Reports left by an earlier run, oldest first, before anything new.
 function Agent:flush_outbox()
@@ -1285,7 +1289,9 @@ function Agent:finish(a, outcome, duration)
   local item = { path = "/api/gui-update", body = body,
     settle = self:settling(a) }
   local file = self.outbox:put(item)
-  self:retain(a)
+  -- what goes into the retention ledger, read while the state file is
+  -- there; the ledger itself waits for the report (below)
+  local files = self:finished_files(a)
   local function clear() self:clear_state() end
   if file then clear() end
   local deadline = self.stopping and
@@ -1297,13 +1303,18 @@ function Agent:finish(a, outcome, duration)
     return
   end
   self:deliver(file, item, deadline, clear)
+  -- after the report: whatever happens here cannot hold it up or send it
+  -- twice
+  local ok, err = pcall(self.retain, self, a, files)
+  if not ok then
+    self.log.error("retention: %s (the files are kept)", tostring(err))
+  end
 end
 
--- A finished assignment's files go into the retention ledger
--- (lib/retention.lua), and the oldest assignments' files beyond
--- keep_finished and keep_finished_mb are removed.
-function Agent:retain(a)
-  if type(a) ~= "table" or not math.tointeger(a.split_index) then return end
+-- A finished assignment's files (lib/retention.lua): its study log and the
+-- copy before it, its exit file and its split config, those that exist.
+function Agent:finished_files(a)
+  if type(a) ~= "table" or not math.tointeger(a.split_index) then return {} end
   local h = self.host
   local files = {}
   local function add(p)
@@ -1318,13 +1329,21 @@ function Agent:retain(a)
       state.assignment.id == a.id and type(state.config_path) == "string" then
     add(state.config_path)
   end
-  if #files == 0 then return end
+  return files
+end
+
+-- They go into the retention ledger, and the oldest assignments' files
+-- beyond keep_finished and keep_finished_mb are removed. files: what
+-- finished_files listed for `a` (nil: none; then the ledger is only
+-- pruned, as when the disk runs low).
+function Agent:retain(a, files)
+  local h = self.host
   local ledger = require("lib.retention").open(h,
     h.fs.join(self.s.work_dir, "retention.json"), self.log)
-  ledger:add(a.id, files, h.time.now())
+  if files and #files > 0 then ledger:add(a.id, files, h.time.now()) end
   local gone, freed = ledger:prune(self.s.keep_finished,
     math.floor(self.s.keep_finished_mb * 1048576))
-  ledger:save()
+  if (files and #files > 0) or gone > 0 then ledger:save() end
   if gone > 0 then
     self.log.info("retention: removed the files of the %d oldest " ..
       "finished assignment(s) (%.1f MB; GOLIAT_KEEP_FINISHED=%d, " ..
@@ -1616,15 +1635,25 @@ function Agent:work_loop()
   self:recover()
   while not self.stopping do
     -- no new work on a disk too full for it, nor while the VM goes down
-    local hold = self:disk_low() or self:idle_holding()
+    local low = self:disk_low()
+    local hold = low or self:idle_holding()
     if hold then
       self.waiting = hold -- (logged by disk_low and idle_stop themselves)
-      self.idle:pause()
+      if low and self.last_beat and self.last_beat.ok then
+        -- a VM whose disk is too full for work is idle and billed all the
+        -- same: GOLIAT_IDLE_AFTER stops it too (the dashboard answers)
+        self.idle:answered_empty(self.host.time.monotonic(),
+          self:sending_backlog())
+        if self.idle:due() then self:idle_stop() end
+      else
+        self.idle:pause()
+      end
       self:wait_riding(self:jittered(self.s.poll_interval))
       goto next
     end
     -- a stop waits for this call: the planned API hands work out with it
     self.busy = true
+    self.lookup_incomplete = nil -- (set by a protocol when part failed)
     local work, err, retry_after, step = self:find_work()
     self.busy = false
     if work and self.stopping and not self.protocol.finding_takes then
@@ -1640,7 +1669,11 @@ function Agent:work_loop()
       self:note_success(step)
       self:note_waiting(not work and err or nil)
       ride = not work
-      if not work then
+      if not work and self.lookup_incomplete then
+        -- part of the dashboard did not answer: its work is unknown, and
+        -- an outage is not idleness
+        self.idle:pause()
+      elseif not work then
         self.idle:answered_empty(self.host.time.monotonic(),
           self:sending_backlog())
         if self.idle:due() then self:idle_stop() end
@@ -1728,6 +1761,10 @@ function Agent:disk_low()
   end
   if why and not self.low_disk then
     self.log.warn("only %.1f GB free: %s", free_gb, why)
+    -- what the retention keeps may make room (it runs after each
+    -- assignment, and none will end now)
+    local ok, err = pcall(self.retain, self, nil, nil)
+    if not ok then self.log.error("retention: %s", tostring(err)) end
   elseif not why and self.low_disk then
     self.log.info("the disk has room again (GOLIAT_MIN_FREE_GB %g): " ..
       "taking work", min)
@@ -1758,12 +1795,15 @@ function Agent:idle_stop()
     "running GOLIAT_IDLE_COMMAND: %s", math.floor(idle), s.idle_after, cmd)
   self.idle_held_until = h.time.monotonic() + s.idle_hold
   local out = h.fs.join(s.work_dir, "idle_command.log")
+  -- (not the agent's token: the command is no business of the dashboard)
   local p, err = h.proc.spawn { argv = s.idle_command, stdout = out,
-    stderr = "stdout" }
+    stderr = "stdout", env = { GOLIAT_API_TOKEN = "" } }
   if not p then
     self.log.error("GOLIAT_IDLE_COMMAND could not start: %s (the VM " ..
-      "keeps running; the agent takes work again)", tostring(err))
+      "keeps running; the agent takes work again, and tries the command " ..
+      "once more after another GOLIAT_IDLE_AFTER)", tostring(err))
     self.idle_held_until = nil
+    self.idle:work() -- (idle from zero: the stop may run again)
     return
   end
   h.task.spawn("idle command", function()
@@ -1778,8 +1818,14 @@ function Agent:idle_stop()
     end
     local code, signal = p:wait()
     local level = code == 0 and "info" or "error"
-    self.log[level]("GOLIAT_IDLE_COMMAND ended with %s (its output: %s)",
-      code and "exit code " .. code or tostring(signal), out)
+    self.log[level]("GOLIAT_IDLE_COMMAND ended with %s (its output: %s)%s",
+      code and "exit code " .. code or tostring(signal), out, code == 0 and
+      "" or ": the agent takes work again, and tries the command once " ..
+      "more after another GOLIAT_IDLE_AFTER")
+    if code ~= 0 then
+      self.idle_held_until = nil
+      self.idle:work()
+    end
   end)
 end
 
@@ -1904,22 +1950,35 @@ function Agent:reload(why)
   self:final_status()
   -- the settings in use, for the next script should its settings fail
   -- all the same (M.main): the agent goes on with these, not exits
-  local saved = cjson.encode(self.s)
-  if saved then h.sys.setenv(M.RELOAD_FALLBACK, saved) end
+  if self.stopping then return end -- (one that came during that write)
+  self:save_reload_fallback()
   h.restart()
 end
 
--- The environment variable that carries the settings across a reload.
-M.RELOAD_FALLBACK = "GOLIAT_AGENT_RELOAD_SETTINGS"
+-- The environment variable that names the file which carries the settings
+-- across a reload: an owner-only file in the work dir (it holds the token,
+-- which no environment variable a child could inherit should).
+M.RELOAD_FALLBACK = "GOLIAT_AGENT_RELOAD_SETTINGS_FILE"
+
+function Agent:save_reload_fallback()
+  local h = self.host
+  local file = h.fs.join(self.s.work_dir, ".goliat-reload-settings.json")
+  local text = cjson.encode(self.s)
+  if text and h.fs.write_atomic(file, text) then
+    h.sys.setenv(M.RELOAD_FALLBACK, file)
+  end
+end
 
 -- The settings the agent had before a reload (Agent:reload), or nil; the
--- variable is removed at once (a study must not inherit it: it holds the
--- token).
+-- variable and the file go at once. Settings this agent.lua has and the
+-- one before did not (an upgrade) come from DEFAULTS.
 local function reload_fallback(host)
-  local text = host.sys.getenv(M.RELOAD_FALLBACK)
-  if not text then return nil end
+  local file = host.sys.getenv(M.RELOAD_FALLBACK)
+  if not file then return nil end
   host.sys.setenv(M.RELOAD_FALLBACK, nil)
-  local s = cjson.decode(text)
+  local text = host.fs.read(file)
+  host.fs.remove(file)
+  local s = cjson.decode(text or "")
   if type(s) ~= "table" then return nil end
   -- JSON gave 5.0 for 5: whole numbers back as integers ("42", not "42.0")
   local function whole(t)
@@ -1932,6 +1991,9 @@ local function reload_fallback(host)
     end
   end
   whole(s)
+  for k, v in pairs(DEFAULTS) do
+    if s[k] == nil then s[k] = v end
+  end
   return s
 end
 

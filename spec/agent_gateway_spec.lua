@@ -323,6 +323,24 @@ describe("the gateway (GOLIAT_GATEWAY=on)", function()
       assert.equals("during the rotation", got[1].message)
     end)
 
+  it("sets aside a study's message refused with 403 while the heartbeats " ..
+    "go through, after gateway_auth_patience (a WAF refusing one message " ..
+    "must not hold the report and all work behind it for ever)", function()
+      local f = setup { override = refusing(403, "<script>") }
+      P.start(f)
+      local url = study_of(f).env.GOLIAT_MONITORING_URL
+      post(f, url, { type = "log_batch", logs = { { message = "<script>" } },
+        sequence = 1 })
+      post(f, url, { type = "status", message = "after" })
+      f:run_for(300)
+      assert.equals(0, #rejected(f), "set aside before the patience ran out")
+      f:run_for(900)
+      assert.equals(1, #rejected(f))
+      assert.matches("<script>", rejected(f)[1])
+      local got = delivered(f)
+      assert.equals("after", got[#got].message)
+    end)
+
   it("keeps aside a message the dashboard fails on with 500 ten times in " ..
     "a row, and goes on (broken if one message blocks all behind it)",
     function()

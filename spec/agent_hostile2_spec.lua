@@ -249,11 +249,71 @@ describe("a reload", function()
       assert.is_nil(f.exit_code, "the reloaded agent exited")
       assert.matches("reload: the edited settings are refused %(" ..
         "GOLIAT_PROJECT_DIR", f:log_text())
-      assert.is_nil(f.env.GOLIAT_AGENT_RELOAD_SETTINGS,
-        "the saved settings stay in the environment (a study inherits it)")
+      assert.is_nil(f.env.GOLIAT_AGENT_RELOAD_SETTINGS_FILE,
+        "the saved settings' file is still named in the environment")
+      assert.is_nil(f.files["/work/agent/.goliat-reload-settings.json"],
+        "the saved settings (with the token) stay on disk")
       assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
       assert.equals("finished", f:reports()[1].message.type)
       assert.equals(1, f.attached, "the study was not taken back")
+    end)
+end)
+
+describe("a SIGTERM during a reload's last status write", function()
+  it("stops the agent, which does not restart after it", function()
+    local f = P.offline_fake()
+    P.dashboard(f)
+    f.spawn_handler = function(opts)
+      if opts.argv[3] == "--validate" then
+        f.files[opts.stdout] = ""
+        return { exit_code = 0 }
+      end
+      return { exit_code = 0, after = 120 }
+    end
+    local sent = false
+    f.fs_wait_for = function(op, path)
+      if op == "write" and path:match("agent_status%.json$") and not sent and
+          f:log_text():find("reloading agent.lua", 1, true) then
+        sent = true
+        f:signal("SIGTERM")
+        return 5
+      end
+    end
+    P.start(f)
+    f:run_for(5)
+    f:signal("SIGHUP")
+    f:run_for(60)
+    assert.is_true(sent)
+    assert.equals(0, f.exit_code)
+    assert.is_nil(f.restarts, "the reload went on after the stop")
+  end)
+end)
+
+describe("a reload from an older agent.lua", function()
+  it("whose settings lack this one's (an upgrade) fills them from the " ..
+    "defaults: work goes on and is reported once", function()
+      local f = P.offline_fake()
+      P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
+      -- what the older agent saved: its settings, without the new ones
+      local old = assert(require("agent").load_settings(f.host))
+      old.machine_id = "198.51.100.9"
+      for _, k in ipairs { "keep_finished", "keep_finished_mb", "idle_after",
+        "idle_poll_max", "idle_quiet_polls", "min_free_gb" } do
+        old[k] = nil
+      end
+      f.files["/work/agent/.goliat-reload-settings.json"] = cjson.encode(old)
+      f.env.GOLIAT_AGENT_RELOAD_SETTINGS_FILE =
+        "/work/agent/.goliat-reload-settings.json"
+      -- and the new settings fail
+      f.files["/blocked"] = "a file"
+      f.env.GOLIAT_PROJECT_DIR = "/blocked/project"
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      f:run_for(120)
+      assert.equals(1, #f:reports())
+      assert.equals("finished", f:reports()[1].message.type)
+      assert.same({}, f.task_errors)
+      assert.matches("goes on with the settings it had", f:log_text())
     end)
 end)
 

@@ -248,3 +248,64 @@ describe("a disk below GOLIAT_MIN_FREE_GB", function()
       assert.equals("finished", f:reports()[1].message.type)
     end)
 end)
+
+describe("idleness, from a review", function()
+  it("does not count a round in which a super study could not be read " ..
+    "(its PENDING work is unknown, not absent)", function()
+      local super = require "support.super_dashboard"
+      local f = P.offline_fake { GOLIAT_IDLE_AFTER = "300",
+        GOLIAT_IDLE_COMMAND = POWEROFF, GOLIAT_FAILURE_RETRIES = "0" }
+      local d = super.new(f, { override = function(_, path)
+        if path:match("/assignments$") then
+          return P.json(500, { error = "database timeout" })
+        end
+      end })
+      d:add_study("s", { { n = 0 }, { n = 1 } })
+      P.start(f)
+      f:run_for(1200)
+      assert.equals(0, #idle_commands(f), "the VM was stopped with work " ..
+        "pending in a super study it could not read")
+    end)
+
+  it("counts a disk too full for work as idle (the VM is billed all the " ..
+    "same), and first lets the retention make room", function()
+      local f = P.offline_fake { GOLIAT_IDLE_AFTER = "300",
+        GOLIAT_IDLE_COMMAND = POWEROFF, GOLIAT_MIN_FREE_GB = "50",
+        GOLIAT_KEEP_FINISHED = "1" }
+      dashboard(f, { queue = { P.assignment() } })
+      f.free = 5e9
+      -- two finished assignments in the ledger, one more than now kept
+      f.files["/work/agent/study_1.log"] = "old"
+      f.files["/work/agent/study_2.log"] = "newer"
+      f.files["/work/agent/retention.json"] = cjson.encode { groups = {
+        { id = "o-1", at = 1, files = { "/work/agent/study_1.log" } },
+        { id = "o-2", at = 2, files = { "/work/agent/study_2.log" } } } }
+      P.start(f)
+      f:run_for(400)
+      assert.equals(1, #idle_commands(f))
+      assert.equals(0, #f:requests_to("/api/assignment"))
+      assert.is_nil(f.files["/work/agent/study_1.log"],
+        "the retention did not run when the disk ran low")
+      assert.equals("newer", f.files["/work/agent/study_2.log"])
+    end)
+
+  it("tries a failed GOLIAT_IDLE_COMMAND again after another idle time, " ..
+    "and takes work meanwhile", function()
+      local f = P.offline_fake { GOLIAT_IDLE_AFTER = "300",
+        GOLIAT_IDLE_COMMAND = POWEROFF }
+      dashboard(f)
+      f.spawn_handler = function() return { exit_code = 1, after = 1 } end
+      P.start(f)
+      f:run_for(340)
+      assert.equals(1, #idle_commands(f))
+      assert.matches("GOLIAT_IDLE_COMMAND ended with exit code 1", f:log_text())
+      local polls = #f:requests_to("/api/assignment")
+      f:run_for(100)
+      assert.is_true(#f:requests_to("/api/assignment") > polls,
+        "no work looked for after the command failed")
+      f:run_for(300)
+      assert.equals(2, #idle_commands(f))
+      -- without the agent's token
+      assert.equals("", idle_commands(f)[1].opts.env.GOLIAT_API_TOKEN)
+    end)
+end)

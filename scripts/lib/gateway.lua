@@ -683,7 +683,21 @@ function Gateway:send_head()
   elseif status == 500 then
     self.failing_seq, self.failing_500 = first.seq, 1
   end
-  if status and (agent.refused_for_good(status) or
+  -- refused for its credentials (401, 403, 407): a token rotation or a
+  -- proxy, kept and tried again, unless the heartbeats go through all the
+  -- while for gateway_auth_patience (a WAF refusing this one message,
+  -- which must not hold the report and all work behind it for ever)
+  local auth = status and agent.OPERATOR_FIXES[status] and status ~= 404
+  local now = h.time.monotonic()
+  if auth and first.seq == self.auth_seq then
+    local beat = agent.last_beat
+    if not (beat and beat.ok) then self.auth_since = now end
+  elseif auth then
+    self.auth_seq, self.auth_since = first.seq, now
+  end
+  local auth_for_good = auth and now - self.auth_since >=
+    (self.s.gateway_auth_patience or 600)
+  if status and (agent.refused_for_good(status) or auth_for_good or
       (status == 500 and self.failing_500 >= 10)) then
     -- a message the dashboard's code fails on ten times in a row is taken
     -- for the cause: kept aside, so that it cannot block all behind it

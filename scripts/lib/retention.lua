@@ -54,13 +54,19 @@ end
 -- A finished assignment's files. A path that an earlier assignment had too
 -- (the same split index, the same config name) is now the newer one's.
 function Ledger:add(id, files, now)
+  -- one file, however its path is spelled: on Windows the case and the
+  -- separators may differ between two spellings
+  local windows = self.host.sys.platform() == "windows"
+  local function key(p)
+    return windows and self.host.fs.join(p):lower() or p
+  end
   local mine = {}
-  for _, p in ipairs(files) do mine[p] = true end
+  for _, p in ipairs(files) do mine[key(p)] = true end
   local kept = {}
   for _, g in ipairs(self.groups) do
     local left = {}
     for _, p in ipairs(g.files) do
-      if not mine[p] then left[#left + 1] = p end
+      if not mine[key(p)] then left[#left + 1] = p end
     end
     if #left > 0 then
       g.files = left

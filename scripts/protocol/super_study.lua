@@ -144,6 +144,7 @@ function M:named(names)
       end
     else
       self.agent:note_failure(step, err)
+      self.agent.lookup_incomplete = true -- (not idleness: Agent:work_loop)
     end
   end
   if read == 0 then return nil, err, retry_after end
@@ -283,8 +284,10 @@ function M:find_work()
       if list then
         self.agent:note_success(step)
       else
-        -- (too large, a 500, ...): skipped this round, the others go on
+        -- (too large, a 500, ...): skipped this round, the others go on;
+        -- the round says nothing of this study's work (not idleness)
         self.agent:note_failure(step, aerr)
+        self.agent.lookup_incomplete = true
         if self:may_hold(st) then unread = unread or st end
       end
     end
