@@ -4,8 +4,8 @@
 -- or not. The specs are shipped beside scripts/ (spec/, in the Debian
 -- package and the Windows zip); busted comes from the lua-busted package on
 -- Linux and from lua\ beside goliat-host.exe on Windows. Exit code 0 when
--- every spec passes; otherwise the number of failures and errors (at least
--- 1), or 2 when the specs or busted cannot be found.
+-- every spec passes; otherwise nonzero (busted's own: 1 here), or 2 when
+-- the specs or busted cannot be found.
 local settings_lib = require "lib.settings"
 
 local M = {}
