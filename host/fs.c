@@ -497,7 +497,9 @@ static void do_sync(fs_op *op) {
 }
 
 static void do_copy_truncate(fs_op *op) {
-  int fd = open_regular(op->path, UV_FS_O_RDWR, 0, &op->type);
+  /* a link planted at path is not followed (its target emptied) */
+  int fd =
+      open_regular(op->path, UV_FS_O_RDWR | UV_FS_O_NOFOLLOW, 0, &op->type);
   if (fd < 0) {
     op->rc = fd;
     return;
@@ -769,7 +771,7 @@ static void start_head(fs_queue *q) {
 static void work_done(uv_work_t *w, int status) {
   fs_op *op = w->data;
   fs_queue *q = op->q;
-  (void)status; /* UV_ECANCELED only from queue_close */
+  (void)status; /* never cancelled */
   q->running = NULL;
   if (q->closing) {
     op_free(op);
@@ -806,11 +808,15 @@ static void queue_drain(fs_queue *q) {
     }
 }
 
-/* The host is closing: drop what waits; the operation in the pool (it
- * cannot be stopped once started) frees itself and the queue when it comes
+/* The host is closing: what was called still takes effect (a write asked
+ * for before another task called os.exit is not lost): wait for the
+ * operation in the pool, then run those queued behind it, in order, on the
+ * loop's thread. Their tasks are not woken (the host is closing). The
+ * operation that was in the pool frees itself and the queue when it comes
  * back, as the host closes its loop. */
 static void queue_close(void *data) {
   fs_queue *q = data;
+  queue_drain(q);
   q->closing = 1;
   q->ctx->fs_queue = NULL;
   fs_op *op = q->running ? q->running->next : q->head;
@@ -824,7 +830,6 @@ static void queue_close(void *data) {
     q->running->next = NULL;
     q->head = q->tail = q->running;
     task_waiter_cancel(&q->running->waiter);
-    uv_cancel((uv_req_t *)&q->running->work);
   } else {
     queue_free(q);
   }
@@ -902,9 +907,18 @@ static int op_call(lua_State *L, fs_op *op) {
   return n;
 }
 
+/* Raise unless argument arg is a path: a string without a NUL byte (C
+ * would cut the path at it: "keep\0.tmp" would name keep). */
+static const char *check_path(lua_State *L, int arg) {
+  size_t n;
+  const char *s = luaL_checklstring(L, arg, &n);
+  luaL_argcheck(L, strlen(s) == n, arg, "a path with a NUL byte in it");
+  return s;
+}
+
 /* host.fs.read(path) -> string | nil, msg, code */
 static int l_read(lua_State *L) {
-  luaL_checkstring(L, 1);
+  check_path(L, 1);
   fs_op *op = op_new(L, OP_READ);
   op->path = op_string(L, op, 1, NULL);
   return op_call(L, op);
@@ -913,7 +927,7 @@ static int l_read(lua_State *L) {
 /* host.fs.write_atomic(path, data [, {sync = false}]) -> true | nil, msg,
  * code */
 static int l_write_atomic(lua_State *L) {
-  luaL_checkstring(L, 1);
+  check_path(L, 1);
   luaL_checkstring(L, 2);
   int sync = 1; /* opts.sync = false: no flush (a file that may be lost) */
   if (!lua_isnoneornil(L, 3)) {
@@ -933,7 +947,7 @@ static int l_write_atomic(lua_State *L) {
 
 /* host.fs.append(path, data) -> true | nil, msg, code */
 static int l_append(lua_State *L) {
-  luaL_checkstring(L, 1);
+  check_path(L, 1);
   luaL_checkstring(L, 2);
   fs_op *op = op_new(L, OP_APPEND);
   op->path = op_string(L, op, 1, NULL);
@@ -943,7 +957,7 @@ static int l_append(lua_State *L) {
 
 /* One path argument, checked and copied. */
 static int call_path(lua_State *L, op_kind kind) {
-  luaL_checkstring(L, 1);
+  check_path(L, 1);
   fs_op *op = op_new(L, kind);
   op->path = op_string(L, op, 1, NULL);
   return op_call(L, op);
@@ -951,8 +965,8 @@ static int call_path(lua_State *L, op_kind kind) {
 
 /* Two path arguments. */
 static int call_paths(lua_State *L, op_kind kind) {
-  luaL_checkstring(L, 1);
-  luaL_checkstring(L, 2);
+  check_path(L, 1);
+  check_path(L, 2);
   fs_op *op = op_new(L, kind);
   op->path = op_string(L, op, 1, NULL);
   op->path2 = op_string(L, op, 2, NULL);
@@ -983,9 +997,7 @@ static int l_space(lua_State *L) {
 
 /* host.fs.mkdir_p(path) -> true | nil, msg, code */
 static int l_mkdir_p(lua_State *L) {
-  size_t len;
-  luaL_checklstring(L, 1, &len);
-  luaL_argcheck(L, len > 0, 1, "empty path");
+  luaL_argcheck(L, *check_path(L, 1) != '\0', 1, "empty path");
   return call_path(L, OP_MKDIR_P);
 }
 
@@ -1020,11 +1032,6 @@ static int l_list(lua_State *L) {
  * operator wrote with '/' in a setting), so that a path the agent builds
  * or logs has one separator; elsewhere '/', and the parts are kept as
  * they are. */
-#ifdef _WIN32
-#define PATH_SEP '\\'
-#else
-#define PATH_SEP '/'
-#endif
 static int l_join(lua_State *L) {
   int n = lua_gettop(L);
   luaL_Buffer b;
@@ -1036,17 +1043,13 @@ static int l_join(lua_State *L) {
     if (len == 0)
       continue;
     if (i > 1 && !last_sep && !is_sep(part[0]))
-      luaL_addchar(&b, PATH_SEP);
+      luaL_addchar(&b, PLAT_PATH_SEP);
     if (i > 1 && last_sep && is_sep(part[0]) && luaL_bufflen(&b) > 0) {
       part++;
       len--;
     }
-#ifdef _WIN32
-    for (size_t k = 0; k < len; k++)
-      luaL_addchar(&b, part[k] == '/' ? '\\' : part[k]);
-#else
-    luaL_addlstring(&b, part, len);
-#endif
+    for (size_t k = 0; k < len; k++) /* (the same on POSIX) */
+      luaL_addchar(&b, part[k] == '/' ? PLAT_PATH_SEP : part[k]);
     last_sep = len > 0 ? is_sep(part[len - 1]) : last_sep;
   }
   luaL_pushresult(&b);
@@ -1063,7 +1066,7 @@ typedef struct {
 } lock_ud;
 
 static int l_lock(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_path(L, 1);
   lock_ud *ud = lua_newuserdatauv(L, sizeof *ud, 0);
   ud->lock = NULL;
   luaL_setmetatable(L, LOCK_MT);

@@ -164,17 +164,37 @@ static void buf_free(buf *b) {
 
 /* Never through a link planted at path: the host may run as root and
  * download into a folder that others can write (UV_FS_O_NOFOLLOW is 0 on
- * Windows, where making a link needs a privilege). */
+ * Windows, where making a link needs a privilege). Only into a regular
+ * file: O_NONBLOCK, so that a FIFO with no reader cannot hold the loop at
+ * the open, then fstat; anything else is refused with UV_EFTYPE (and left
+ * where it is). */
 static int out_open(uv_loop_t *loop, const char *path, uv_file *fd) {
   uv_fs_t fs;
   int rc = uv_fs_open(loop, &fs, path,
                       UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_TRUNC |
-                          UV_FS_O_NOFOLLOW,
+                          UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK,
                       0644, NULL);
   uv_fs_req_cleanup(&fs);
-  if (rc >= 0)
-    *fd = rc;
-  return rc < 0 ? rc : 0;
+  if (rc == UV_ENXIO) { /* a FIFO with no reader, or a socket */
+    int st = uv_fs_stat(loop, &fs, path, NULL);
+    if (st == 0 && (fs.statbuf.st_mode & S_IFMT) != S_IFREG)
+      rc = UV_EFTYPE;
+    uv_fs_req_cleanup(&fs);
+  }
+  if (rc < 0)
+    return rc;
+  uv_file f = rc;
+  rc = uv_fs_fstat(loop, &fs, f, NULL);
+  if (rc == 0 && (fs.statbuf.st_mode & S_IFMT) != S_IFREG)
+    rc = UV_EFTYPE;
+  uv_fs_req_cleanup(&fs);
+  if (rc < 0) {
+    uv_fs_close(loop, &fs, f, NULL);
+    uv_fs_req_cleanup(&fs);
+    return rc;
+  }
+  *fd = f;
+  return 0;
 }
 
 static int out_write(http_req *req, const char *data, size_t len) {

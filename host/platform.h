@@ -63,6 +63,14 @@ int plat_session_id(int pid, unsigned long *id, int *console);
 #define PLAT_SIGRELOAD SIGHUP
 #endif
 
+/* The separator host.fs.join puts between parts: a backslash on Windows
+ * (where it also replaces every '/'), '/' elsewhere. */
+#ifdef _WIN32
+#define PLAT_PATH_SEP '\\'
+#else
+#define PLAT_PATH_SEP '/'
+#endif
+
 /* What identifies the current boot of the machine, the same for every
  * process until it restarts: on Linux the kernel's boot_id (a UUID), on
  * Windows the registry's boot count (BootId) in decimal. Returns 0 with the

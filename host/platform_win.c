@@ -1481,7 +1481,10 @@ static void command_output(void) {
   _setmode(_fileno(stderr), _O_BINARY);
 }
 
-/* goliat-host --reload NAME (--service-reload NAME) */
+static int service_is_ours(SC_HANDLE s, const char *uname);
+
+/* goliat-host --reload NAME (--service-reload NAME): only a service that
+ * runs goliat-host.exe --service NAME is asked. */
 int plat_service_reload(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: goliat-host %s NAME\n", argv[1]);
@@ -1491,11 +1494,16 @@ int plat_service_reload(int argc, char **argv) {
   wchar_t *name = to_wide(argv[2]);
   SC_HANDLE scm = name ? OpenSCManagerW(NULL, NULL, SC_MANAGER_CONNECT) : NULL;
   SC_HANDLE service =
-      scm ? OpenServiceW(scm, name, SERVICE_PAUSE_CONTINUE) : NULL;
+      scm ? OpenServiceW(scm, name,
+                         SERVICE_PAUSE_CONTINUE | SERVICE_QUERY_CONFIG)
+          : NULL;
+  DWORD e = service ? 0 : GetLastError();
+  int foreign = service && !service_is_ours(service, argv[2]);
   SERVICE_STATUS st;
-  BOOL ok =
-      service && ControlService(service, SERVICE_CONTROL_PARAMCHANGE, &st);
-  DWORD e = ok ? 0 : GetLastError();
+  BOOL ok = service && !foreign &&
+            ControlService(service, SERVICE_CONTROL_PARAMCHANGE, &st);
+  if (service && !foreign && !ok)
+    e = GetLastError();
   if (service)
     CloseServiceHandle(service);
   if (scm)
@@ -1539,12 +1547,36 @@ int plat_service_reload(int argc, char **argv) {
   default:
     why = uv_strerror(uv_translate_sys_error((int)e));
   }
+  if (foreign)
+    why = "it is not goliat-host's (said above)";
   fprintf(stderr, "goliat-host: cannot reload %s: %s\n", argv[2], why);
   return 1;
 }
 
-/* Whether the service runs goliat-host --service (its command line says
- * so); says why not otherwise. */
+/* Whether the command line cmd runs goliat-host.exe --service NAME (the
+ * program's file name and NAME compared as Windows compares them, without
+ * case). */
+static int runs_service(const wchar_t *cmd, const char *uname) {
+  wchar_t *name = to_wide(uname);
+  int n = 0;
+  wchar_t **a = name && *cmd ? CommandLineToArgvW(cmd, &n) : NULL;
+  int ours = 0;
+  if (a && n >= 3) {
+    const wchar_t *file = a[0];
+    for (const wchar_t *c = a[0]; *c; c++)
+      if (*c == L'\\' || *c == L'/')
+        file = c + 1;
+    ours = _wcsicmp(file, L"goliat-host.exe") == 0 &&
+           wcscmp(a[1], L"--service") == 0 && _wcsicmp(a[2], name) == 0;
+  }
+  if (a)
+    LocalFree(a);
+  free(name);
+  return ours;
+}
+
+/* Whether the service runs goliat-host.exe --service NAME (its command
+ * line says so); says why not otherwise. */
 static int service_is_ours(SC_HANDLE s, const char *uname) {
   DWORD need = 0;
   QueryServiceConfigW(s, NULL, 0, &need);
@@ -1552,7 +1584,7 @@ static int service_is_ours(SC_HANDLE s, const char *uname) {
   int ours = 0;
   if (qc && QueryServiceConfigW(s, qc, need, &need)) {
     const wchar_t *bin = qc->lpBinaryPathName ? qc->lpBinaryPathName : L"";
-    ours = wcsstr(bin, L" --service ") != NULL;
+    ours = runs_service(bin, uname);
     if (!ours) {
       char *b = to_utf8(bin);
       said("the service %s is not goliat-host's (it runs %s): left alone",
@@ -1823,6 +1855,56 @@ static int task_exists(const wchar_t *name) {
   return exists;
 }
 
+/* Whether the task name is goliat-host's: its definition, as Task
+ * Scheduler keeps it (UTF-16, or UTF-8), has the author --install desktop
+ * writes (task_xml); says why not otherwise. */
+static int task_is_ours(const wchar_t *name, const char *uname) {
+  wchar_t *tasks = system_program(L"Tasks\\");
+  wchar_t *file = tasks ? wcs_cat(tasks, name, NULL) : NULL;
+  HANDLE h =
+      file ? CreateFileW(file, GENERIC_READ,
+                         FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                         NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL)
+           : INVALID_HANDLE_VALUE;
+  DWORD e = h == INVALID_HANDLE_VALUE ? GetLastError() : 0;
+  LARGE_INTEGER size = {0};
+  char *raw = NULL;
+  DWORD got = 0;
+  if (!e && (!GetFileSizeEx(h, &size) || size.QuadPart > (1 << 20)))
+    e = size.QuadPart > (1 << 20) ? ERROR_FILE_TOO_LARGE : GetLastError();
+  if (!e && !(raw = calloc(1, (size_t)size.QuadPart + 4)))
+    e = ERROR_OUTOFMEMORY;
+  if (!e && !ReadFile(h, raw, (DWORD)size.QuadPart, &got, NULL))
+    e = GetLastError();
+  if (h != INVALID_HANDLE_VALUE)
+    CloseHandle(h);
+  wchar_t *text = NULL;
+  int ours = 0;
+  if (!e) {
+    const unsigned char *b = (const unsigned char *)raw;
+    if (got >= 2 && b[0] == 0xFF && b[1] == 0xFE)
+      text = wcs_cat((const wchar_t *)(raw + 2), L"", NULL);
+    else if (got >= 2 && b[1] == 0) /* UTF-16 without its mark */
+      text = wcs_cat((const wchar_t *)raw, L"", NULL);
+    else
+      text = to_wide(raw);
+    ours = text && wcsstr(text, L"<Author>goliat-host --install desktop"
+                                L"</Author>") != NULL;
+    if (!ours)
+      said("the logon task %s is not goliat-host's (its author is not "
+           "goliat-host --install desktop): left alone",
+           uname);
+  } else {
+    said("cannot read the definition of the logon task %s: %s: left alone",
+         uname, win_error(e));
+  }
+  free(text);
+  free(raw);
+  free(tasks);
+  free(file);
+  return ours;
+}
+
 /* Where goliat-host.exe is, its folder and scripts\agent.lua in it
  * (UTF-16 and UTF-8), malloc'd. */
 typedef struct {
@@ -2061,7 +2143,8 @@ static DWORD write_utf16(const wchar_t *path, const char *utf8) {
 }
 
 /* Remove the service p->name, stopping it first, if it is goliat-host's.
- * 1: removed, 0: none of ours, -1: failed (said why). */
+ * 1: removed, 0: none, 2: not goliat-host's (said so), -1: failed (said
+ * why). */
 static int service_remove(const agent_paths *p) {
   SC_HANDLE scm = OpenSCManagerW(NULL, NULL, SC_MANAGER_CONNECT);
   if (!scm) {
@@ -2078,7 +2161,9 @@ static int service_remove(const agent_paths *p) {
       said("cannot open the service %s: %s", p->name8, win_error(e));
       rc = -1;
     }
-  } else if (service_is_ours(s, p->name8)) {
+  } else if (!service_is_ours(s, p->name8)) {
+    rc = 2;
+  } else {
     rc = service_stop(s, p->name8) < 0 ? -1 : 1;
     if (rc == 1 && !DeleteService(s) &&
         (e = GetLastError()) != ERROR_SERVICE_MARKED_FOR_DELETE) {
@@ -2103,12 +2188,16 @@ static wchar_t *task_xml_path(const agent_paths *p) {
 }
 
 /* Stop the desktop agent p->name and remove its logon task. 1: something
- * was, 0: nothing was there, -1: failed (said why). */
+ * was, 0: nothing was there, -1: failed (said why), 2: a logon task of
+ * that name is not goliat-host's: nothing done (said so). */
 static int desktop_remove(const agent_paths *p) {
+  int exists = task_exists(p->name);
+  if (exists && !task_is_ours(p->name, p->name8))
+    return 2;
   int rc = desktop_stop(p->name, p->name8);
   if (rc < 0)
     return -1;
-  if (task_exists(p->name)) {
+  if (exists) {
     char *args[] = {"schtasks", "/Delete", "/TN", p->name8, "/F", NULL};
     if (schtasks("cannot remove the logon task", args) != 0)
       return -1;
@@ -2126,7 +2215,10 @@ static int desktop_remove(const agent_paths *p) {
 }
 
 static int install_service(const agent_paths *p) {
-  if (desktop_remove(p) < 0) /* one mode at a time */
+  int d = desktop_remove(p); /* one mode at a time */
+  if (d == 2)
+    said("choose another name: goliat-host --install service --name NAME");
+  if (d < 0 || d == 2)
     return 1;
   char *args[] = {p->exe8, "--service", p->name8, p->script8, NULL};
   DWORD err;
@@ -2297,14 +2389,18 @@ static int install_desktop(const agent_paths *p, const char *user_opt) {
     said("out of memory");
     goto done;
   }
-  if (service_remove(p) < 0) /* one mode at a time */
+  int existed = task_exists(p->name);
+  if (existed && !task_is_ours(p->name, p->name8)) {
+    said("choose another name: goliat-host --install desktop --name NAME");
     goto done;
+  }
   DWORD e = write_utf16(xml_path, xml);
   if (e) {
     said("cannot write %s: %s", xml_path8, win_error(e));
     goto done;
   }
-  int existed = task_exists(p->name);
+  /* the task first, then the service goes (one mode at a time): a task
+   * that cannot be made leaves the service as it was */
   char *args[] = {"schtasks", "/Create", "/TN", p->name8,
                   "/XML",     xml_path8, "/F",  NULL};
   if (schtasks("cannot install the logon task", args) != 0)
@@ -2318,6 +2414,12 @@ static int install_desktop(const agent_paths *p, const char *user_opt) {
   said("its definition: %s (schtasks /Create /TN %s /XML <that file> /F "
        "installs it again)",
        xml_path8, p->name8);
+  if (service_remove(p) < 0) {
+    said("the service %s is still installed beside the logon task: "
+         "goliat-host --install desktop again removes it",
+         p->name8);
+    goto done;
+  }
   rc = 0;
   HANDLE running = desk_open_event(p->name, L"stop", SYNCHRONIZE);
   DWORD session = 0;
@@ -2417,7 +2519,7 @@ int plat_install(int argc, char **argv) {
     fputs("goliat-host: cannot find goliat-host.exe's own path\n", stderr);
   } else if (uninstall) {
     int r = service_remove(&p);
-    int d = r < 0 ? -1 : desktop_remove(&p);
+    int d = r < 0 ? -1 : desktop_remove(&p); /* 2: not ours, left alone */
     if (r == 0 && d == 0)
       said("nothing to remove: no service and no logon task named %s", p.name8);
     rc = r < 0 || d < 0 ? 1 : 0;
@@ -2442,8 +2544,12 @@ int plat_session_id(int pid, unsigned long *id, int *console) {
     HANDLE h =
         OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, (DWORD)pid);
     DWORD code = 0;
-    if (!h)
-      return uv_translate_sys_error((int)GetLastError());
+    if (!h) {
+      DWORD e = GetLastError();
+      /* what Windows says of a pid that names no process any more */
+      return e == ERROR_INVALID_PARAMETER ? UV_ESRCH
+                                          : uv_translate_sys_error((int)e);
+    }
     BOOL ok = GetExitCodeProcess(h, &code);
     CloseHandle(h);
     if (ok && code != STILL_ACTIVE)

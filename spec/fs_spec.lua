@@ -155,6 +155,43 @@ describe("host.fs", function()
         fs.read()
       end)
     end)
+
+    it("raises on a path with a NUL byte in it, for every path argument " ..
+      "(broken if the path is cut at the NUL: remove('keep\\0.tmp') " ..
+      "removed keep)", function()
+        assert(fs.write_atomic(path("keep"), "kept"))
+        local bad = path("keep") .. "\0.tmp"
+        for name, call in pairs {
+          read = function() return fs.read(bad) end,
+          write_atomic = function() return fs.write_atomic(bad, "x") end,
+          append = function() return fs.append(bad, "x") end,
+          sync = function() return fs.sync(bad) end,
+          copy_truncate = function() return fs.copy_truncate(bad, path("c")) end,
+          copy_truncate_2 = function()
+            return fs.copy_truncate(path("keep"), bad)
+          end,
+          space = function() return fs.space(bad) end,
+          mkdir_p = function() return fs.mkdir_p(bad) end,
+          exists = function() return fs.exists(bad) end,
+          stat = function() return fs.stat(bad) end,
+          remove = function() return fs.remove(bad) end,
+          rename = function() return fs.rename(bad, path("r")) end,
+          rename_2 = function() return fs.rename(path("keep"), bad) end,
+          list = function() return fs.list(bad) end,
+          lock = function() return fs.lock(bad) end,
+        } do
+          local ok, err = pcall(call)
+          assert.is_false(ok, name)
+          assert.matches("a path with a NUL byte in it", tostring(err), 1,
+            true, name)
+        end
+        assert.same({ "keep" }, fs.list(dir))
+        assert.equal("kept", fs.read(path("keep")))
+        -- data may hold NUL bytes
+        assert(fs.write_atomic(path("keep"), "a\0b"))
+        assert(fs.append(path("keep"), "\0"))
+        assert.equal("a\0b\0", fs.read(path("keep")))
+      end)
   end)
 
   describe("temporary files and links planted in the way", function()
@@ -233,6 +270,19 @@ describe("host.fs", function()
         assert.equal("lines\n", fs.read(path("log.1")))
         assert.equal("", fs.read(path("log")))
         assert.same({ "log", "log.1", "victim" }, fs.list(dir))
+      end)
+
+    it("copy_truncate refuses a symbolic link planted at the file it " ..
+      "empties, with ELOOP (broken if it follows the link and empties the " ..
+      "file it points to)", function()
+        assert(fs.write_atomic(path("victim"), "precious"))
+        ln_s(path("victim"), path("log"))
+        local ok, msg, code = fs.copy_truncate(path("log"), path("log.1"))
+        assert.is_nil(ok)
+        assert.is_string(msg)
+        assert.equal("ELOOP", code)
+        assert.equal("precious", fs.read(path("victim")))
+        assert.same({ "log", "victim" }, fs.list(dir))
       end)
   end)
 
@@ -382,6 +432,37 @@ describe("host.fs", function()
         for _, name in ipairs(assert(fs.list(path("out")))) do
           assert.matches("^f%d+$", name) -- no temporary file left
         end
+      end)
+
+    it("operations queued when a task calls os.exit still take effect, in " ..
+      "order, before the host exits (broken if a write asked for before the " ..
+      "exit is dropped)", function()
+        local script = path("drain.lua")
+        assert(fs.write_atomic(script, [=[
+          local host = require "host"
+          local fs = host.fs
+          host.task.spawn(function() -- in the pool when the exit comes
+            fs.write_atomic(fs.join(arg[1], "big"), string.rep("b", 32 << 20))
+          end)
+          host.task.spawn(function() -- queued behind it
+            fs.write_atomic(fs.join(arg[1], "small"), "small")
+          end)
+          host.task.spawn(function()
+            fs.append(fs.join(arg[1], "small"), " and more")
+          end)
+          host.task.spawn(function()
+            fs.rename(fs.join(arg[1], "small"), fs.join(arg[1], "moved"))
+          end)
+          host.task.spawn(function() os.exit(7) end)
+        ]=]))
+        assert(fs.mkdir_p(path("out")))
+        local r = H.run_host({ script, path("out") }, { timeout = 60 })
+        assert.is_false(r.timed_out)
+        assert.equal(7, r.code, r.stderr)
+        assert.equal("", r.stderr)
+        assert.same({ "big", "moved" }, fs.list(path("out")))
+        assert.equal(32 << 20, fs.stat(path("out", "big")).size)
+        assert.equal("small and more", fs.read(path("out", "moved")))
       end)
   end)
 

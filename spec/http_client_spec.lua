@@ -378,6 +378,34 @@ describe("host.http.request", function()
     assert.is_string(msg)
   end)
 
+  it("refuses an output file that is a FIFO at once, with code io and "
+    .. "EFTYPE's message, and leaves the FIFO (broken if the open waits for "
+    .. "a reader: the loop stands still)", function()
+      local H = require "support.helpers"
+      if H.windows then pending("no FIFOs on Windows") end
+      local dir = H.tmpdir()
+      finally(function() H.rm_rf(dir) end)
+      local fifo = host.fs.join(dir, "fifo")
+      assert.equal(0, (H.run({ argv = { "mkfifo", fifo } })))
+      local script = host.fs.join(dir, "fifo.lua")
+      assert(host.fs.write_atomic(script, [=[
+        local host = require "host"
+        host.task.spawn(function()
+          local res, msg, code = host.http.request({ url = arg[2],
+            output = arg[1] })
+          io.stdout:write(tostring(res), "|", tostring(msg), "|",
+            tostring(code), "\n")
+        end)
+      ]=]))
+      -- in a child with a time limit: a host that blocks fails the test
+      local r = H.run_host({ script, fifo, base .. "/hello" }, { timeout = 20 })
+      assert.is_false(r.timed_out, "the host blocked on the FIFO")
+      assert.equal(0, r.code, r.stderr)
+      assert.equal("nil|cannot open the output file: "
+        .. "inappropriate file type or format|io\n", r.stdout)
+      assert.equal("other", host.fs.stat(fifo).type) -- left where it was
+    end)
+
   describe("body_file", function()
     -- A server of its own, that checks the bytes it gets against `expected`
     -- and counts requests.

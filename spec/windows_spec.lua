@@ -909,11 +909,13 @@ describe("Windows", function()
 
         code, out = run({ "--install", "desktop", "--name", name })
         assert.equal(0, code, out)
-        -- the service first: stopped (its agent stopped cleanly), removed
-        assert.matches("^stopped the service " .. q(name) .. "\nremoved the "
-          .. "service " .. q(name) .. "\ninstalled the logon task " .. q(name)
+        -- the task first, then the service: stopped (its agent stopped
+        -- cleanly), removed (a task that cannot be made leaves the service)
+        assert.matches("^installed the logon task " .. q(name)
           .. ": at each logon of [^\n]+\\[^\n]+ it runs " .. q(copy)
-          .. " %-%-desktop " .. q(name) .. " ", out)
+          .. " %-%-desktop " .. q(name) .. " [^\n]*\nits definition: [^\n]*"
+          .. "\nstopped the service " .. q(name) .. "\nremoved the "
+          .. "service " .. q(name) .. "\n", out)
         assert.matches("got SIGBREAK\nend\n$", fs.read(agent_out))
         assert.is_false(exists(name))
         assert.matches("\nits definition: " .. q(xml_file), out)
@@ -988,6 +990,100 @@ describe("Windows", function()
         assert.equal(0, code, out)
         assert.equal("nothing to remove: no service and no logon task named "
           .. name .. "\n", out)
+      end)
+
+    -- run a program to its end; its exit code and output
+    local function tool(argv)
+      local out = path("tool.txt")
+      local p = assert(host.proc.spawn { argv = argv, stdout = out,
+        stderr = "stdout" })
+      return p:wait(), fs.read(out) or ""
+    end
+
+    it("leaves alone a service of that name that does not run "
+      .. "goliat-host.exe --service NAME: --uninstall keeps it (exit 0), "
+      .. "--reload does not ask it (broken if any command line with "
+      .. "' --service ' in it is taken for goliat-host's)", function()
+        if not enabled then
+          pending("installs a service: set GOLIAT_TEST_SERVICE=1 (wine.sh does)")
+        end
+        local name = "goliat-foreign-" .. host.sys.pid()
+        local _, copy, run = agent_folder()
+        finally(function() tool { "sc", "delete", name } end)
+        for _, bin in ipairs {
+          "C:\\other\\program.exe --service " .. name .. " x.lua",
+          '"' .. copy .. '" --service other-' .. name .. " x.lua",
+          '"' .. copy .. '" --desktop ' .. name .. " --service " .. name,
+        } do
+          local code, out = tool { "sc", "create", name, "binPath=", bin }
+          assert.equal(0, code, out)
+          code, out = run({ "--uninstall", "--name", name })
+          assert.equal(0, code, out)
+          assert.equal("the service " .. name .. " is not goliat-host's (it "
+            .. "runs " .. bin .. "): left alone\n", out)
+          assert.is_true(exists(name), bin)
+          code, out = run({ "--reload", name })
+          assert.equal(1, code, out)
+          assert.matches("goliat%-host: cannot reload " .. q(name) .. ": it "
+            .. "is not goliat%-host's", out)
+          code, out = tool { "sc", "delete", name }
+          assert.equal(0, code, out)
+          assert.is_true(H.wait_until(function() return not exists(name) end,
+            10))
+        end
+      end)
+
+    it("leaves alone a logon task of that name that goliat-host did not "
+      .. "make: --install desktop and --install service refuse (exit 1, the "
+      .. "service of that name kept), --uninstall keeps it (exit 0) (broken "
+      .. "if a task is deleted or replaced because only its name matches)",
+      function()
+        if not enabled then
+          pending("installs a task and a service: set GOLIAT_TEST_SERVICE=1 "
+            .. "(wine.sh does)")
+        end
+        local name = "goliat-othertask-" .. host.sys.pid()
+        local folder, copy, run = agent_folder()
+        local system = assert(host.sys.getenv("SystemRoot")) .. "\\system32"
+        local task_file = fs.join(system, "Tasks", name)
+        local xml = '<?xml version="1.0" encoding="UTF-16"?>\r\n'
+          .. '<Task version="1.2" xmlns="http://schemas.microsoft.com/'
+          .. 'windows/2004/02/mit/task">\r\n'
+          .. "  <RegistrationInfo>\r\n    <Author>someone else</Author>\r\n"
+          .. "  </RegistrationInfo>\r\n  <Actions>\r\n    <Exec>\r\n"
+          .. "      <Command>C:\\other\\program.exe</Command>\r\n"
+          .. "      <Arguments>--desktop " .. name .. "</Arguments>\r\n"
+          .. "    </Exec>\r\n  </Actions>\r\n</Task>\r\n"
+        write(path("other.xml"), "\255\254" .. xml:gsub(".", "%0\0"))
+        finally(function()
+          tool { "schtasks", "/Delete", "/TN", name, "/F" }
+          tool { "sc", "delete", name }
+          fs.remove(fs.join(folder, name .. ".log"))
+        end)
+        local code, out = tool { "schtasks", "/Create", "/TN", name, "/XML",
+          path("other.xml"), "/F" }
+        assert.equal(0, code, out)
+        local before = assert(fs.read(task_file))
+        -- a service of that name, goliat-host's (not started)
+        local script = fs.join(folder, "scripts", "agent.lua")
+        code, out = tool { "sc", "create", name, "binPath=", '"' .. copy
+          .. '" --service ' .. name .. ' "' .. script .. '"' }
+        assert.equal(0, code, out)
+        local left = "the logon task " .. name .. " is not goliat-host's (its "
+          .. "author is not goliat-host --install desktop): left alone\n"
+        for _, mode in ipairs { "desktop", "service" } do
+          code, out = run({ "--install", mode, "--name", name })
+          assert.equal(1, code, out)
+          assert.equal(left .. "choose another name: goliat-host --install "
+            .. mode .. " --name NAME\n", out)
+          assert.equal(before, fs.read(task_file))
+          assert.is_true(exists(name)) -- the service is still there
+          assert.is_false(fs.exists(fs.join(folder, name .. "-task.xml")))
+        end
+        code, out = run({ "--uninstall", "--name", name })
+        assert.equal(0, code, out)
+        assert.equal("removed the service " .. name .. "\n" .. left, out)
+        assert.equal(before, fs.read(task_file))
       end)
 
     it("--install desktop --user names a user that does not exist: says so, "
