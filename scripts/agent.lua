@@ -1332,6 +1332,25 @@ function Agent:finished_files(a)
   return files
 end
 
+-- Whether `path` is a file the agent makes for an assignment: a study log
+-- (or its .1) or an exit file in the work dir, or a config in configs/ of
+-- the project dir. The retention removes nothing else, whatever its ledger
+-- says (the agent runs as root; the ledger is a file in the work dir).
+function Agent:makes_file(path)
+  local fs = self.host.fs
+  local p = fs.join(path)
+  if p:find("[/\\]%.%.?[/\\]") then return false end
+  local dir, name = p:match("^(.*)[/\\]([^/\\]+)$")
+  if not dir then return false end
+  if dir == fs.join(self.s.work_dir) then
+    return name:match("^study_%d+%.log$") ~= nil or
+      name:match("^study_%d+%.log%.1$") ~= nil or
+      name:match("^study_%d+%.exit%.json$") ~= nil
+  end
+  return dir == fs.join(self.s.project_dir, "configs") and
+    name:match("%.json$") ~= nil
+end
+
 -- They go into the retention ledger, and the oldest assignments' files
 -- beyond keep_finished and keep_finished_mb are removed. files: what
 -- finished_files listed for `a` (nil: none; then the ledger is only
@@ -1339,7 +1358,8 @@ end
 function Agent:retain(a, files)
   local h = self.host
   local ledger = require("lib.retention").open(h,
-    h.fs.join(self.s.work_dir, "retention.json"), self.log)
+    h.fs.join(self.s.work_dir, "retention.json"), self.log,
+    function(p) return self:makes_file(p) end)
   if files and #files > 0 then ledger:add(a.id, files, h.time.now()) end
   local gone, freed = ledger:prune(self.s.keep_finished,
     math.floor(self.s.keep_finished_mb * 1048576))

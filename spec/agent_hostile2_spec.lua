@@ -397,6 +397,27 @@ describe("the files of finished work", function()
       assert.same({ [3] = 3 }, kept(f))
     end)
 
+  it("never include a file the ledger names that the agent does not make " ..
+    "(a ledger edited by a user cannot make the root agent delete it)",
+    function()
+      local f = P.offline_fake { GOLIAT_KEEP_FINISHED = "1" }
+      f.files["/etc/secret"] = "root's"
+      f.files["/work/agent/notes.txt"] = "the operator's"
+      f.files["/work/agent/study_5.log"] = "an old log"
+      f.files["/work/agent/retention.json"] = cjson.encode { groups = {
+        { id = "x", at = 1, files = { "/etc/secret", "/work/agent/notes.txt",
+          "/work/agent/configs/../../../etc/secret",
+          "/work/agent/study_5.log" } } } }
+      P.dashboard(f, { queue = { P.assignment() }, configs = CONFIG })
+      P.start(f)
+      assert.is_true(f:run_until(function() return #f:reports() >= 1 end, 600))
+      f:run_for(10)
+      assert.equals("root's", f.files["/etc/secret"])
+      assert.equals("the operator's", f.files["/work/agent/notes.txt"])
+      assert.is_nil(f.files["/work/agent/study_5.log"],
+        "an agent's own old log was kept")
+    end)
+
   it("are all kept by default over 60 assignments (weeks of history)",
     function()
       local f = run_many({}, 60, 10)

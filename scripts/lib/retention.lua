@@ -14,9 +14,11 @@ local M = { FILE = "retention.json" }
 local Ledger = {}
 Ledger.__index = Ledger
 
-function M.open(host, path, log)
+-- owned(path): whether a path is one the agent makes (its names, in its
+-- folders); a ledger edited by someone else can name nothing else.
+function M.open(host, path, log, owned)
   local self = setmetatable({ host = host, path = path, log = log,
-    groups = {} }, Ledger)
+    groups = {}, owned = owned or function() return false end }, Ledger)
   local text = host.fs.read(path)
   if text then
     local data = cjson.decode(text)
@@ -106,7 +108,9 @@ function Ledger:prune(keep_count, keep_bytes)
       -- a file only: a folder put there since is nobody's but its maker's
       local st = fs.stat(p)
       local ok, err = true, nil
-      if st and st.type == "file" then ok, err = fs.remove(p) end
+      if st and st.type == "file" and self.owned(p) then
+        ok, err = fs.remove(p)
+      end
       if not ok then
         self.log.warn("retention: cannot remove %s: %s", p, tostring(err))
       end
